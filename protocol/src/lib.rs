@@ -1,0 +1,18 @@
+//! Wire types and on-disk formats shared by the Tether shim and manager.
+//!
+//! This crate knows no processes: it names things (ids, sockets, topics), encodes them (state
+//! records, ttrpc requests) and validates them. The shim and the manager build on it and never on
+//! each other.
+
+pub mod api;
+pub mod id;
+pub mod socket;
+pub mod records;
+pub mod store;
+pub mod task_service;
+pub mod time;
+pub mod topics;
+
+pub use id::{validate_id, validate_namespace, IdError};
+pub use records::{ContainerRecord, ContainerStatus, ExitRecord, TransitionError};
+pub use store::StoreError;
