@@ -1,1 +1,80 @@
-fn main(){}
+//! containerd-shim-tether-v2: a containerd runtime v2 shim, one per container.
+
+mod cleanup;
+mod cli;
+mod container;
+mod error;
+mod events;
+mod logging;
+mod mount;
+mod process;
+mod reaper;
+mod runtime;
+mod server;
+mod service;
+mod start;
+mod stdio;
+mod wire;
+
+use protobuf::Message;
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let flags = match cli::parse(std::env::args().skip(1)) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("containerd-shim-tether-v2: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if flags.version {
+        println!("containerd-shim-tether-v2 {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let result = match flags.action.as_str() {
+        "start" => start::start(&flags).map(|address| print!("{address}")),
+        "delete" => {
+            logging::init(flags.debug, &flags.id);
+            cleanup::delete(&flags).and_then(|resp| {
+                let bytes = resp
+                    .write_to_bytes()
+                    .map_err(|e| error::ShimError::InvalidArgument(e.to_string()))?;
+                std::io::stdout()
+                    .write_all(&bytes)
+                    .map_err(error::ShimError::io("write DeleteResponse"))
+            })
+        }
+        "" => serve(&flags),
+        other => Err(error::ShimError::InvalidArgument(format!(
+            "unknown action {other:?} (start, delete)"
+        ))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("containerd-shim-tether-v2: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The long-lived shim: serves on the socket `start` handed over as fd 3.
+fn serve(flags: &cli::Flags) -> error::Result<()> {
+    logging::init(flags.debug, &flags.id);
+    let st = nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(start::LISTENER_FD) })
+        .map_err(error::ShimError::nix("fd 3 is not the listening socket (run via `start`)"))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(error::ShimError::InvalidArgument(
+            "fd 3 is not a socket: the shim is started by its `start` action".into(),
+        ));
+    }
+    // SAFETY: fd 3 was checked to be a socket handed to us by `start`, and nothing else owns it.
+    let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(start::LISTENER_FD) };
+    let socket = (!flags.socket.is_empty()).then(|| std::path::PathBuf::from(&flags.socket));
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").ok();
+    let server = server::Server::new(listener, socket, &flags.namespace, ttrpc_address.as_deref())?;
+    log::info!("shim serving (pid {})", std::process::id());
+    server.run()
+}

@@ -1,0 +1,71 @@
+//! The `delete` action: containerd runs it after a task ends (1.6: after every task) and when a
+//! shim died. It must be fast and idempotent, and answer the real exit status the shim persisted
+//! when it reaped the init, not a made-up 137.
+
+use crate::cli::Flags;
+use crate::container::{INIT_EXIT_FILE, INIT_PID_FILE, RUNTIME_FILE};
+use crate::error::{Result, ShimError};
+use crate::reaper::Reaper;
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::service::delete_response;
+use std::path::PathBuf;
+use tether_protocol::api::task::DeleteResponse;
+use tether_protocol::time::now_nanos;
+use tether_protocol::{store, validate_id, validate_namespace, ExitRecord};
+
+pub fn delete(flags: &Flags) -> Result<DeleteResponse> {
+    validate_namespace(&flags.namespace)?;
+    validate_id(&flags.id)?;
+    let bundle = if flags.bundle.is_empty() {
+        std::env::current_dir().map_err(ShimError::io("getcwd"))?
+    } else {
+        PathBuf::from(&flags.bundle)
+    };
+    let config = match store::read::<RuntimeConfig>(&bundle.join(RUNTIME_FILE)) {
+        Ok(c) => c,
+        Err(e) if e.is_not_found() => RuntimeConfig::from_options(&Default::default(), &flags.namespace),
+        Err(e) => return Err(e.into()),
+    };
+    let runtime = Runtime::new(config, &bundle);
+    let mut reaper = Reaper::new()?;
+    // The container may still exist (its shim was killed): the runtime removes it, killing it.
+    if let Err(e) = runtime.delete(&mut reaper, &flags.id, true) {
+        log::warn!("{e}");
+    }
+    crate::mount::unmount_all(&bundle.join("rootfs"))?;
+    let exit = match store::read::<ExitRecord>(&bundle.join(INIT_EXIT_FILE)) {
+        Ok(rec) => rec,
+        Err(e) => {
+            if !e.is_not_found() {
+                log::warn!("{e}");
+            }
+            // No exit was recorded: the init died with its shim, killed by the delete above.
+            let pid = std::fs::read_to_string(bundle.join(INIT_PID_FILE))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            ExitRecord {
+                id: flags.id.clone(),
+                exec_id: String::new(),
+                pid,
+                exit_status: 128 + libc::SIGKILL as u32,
+                exited_at: now_nanos(),
+            }
+        }
+    };
+    remove_dead_socket(&bundle);
+    Ok(delete_response(exit.pid, exit.exit_status, exit.exited_at))
+}
+
+/// Removes the shim's socket if no shim answers on it any more.
+fn remove_dead_socket(bundle: &std::path::Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let Some(path) = tether_protocol::socket::from_address(address.trim()) else {
+        return;
+    };
+    if std::os::unix::net::UnixStream::connect(&path).is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+}

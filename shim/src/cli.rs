@@ -1,0 +1,108 @@
+//! The command line containerd gives a shim (Go `flag` syntax: `-name value` or `-name=value`).
+
+use crate::error::{Result, ShimError};
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Flags {
+    pub namespace: String,
+    pub id: String,
+    /// containerd's GRPC address (part of the socket name).
+    pub address: String,
+    pub publish_binary: String,
+    pub bundle: String,
+    pub socket: String,
+    pub debug: bool,
+    pub version: bool,
+    /// `start`, `delete`, or empty for the long-lived shim.
+    pub action: String,
+}
+
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Flags> {
+    let mut f = Flags::default();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let Some(name) = arg.strip_prefix('-') else {
+            f.action = arg;
+            // Like Go's flag package: parsing stops at the first non-flag.
+            break;
+        };
+        let name = name.strip_prefix('-').unwrap_or(name);
+        let (name, inline) = match name.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (name, None),
+        };
+        match name {
+            "debug" => f.debug = inline.as_deref() != Some("false"),
+            "v" | "version" => f.version = true,
+            "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket" => {
+                let value = match inline {
+                    Some(v) => v,
+                    None => it.next().ok_or_else(|| {
+                        ShimError::InvalidArgument(format!("flag -{name} needs a value"))
+                    })?,
+                };
+                match name {
+                    "namespace" => f.namespace = value,
+                    "id" => f.id = value,
+                    "address" => f.address = value,
+                    "publish-binary" => f.publish_binary = value,
+                    "bundle" => f.bundle = value,
+                    _ => f.socket = value,
+                }
+            }
+            other => {
+                return Err(ShimError::InvalidArgument(format!(
+                    "flag provided but not defined: -{other}"
+                )))
+            }
+        }
+    }
+    Ok(f)
+}
+
+impl Flags {
+    /// The flags the long-lived shim is started with.
+    pub fn daemon_args(&self) -> Vec<String> {
+        let mut v = vec![
+            "-namespace".into(),
+            self.namespace.clone(),
+            "-id".into(),
+            self.id.clone(),
+            "-address".into(),
+            self.address.clone(),
+        ];
+        if !self.publish_binary.is_empty() {
+            v.extend(["-publish-binary".into(), self.publish_binary.clone()]);
+        }
+        if self.debug {
+            v.push("-debug".into());
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn parses_containerds_command_lines() {
+        let f = parse(args(
+            "-namespace default -address /run/containerd/containerd.sock -publish-binary /usr/bin/containerd -id c1 -debug start",
+        ))
+        .unwrap();
+        assert_eq!(f.namespace, "default");
+        assert_eq!(f.id, "c1");
+        assert_eq!(f.address, "/run/containerd/containerd.sock");
+        assert!(f.debug);
+        assert_eq!(f.action, "start");
+        let f = parse(args("-namespace=ns -id=x -bundle /b delete")).unwrap();
+        assert_eq!((f.namespace.as_str(), f.bundle.as_str(), f.action.as_str()), ("ns", "/b", "delete"));
+        assert!(parse(args("-id")).is_err());
+        assert!(parse(args("-bogus 1")).is_err());
+    }
+}

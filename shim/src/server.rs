@@ -1,0 +1,245 @@
+//! The one event loop: ttrpc listener and connections, SIGCHLD, signals, stdio pumps and the
+//! event publisher, multiplexed with `mio` on one thread.
+
+use crate::error::{Result, ShimError};
+use crate::events::Publisher;
+use crate::reaper::Reaper;
+use crate::service::{Reply, ReplyTo, Service};
+use crate::stdio::Pumps;
+use crate::wire::{Conn, MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
+use containerd_shim_protos::ttrpc;
+use mio::net::UnixListener;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use protobuf::Message;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tether_protocol::task_service::task_method;
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const SIGCHLD: Token = Token(2);
+const EVENTS: Token = Token(3);
+const FIRST_CONN: usize = 16;
+const FIRST_PUMP: usize = 1 << 20;
+/// How long a shutting-down shim keeps trying to deliver its last events.
+const FLUSH_EVENTS_FOR: Duration = Duration::from_secs(3);
+
+pub struct Server {
+    poll: Poll,
+    listener: UnixListener,
+    socket_path: Option<PathBuf>,
+    signals: Signals,
+    conns: HashMap<Token, Conn>,
+    next_conn: usize,
+    service: Service,
+}
+
+impl Server {
+    pub fn new(
+        listener: std::os::unix::net::UnixListener,
+        socket_path: Option<PathBuf>,
+        namespace: &str,
+        ttrpc_address: Option<&str>,
+    ) -> Result<Self> {
+        let poll = Poll::new().map_err(ShimError::io("epoll_create"))?;
+        let registry = poll.registry();
+        listener
+            .set_nonblocking(true)
+            .map_err(ShimError::io("listener O_NONBLOCK"))?;
+        let mut listener = UnixListener::from_std(listener);
+        registry
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(ShimError::io("register listener"))?;
+        let mut signals =
+            Signals::new([SIGTERM, SIGINT]).map_err(ShimError::io("signal handlers"))?;
+        registry
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(ShimError::io("register signals"))?;
+        let reaper = Reaper::new()?;
+        registry
+            .register(&mut SourceFd(&reaper.fd()), SIGCHLD, Interest::READABLE)
+            .map_err(ShimError::io("register SIGCHLD pipe"))?;
+        let clone = || registry.try_clone().map_err(ShimError::io("dup epoll fd"));
+        let pumps = Pumps::new(clone()?, FIRST_PUMP);
+        let publisher = Publisher::new(ttrpc_address, namespace, EVENTS);
+        let service = Service::new(namespace, reaper, pumps, publisher, clone()?);
+        Ok(Server {
+            poll,
+            listener,
+            socket_path,
+            signals,
+            conns: HashMap::new(),
+            next_conn: FIRST_CONN,
+            service,
+        })
+    }
+
+    /// Serves until `Shutdown` leaves no container (or a signal does, with none).
+    pub fn run(mut self) -> Result<()> {
+        let mut events = Events::with_capacity(256);
+        let mut stop_by: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if self.service.shutdown && stop_by.is_none() {
+                stop_by = Some(now + FLUSH_EVENTS_FOR);
+                self.remove_socket();
+            }
+            if let Some(t) = stop_by {
+                if self.service.publisher.is_idle() || now >= t {
+                    return Ok(());
+                }
+            }
+            let deadline = [self.service.publisher.deadline(), stop_by]
+                .into_iter()
+                .flatten()
+                .min();
+            let timeout = deadline.map(|d| d.saturating_duration_since(now));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(ShimError::io("epoll_wait")(e));
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    SIGCHLD => self.service.reaper.reap(),
+                    SIGNALS => self.on_signals(),
+                    EVENTS => {
+                        let reg = self.poll.registry();
+                        self.service.publisher.on_event(reg);
+                    }
+                    t if t.0 >= FIRST_PUMP => self.service.pumps.on_event(t),
+                    t => self.on_conn(t),
+                }
+            }
+            self.service.handle_exits();
+            self.send_outbox();
+            self.service.publisher.kick(self.poll.registry());
+        }
+    }
+
+    fn remove_socket(&mut self) {
+        if let Some(p) = &self.socket_path {
+            let _ = std::fs::remove_file(p);
+        }
+        let _ = self.poll.registry().deregister(&mut self.listener);
+    }
+
+    fn on_signals(&mut self) {
+        for sig in self.signals.pending() {
+            if self.service.is_empty() {
+                log::info!("signal {sig} with no container: exiting");
+                self.service.shutdown = true;
+            } else {
+                // A dead shim orphans its containers; containerd ends us with Shutdown.
+                log::warn!("signal {sig} ignored: this shim still holds containers");
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    let token = Token(self.next_conn);
+                    self.next_conn += 1;
+                    if self.next_conn >= FIRST_PUMP {
+                        self.next_conn = FIRST_CONN;
+                    }
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::warn!("register connection: {e}");
+                        continue;
+                    }
+                    self.conns.insert(token, Conn::new(stream));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_conn(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        conn.flush();
+        let frames = match conn.read_frames() {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("closing connection: {e}");
+                let status = ShimError::InvalidArgument(e.to_string()).to_status();
+                send_response(conn, e.stream_id, Err(status));
+                Vec::new()
+            }
+        };
+        for f in frames {
+            if f.kind != MESSAGE_TYPE_REQUEST {
+                continue;
+            }
+            let to = ReplyTo {
+                token,
+                stream_id: f.stream_id,
+            };
+            let reply = match ttrpc::Request::parse_from_bytes(&f.payload) {
+                Err(e) => Reply::Now(Err(ShimError::InvalidArgument(format!(
+                    "malformed ttrpc request: {e}"
+                )))),
+                Ok(req) => match task_method(&req.service, &req.method) {
+                    Some(m) => self.service.dispatch(m, &req.payload, to),
+                    None => Reply::Now(Err(ShimError::Unimplemented(format!(
+                        "service {} is not served here (method {})",
+                        req.service, req.method
+                    )))),
+                },
+            };
+            if let Reply::Now(r) = reply {
+                if let Some(conn) = self.conns.get_mut(&token) {
+                    send_response(conn, f.stream_id, r.map_err(|e| e.to_status()));
+                }
+            }
+        }
+        if self.conns.get(&token).is_some_and(|c| c.closed) {
+            if let Some(mut c) = self.conns.remove(&token) {
+                let _ = self.poll.registry().deregister(&mut c.stream);
+            }
+            self.service.forget(token);
+        }
+    }
+
+    fn send_outbox(&mut self) {
+        for (to, r) in std::mem::take(&mut self.service.outbox) {
+            if let Some(conn) = self.conns.get_mut(&to.token) {
+                send_response(conn, to.stream_id, r.map_err(|e| e.to_status()));
+            }
+        }
+    }
+}
+
+fn send_response(conn: &mut Conn, stream_id: u32, result: std::result::Result<Vec<u8>, ttrpc::Status>) {
+    let mut res = ttrpc::Response::new();
+    match result {
+        Ok(payload) => {
+            res.payload = payload;
+            res.status = protobuf::MessageField::some(ttrpc::Status {
+                code: ttrpc::Code::OK.into(),
+                ..Default::default()
+            });
+        }
+        Err(status) => res.status = protobuf::MessageField::some(status),
+    }
+    match res.write_to_bytes() {
+        Ok(bytes) => conn.send(stream_id, MESSAGE_TYPE_RESPONSE, &bytes),
+        Err(e) => log::error!("encode response: {e}"),
+    }
+}

@@ -1,0 +1,671 @@
+//! The task API: each request is decoded, checked against the process state machine, carried out
+//! through the runtime, and turned into events and replies.
+//!
+//! Data flows one way: request -> state machine -> effect (runtime, stdio) -> event. Exits come
+//! from the reaper and take the same path. `Wait` never blocks: it parks a reply that is sent
+//! when the exit arrives.
+
+use crate::container::{read_pid_file, Container, INIT_PID_FILE, RUNTIME_FILE};
+use crate::error::{Result, ShimError};
+use crate::events::Publisher;
+use crate::process::Process;
+use crate::reaper::{Exit, Reaper};
+use crate::runtime::RuntimeConfig;
+use crate::stdio::{Pumps, StdioPaths, Who};
+use mio::{Registry, Token};
+use protobuf::{Message, MessageField};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tether_protocol::api::events::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use tether_protocol::api::events::{TaskPaused, TaskResumed};
+use tether_protocol::api::runc_options::{Options, ProcessDetails};
+use tether_protocol::api::task::*;
+use tether_protocol::api::{pack_any, type_url, Empty};
+use tether_protocol::time::to_timestamp;
+use tether_protocol::{store, topics, validate_id};
+
+/// A reply owed to a client: which connection and stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub token: Token,
+    pub stream_id: u32,
+}
+
+/// What a request produced.
+pub enum Reply {
+    Now(Result<Vec<u8>>),
+    /// A `Wait`: the reply comes with the exit.
+    Parked,
+}
+
+struct Waiter {
+    to: ReplyTo,
+    container: String,
+    exec_id: String,
+}
+
+pub struct Service {
+    pub namespace: String,
+    containers: BTreeMap<String, Container>,
+    pub reaper: Reaper,
+    pub pumps: Pumps,
+    pub publisher: Publisher,
+    registry: Registry,
+    waiters: Vec<Waiter>,
+    /// Replies to parked waits, for the loop to send.
+    pub outbox: Vec<(ReplyTo, Result<Vec<u8>>)>,
+    /// Set by `Shutdown` once no container is left.
+    pub shutdown: bool,
+}
+
+fn encode<M: Message>(m: &M) -> Result<Vec<u8>> {
+    m.write_to_bytes()
+        .map_err(|e| ShimError::InvalidArgument(format!("encode reply: {e}")))
+}
+
+fn decode<M: Message>(method: &str, payload: &[u8]) -> Result<M> {
+    M::parse_from_bytes(payload).map_err(|e| {
+        ShimError::InvalidArgument(format!("malformed {method} request: {e}"))
+    })
+}
+
+impl Service {
+    pub fn new(
+        namespace: &str,
+        reaper: Reaper,
+        pumps: Pumps,
+        publisher: Publisher,
+        registry: Registry,
+    ) -> Self {
+        Service {
+            namespace: namespace.to_string(),
+            containers: BTreeMap::new(),
+            reaper,
+            pumps,
+            publisher,
+            registry,
+            waiters: Vec::new(),
+            outbox: Vec::new(),
+            shutdown: false,
+        }
+    }
+
+    /// Handles one task API call.
+    pub fn dispatch(&mut self, method: &str, payload: &[u8], from: ReplyTo) -> Reply {
+        macro_rules! call {
+            ($handler:ident) => {
+                Reply::Now(decode(method, payload).and_then(|r| self.$handler(r)).and_then(|r| encode(&r)))
+            };
+        }
+        let reply = match method {
+            "Create" => call!(create),
+            "Start" => call!(start),
+            "State" => call!(state),
+            "Kill" => call!(kill),
+            "Delete" => call!(delete),
+            "Pids" => call!(pids),
+            "Pause" => call!(pause),
+            "Resume" => call!(resume),
+            "CloseIO" => call!(close_io),
+            "Update" => call!(update),
+            "Connect" => call!(connect),
+            "Shutdown" => call!(shutdown_req),
+            "Wait" => match decode::<WaitRequest>(method, payload).and_then(|r| self.wait(r, from)) {
+                Ok(Some(bytes)) => Reply::Now(Ok(bytes)),
+                Ok(None) => Reply::Parked,
+                Err(e) => Reply::Now(Err(e)),
+            },
+            "Exec" | "ResizePty" | "Stats" | "Checkpoint" => Reply::Now(Err(
+                ShimError::Unimplemented(format!("{method} is not implemented by this shim yet")),
+            )),
+            _ => Reply::Now(Err(ShimError::Unimplemented(format!(
+                "unknown task method {method:?}"
+            )))),
+        };
+        // Exits met while the runtime ran are handled now, after the request's own events.
+        self.handle_exits();
+        reply
+    }
+
+    fn container(&self, id: &str) -> Result<&Container> {
+        validate_id(id)?;
+        self.containers
+            .get(id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {id}: not found in this shim")))
+    }
+
+    fn container_mut(&mut self, id: &str) -> Result<&mut Container> {
+        validate_id(id)?;
+        self.containers
+            .get_mut(id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {id}: not found in this shim")))
+    }
+
+    fn check_exec_id(exec_id: &str) -> Result<()> {
+        if exec_id.is_empty() {
+            Ok(())
+        } else {
+            tether_protocol::id::validate("exec id", exec_id).map_err(Into::into)
+        }
+    }
+
+    fn create(&mut self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        validate_id(&req.id)?;
+        if self.containers.contains_key(&req.id) {
+            return Err(ShimError::AlreadyExists(format!("container {}: already exists", req.id)));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        if !bundle.is_absolute() {
+            return Err(ShimError::InvalidArgument(format!(
+                "container {}: bundle {:?} is not an absolute path",
+                req.id, req.bundle
+            )));
+        }
+        let config_json = bundle.join("config.json");
+        if !config_json.is_file() {
+            return Err(ShimError::InvalidArgument(format!(
+                "container {}: {} does not exist: the bundle has no OCI config",
+                req.id,
+                config_json.display()
+            )));
+        }
+        if req.terminal {
+            return Err(ShimError::Unimplemented(format!(
+                "container {}: terminals are not implemented by this shim yet",
+                req.id
+            )));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::Unimplemented(format!(
+                "container {}: restore from a checkpoint is not implemented",
+                req.id
+            )));
+        }
+        let opts = runtime_options(&req.options)?;
+        let config = RuntimeConfig::from_options(&opts, &self.namespace);
+        store::write(&bundle.join(RUNTIME_FILE), &config)?;
+
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let mut c = Container::new(&req.id, &bundle, config, Process::new("", stdio.clone()));
+        if !req.rootfs.is_empty() {
+            let rootfs = c.rootfs();
+            std::fs::create_dir_all(&rootfs)
+                .map_err(ShimError::io(format!("create {}", rootfs.display())))?;
+            crate::mount::mount_rootfs(&req.rootfs, &rootfs)?;
+            c.rootfs_mounted = true;
+        }
+        let result = self.create_init(&mut c, &stdio);
+        if let Err(e) = result {
+            self.pumps.close(&mut c.init.io);
+            if c.rootfs_mounted {
+                let _ = crate::mount::unmount_all(&c.rootfs());
+            }
+            return Err(e);
+        }
+        let pid = c.init.pid;
+        self.publisher.publish(
+            &self.registry,
+            topics::TASK_CREATE,
+            &TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin,
+                    stdout: req.stdout,
+                    stderr: req.stderr,
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                checkpoint: req.checkpoint,
+                pid,
+                ..Default::default()
+            },
+        );
+        log::info!("container {}: created, init pid {pid}", req.id);
+        self.containers.insert(req.id, c);
+        Ok(CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn create_init(&mut self, c: &mut Container, stdio: &StdioPaths) -> Result<()> {
+        let who = Who {
+            namespace: &self.namespace,
+            id: &c.id,
+        };
+        let (io, runtime_stdio) = self.pumps.open(stdio, &who)?;
+        c.init.io = io;
+        let pid_file = c.bundle.join(INIT_PID_FILE);
+        let created = c.runtime.create(
+            &mut self.reaper,
+            &c.id,
+            &c.bundle,
+            &pid_file,
+            None,
+            runtime_stdio,
+        );
+        if let Err(e) = created {
+            let _ = c.runtime.delete(&mut self.reaper, &c.id, true);
+            return Err(e);
+        }
+        c.init.pid = read_pid_file(&pid_file)?;
+        Ok(())
+    }
+
+    fn start(&mut self, req: StartRequest) -> Result<StartResponse> {
+        Self::check_exec_id(&req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return Err(ShimError::Unimplemented(
+                "exec processes are not implemented by this shim yet".into(),
+            ));
+        }
+        let reaper = &mut self.reaper;
+        let c = self
+            .containers
+            .get_mut(&req.id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        c.init.check_start()?;
+        c.runtime.start(reaper, &c.id)?;
+        let pid = c.init.pid;
+        c.init.started(pid)?;
+        self.publisher.publish(
+            &self.registry,
+            topics::TASK_START,
+            &TaskStart {
+                container_id: req.id.clone(),
+                pid,
+                ..Default::default()
+            },
+        );
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn state(&mut self, req: StateRequest) -> Result<StateResponse> {
+        Self::check_exec_id(&req.exec_id)?;
+        let c = self.container(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        let (exit_status, exited_at) = match p.exit() {
+            Some((s, at)) => (s, MessageField::some(to_timestamp(at))),
+            None => (0, MessageField::none()),
+        };
+        Ok(StateResponse {
+            id: if req.exec_id.is_empty() { c.id.clone() } else { req.exec_id.clone() },
+            bundle: c.bundle.display().to_string(),
+            pid: p.pid,
+            status: p.status().into(),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exit_status,
+            exited_at,
+            exec_id: req.exec_id,
+            ..Default::default()
+        })
+    }
+
+    fn kill(&mut self, req: KillRequest) -> Result<Empty> {
+        Self::check_exec_id(&req.exec_id)?;
+        let reaper = &mut self.reaper;
+        validate_id(&req.id)?;
+        let c = self
+            .containers
+            .get_mut(&req.id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        if req.signal == 0 || req.signal > 64 {
+            return Err(ShimError::InvalidArgument(format!(
+                "container {}: invalid signal {}",
+                req.id, req.signal
+            )));
+        }
+        let p = c.process(&req.exec_id)?;
+        p.check_kill()?;
+        if req.exec_id.is_empty() {
+            c.runtime.kill(reaper, &c.id, req.signal, req.all)?;
+        } else {
+            let sig = nix::sys::signal::Signal::try_from(req.signal as i32)
+                .map_err(|e| ShimError::InvalidArgument(format!("signal {}: {e}", req.signal)))?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), sig).map_err(
+                ShimError::nix(format!("container {}: kill exec {}", req.id, req.exec_id)),
+            )?;
+        }
+        Ok(Empty::new())
+    }
+
+    fn delete(&mut self, req: DeleteRequest) -> Result<DeleteResponse> {
+        Self::check_exec_id(&req.exec_id)?;
+        self.container(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let c = self.container_mut(&req.id)?;
+            c.process(&req.exec_id)?.check_delete()?;
+            let Some(mut p) = c.execs.remove(&req.exec_id) else {
+                return Err(ShimError::NotFound(format!("no exec {}", req.exec_id)));
+            };
+            self.pumps.close(&mut p.io);
+            let (status, at) = p.exit().unwrap_or((0, 0));
+            return Ok(delete_response(p.pid, status, at));
+        }
+        let c = self.containers.get_mut(&req.id).ok_or_else(|| {
+            ShimError::NotFound(format!("container {}: not found", req.id))
+        })?;
+        c.init.check_delete()?;
+        if !c.init.is_stopped() {
+            // Created but never started: the runtime kills its init; its exit is real.
+            c.runtime.delete(&mut self.reaper, &c.id, true)?;
+            let status = self
+                .reaper
+                .wait_pid(c.init.pid as i32, "reap created init", std::time::Duration::from_secs(10))
+                .unwrap_or(137);
+            let at = tether_protocol::time::now_nanos();
+            self.on_exit(&req.id, "", status, at);
+        }
+        let Some(mut c) = self.containers.remove(&req.id) else {
+            return Err(ShimError::NotFound(format!("container {}: not found", req.id)));
+        };
+        if let Err(e) = c.runtime.delete(&mut self.reaper, &c.id, true) {
+            log::warn!("container {}: {e}", c.id);
+        }
+        self.pumps.close(&mut c.init.io);
+        for p in c.execs.values_mut() {
+            self.pumps.close(&mut p.io);
+        }
+        if c.rootfs_mounted {
+            crate::mount::unmount_all(&c.rootfs())?;
+        }
+        let (status, at) = c.init.exit().unwrap_or((0, 0));
+        let pid = c.init.pid;
+        self.publisher.publish(
+            &self.registry,
+            topics::TASK_DELETE,
+            &TaskDelete {
+                container_id: c.id.clone(),
+                pid,
+                exit_status: status,
+                exited_at: MessageField::some(to_timestamp(at)),
+                id: c.id.clone(),
+                ..Default::default()
+            },
+        );
+        log::info!("container {}: deleted (exit status {status})", c.id);
+        Ok(delete_response(pid, status, at))
+    }
+
+    fn pids(&mut self, req: PidsRequest) -> Result<PidsResponse> {
+        let reaper = &mut self.reaper;
+        validate_id(&req.id)?;
+        let c = self
+            .containers
+            .get(&req.id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        let pids = c.runtime.ps(reaper, &c.id)?;
+        let mut processes = Vec::with_capacity(pids.len());
+        for pid in pids {
+            let mut info = ProcessInfo {
+                pid,
+                ..Default::default()
+            };
+            if let Some(exec_id) = c.execs.iter().find(|(_, p)| p.pid == pid).map(|(k, _)| k) {
+                let details = ProcessDetails {
+                    exec_id: exec_id.clone(),
+                    ..Default::default()
+                };
+                if let Ok(any) = pack_any(&details) {
+                    info.info = MessageField::some(any);
+                }
+            }
+            processes.push(info);
+        }
+        Ok(PidsResponse {
+            processes,
+            ..Default::default()
+        })
+    }
+
+    fn pause(&mut self, req: PauseRequest) -> Result<Empty> {
+        let reaper = &mut self.reaper;
+        validate_id(&req.id)?;
+        let c = self
+            .containers
+            .get_mut(&req.id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        c.init.check_pause()?;
+        c.runtime.pause(reaper, &c.id)?;
+        c.init.paused()?;
+        let ev = TaskPaused {
+            container_id: req.id,
+            ..Default::default()
+        };
+        self.publisher.publish(&self.registry, topics::TASK_PAUSED, &ev);
+        Ok(Empty::new())
+    }
+
+    fn resume(&mut self, req: ResumeRequest) -> Result<Empty> {
+        let reaper = &mut self.reaper;
+        validate_id(&req.id)?;
+        let c = self
+            .containers
+            .get_mut(&req.id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        c.init.check_resume()?;
+        c.runtime.resume(reaper, &c.id)?;
+        c.init.resumed()?;
+        let ev = TaskResumed {
+            container_id: req.id,
+            ..Default::default()
+        };
+        self.publisher.publish(&self.registry, topics::TASK_RESUMED, &ev);
+        Ok(Empty::new())
+    }
+
+    fn close_io(&mut self, req: CloseIORequest) -> Result<Empty> {
+        Self::check_exec_id(&req.exec_id)?;
+        validate_id(&req.id)?;
+        let pumps = &mut self.pumps;
+        let c = self
+            .containers
+            .get_mut(&req.id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        let p = c.process_mut(&req.exec_id)?;
+        if req.stdin {
+            pumps.close_stdin(&mut p.io);
+        }
+        Ok(Empty::new())
+    }
+
+    fn update(&mut self, req: UpdateTaskRequest) -> Result<Empty> {
+        let reaper = &mut self.reaper;
+        validate_id(&req.id)?;
+        let c = self
+            .containers
+            .get(&req.id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        let Some(res) = req.resources.as_ref() else {
+            return Err(ShimError::InvalidArgument("update without resources".into()));
+        };
+        serde_json::from_slice::<serde_json::Value>(&res.value).map_err(|e| {
+            ShimError::InvalidArgument(format!("update resources are not JSON: {e}"))
+        })?;
+        let path = c.bundle.join("update-resources.json");
+        std::fs::write(&path, &res.value)
+            .map_err(ShimError::io(format!("write {}", path.display())))?;
+        let r = c.runtime.update(reaper, &c.id, &path);
+        let _ = std::fs::remove_file(&path);
+        r.map(|_| Empty::new())
+    }
+
+    fn connect(&mut self, req: ConnectRequest) -> Result<ConnectResponse> {
+        let task_pid = self.containers.get(&req.id).map(|c| c.init.pid).unwrap_or(0);
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: concat!("tether ", env!("CARGO_PKG_VERSION")).to_string(),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown_req(&mut self, _req: ShutdownRequest) -> Result<Empty> {
+        if self.containers.is_empty() {
+            self.shutdown = true;
+        }
+        Ok(Empty::new())
+    }
+
+    fn wait(&mut self, req: WaitRequest, from: ReplyTo) -> Result<Option<Vec<u8>>> {
+        Self::check_exec_id(&req.exec_id)?;
+        let c = self.container(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        match p.exit() {
+            Some((status, at)) if !(req.exec_id.is_empty() && c.init_exit_held) => {
+                Ok(Some(encode(&wait_response(status, at))?))
+            }
+            _ => {
+                self.waiters.push(Waiter {
+                    to: from,
+                    container: req.id,
+                    exec_id: req.exec_id,
+                });
+                Ok(None)
+            }
+        }
+    }
+
+    /// A client connection went away: its parked waits go with it.
+    pub fn forget(&mut self, token: Token) {
+        self.waiters.retain(|w| w.to.token != token);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty()
+    }
+
+    /// Handles every exit the reaper collected.
+    pub fn handle_exits(&mut self) {
+        for Exit { pid, status, at } in self.reaper.take_exits() {
+            let owner = self
+                .containers
+                .iter()
+                .find_map(|(id, c)| c.exec_id_of(pid as u32).map(|e| (id.clone(), e)));
+            match owner {
+                Some((id, exec_id)) => self.on_exit(&id, &exec_id, status, at),
+                None => log::debug!("reaped pid {pid} (status {status}): not a task process"),
+            }
+        }
+    }
+
+    fn on_exit(&mut self, id: &str, exec_id: &str, status: u32, at: i64) {
+        let Some(c) = self.containers.get_mut(id) else {
+            return;
+        };
+        let Ok(p) = c.process_mut(exec_id) else {
+            return;
+        };
+        if !p.exited(status, at) {
+            return;
+        }
+        self.pumps.flush(&p.io);
+        if exec_id.is_empty() {
+            if let Err(e) = c.persist_init_exit() {
+                log::error!("container {id}: cannot persist exit: {e}");
+            }
+            // Execs do not outlive the init; their exits are published first.
+            let mut held = false;
+            for p in c.running_execs() {
+                held = true;
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            c.init_exit_held = held;
+            if held {
+                return;
+            }
+        }
+        self.publish_exit(id, exec_id);
+        // The last exec is gone: the held init exit follows.
+        if let Some(c) = self.containers.get_mut(id) {
+            if c.init_exit_held && c.running_execs().next().is_none() {
+                c.init_exit_held = false;
+                self.publish_exit(id, "");
+            }
+        }
+    }
+
+    fn publish_exit(&mut self, id: &str, exec_id: &str) {
+        let Some(c) = self.containers.get(id) else {
+            return;
+        };
+        let Ok(p) = c.process(exec_id) else {
+            return;
+        };
+        let Some((status, at)) = p.exit() else {
+            return;
+        };
+        let ev = TaskExit {
+            container_id: id.to_string(),
+            id: if exec_id.is_empty() { id.to_string() } else { exec_id.to_string() },
+            pid: p.pid,
+            exit_status: status,
+            exited_at: MessageField::some(to_timestamp(at)),
+            ..Default::default()
+        };
+        log::info!("container {id}: process {} (pid {}) exited with {status}", ev.id, p.pid);
+        self.publisher.publish(&self.registry, topics::TASK_EXIT, &ev);
+        let reply = encode(&wait_response(status, at));
+        let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|w| w.container == id && w.exec_id == exec_id);
+        self.waiters = rest;
+        for w in done {
+            self.outbox.push((w.to, reply.as_ref().map(Clone::clone).map_err(|e| {
+                ShimError::InvalidArgument(e.to_string())
+            })));
+        }
+    }
+}
+
+fn wait_response(status: u32, at: i64) -> WaitResponse {
+    WaitResponse {
+        exit_status: status,
+        exited_at: MessageField::some(to_timestamp(at)),
+        ..Default::default()
+    }
+}
+
+pub fn delete_response(pid: u32, status: u32, at: i64) -> DeleteResponse {
+    DeleteResponse {
+        pid,
+        exit_status: status,
+        exited_at: MessageField::some(to_timestamp(at)),
+        ..Default::default()
+    }
+}
+
+/// containerd's runc options from the request's `Any`; none gives the defaults.
+pub fn runtime_options(any: &MessageField<tether_protocol::api::Any>) -> Result<Options> {
+    let Some(any) = any.as_ref() else {
+        return Ok(Options::default());
+    };
+    if any.type_url.is_empty() && any.value.is_empty() {
+        return Ok(Options::default());
+    }
+    let want = type_url::<Options>();
+    if any.type_url.trim_start_matches("type.googleapis.com/") != want {
+        return Err(ShimError::InvalidArgument(format!(
+            "runtime options of type {:?} are not supported (want {want})",
+            any.type_url
+        )));
+    }
+    Options::parse_from_bytes(&any.value)
+        .map_err(|e| ShimError::InvalidArgument(format!("malformed runtime options: {e}")))
+}

@@ -1,0 +1,123 @@
+//! The `start` action: launch the long-lived shim and print its address.
+//!
+//! containerd reads our stdout and stderr together until EOF and takes the trimmed text as the
+//! address, so nothing else may be printed and the shim must not inherit them.
+
+use crate::cli::Flags;
+use crate::error::{Result, ShimError};
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use tether_protocol::socket::{shim_socket_path, to_address, DEFAULT_SOCKET_DIR};
+use tether_protocol::{store, validate_id, validate_namespace};
+
+/// The fd the listening socket is handed to the shim on.
+pub const LISTENER_FD: i32 = 3;
+
+/// Where shim sockets go: `TETHER_SHIM_SOCKET_DIR` or `/run/tether/s`.
+pub fn socket_dir() -> PathBuf {
+    std::env::var_os("TETHER_SHIM_SOCKET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_DIR))
+}
+
+/// Pods share one shim: containerd's CRI plugin marks containers with their sandbox id.
+fn grouping_id(bundle: &Path, id: &str) -> String {
+    let spec = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    spec.as_ref()
+        .and_then(|s| s.get("annotations"))
+        .and_then(|a| a.get("io.kubernetes.cri.sandbox-id"))
+        .and_then(|v| v.as_str())
+        .filter(|g| validate_id(g).is_ok())
+        .unwrap_or(id)
+        .to_string()
+}
+
+pub fn start(flags: &Flags) -> Result<String> {
+    validate_namespace(&flags.namespace)?;
+    validate_id(&flags.id)?;
+    // The runtime options arrive on stdin; Create carries them too, so they are only drained.
+    let mut opts = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut opts);
+
+    let bundle = if flags.bundle.is_empty() {
+        std::env::current_dir().map_err(ShimError::io("getcwd"))?
+    } else {
+        PathBuf::from(&flags.bundle)
+    };
+    let group = grouping_id(&bundle, &flags.id);
+    let dir = socket_dir();
+    std::fs::create_dir_all(&dir).map_err(ShimError::io(format!("create {}", dir.display())))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(ShimError::io(format!("chmod 0700 {}", dir.display())))?;
+    let path = shim_socket_path(&dir, &flags.address, &flags.namespace, &group);
+    let address = to_address(&path);
+
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if UnixStream::connect(&path).is_ok() {
+                // A live shim serves this group already: share it.
+                write_address(&bundle, &address)?;
+                return Ok(address);
+            }
+            std::fs::remove_file(&path)
+                .map_err(ShimError::io(format!("remove stale socket {}", path.display())))?;
+            UnixListener::bind(&path)
+                .map_err(ShimError::io(format!("bind {}", path.display())))?
+        }
+        Err(e) => return Err(ShimError::io(format!("bind {}", path.display()))(e)),
+    };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(ShimError::io(format!("chmod 0600 {}", path.display())))?;
+
+    if let Err(e) = spawn_shim(flags, &bundle, OwnedFd::from(listener), &path) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    write_address(&bundle, &address)?;
+    Ok(address)
+}
+
+fn write_address(bundle: &Path, address: &str) -> Result<()> {
+    store::write_bytes(&bundle.join("address"), address.as_bytes())?;
+    Ok(())
+}
+
+fn spawn_shim(flags: &Flags, bundle: &Path, listener: OwnedFd, path: &Path) -> Result<()> {
+    let exe = std::env::current_exe().map_err(ShimError::io("find own executable"))?;
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new(exe);
+    cmd.args(flags.daemon_args())
+        .arg("-socket")
+        .arg(path)
+        .current_dir(bundle)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if fd == LISTENER_FD {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(fd, LISTENER_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // Not waited for: the shim outlives `start` and is adopted by a subreaper or init.
+    cmd.spawn().map_err(ShimError::io("spawn the shim"))?;
+    drop(listener);
+    Ok(())
+}

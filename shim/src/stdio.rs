@@ -1,0 +1,409 @@
+//! A process's stdio: the FIFOs (or `file://` / `binary://` URIs) containerd hands over, joined to
+//! the pipes the container writes and reads, copied with `splice(2)` in the event loop.
+//!
+//! The container never holds containerd's FIFOs itself. For stdout/stderr the shim keeps a read
+//! end of each FIFO open beside its write end, so the FIFO always has a reader: when containerd
+//! goes away for a while the container blocks on a full pipe instead of getting SIGPIPE, and
+//! resumes when containerd reopens the FIFO.
+
+use crate::error::{Result, ShimError};
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use nix::fcntl::{fcntl, open, splice, FcntlArg, OFlag, SpliceFFlags};
+use nix::sys::stat::Mode;
+use nix::unistd::pipe2;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::runtime::ProcessStdio;
+
+/// Bytes moved per splice call; pipes are grown to this size where the kernel allows.
+const CHUNK: usize = 1 << 20;
+
+/// Where a pump writes.
+enum Sink {
+    /// A FIFO: non-blocking write end, plus a read end held only to keep a reader.
+    Fifo { w: OwnedFd, _keep: Option<OwnedFd> },
+    /// A pipe into the container (stdin).
+    Pipe(OwnedFd),
+    /// A regular file (`file://`), shared by stdout and stderr so their offsets agree.
+    File(Rc<File>),
+}
+
+impl Sink {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Sink::Fifo { w, .. } | Sink::Pipe(w) => w.as_fd(),
+            Sink::File(f) => f.as_fd(),
+        }
+    }
+
+    /// Regular files cannot be registered with epoll; they are always writable.
+    fn pollable(&self) -> bool {
+        !matches!(self, Sink::File(_))
+    }
+}
+
+struct Pump {
+    src: OwnedFd,
+    dst: Sink,
+}
+
+/// What a pump did.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    /// Moved what it could; more may come.
+    Open,
+    /// The source reached EOF (or the sink failed for good).
+    Done,
+}
+
+impl Pump {
+    fn pump(&mut self) -> Flow {
+        loop {
+            match splice(
+                self.src.as_fd(),
+                None,
+                self.dst.fd(),
+                None,
+                CHUNK,
+                SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
+            ) {
+                Ok(0) => return Flow::Done,
+                Ok(_) => continue,
+                Err(nix::Error::EAGAIN) => return Flow::Open,
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("stdio copy stopped: splice: {e}");
+                    return Flow::Done;
+                }
+            }
+        }
+    }
+}
+
+/// All pumps of the shim, keyed by the token of their source (the sink has token + 1).
+pub struct Pumps {
+    registry: Registry,
+    next: usize,
+    pumps: HashMap<usize, Pump>,
+}
+
+/// The pumps of one process, by stream.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessIo {
+    pub stdin: Option<usize>,
+    pub stdout: Option<usize>,
+    pub stderr: Option<usize>,
+}
+
+impl ProcessIo {
+    fn outputs(&self) -> impl Iterator<Item = usize> {
+        self.stdout.into_iter().chain(self.stderr)
+    }
+}
+
+impl Pumps {
+    pub fn new(registry: Registry, first_token: usize) -> Self {
+        Pumps {
+            registry,
+            next: first_token,
+            pumps: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, pump: Pump) -> Result<usize> {
+        let id = self.next;
+        self.next += 2;
+        let reg = ShimError::io("register stdio with epoll");
+        self.registry
+            .register(
+                &mut SourceFd(&pump.src.as_raw_fd()),
+                Token(id),
+                Interest::READABLE,
+            )
+            .map_err(reg)?;
+        if pump.dst.pollable() {
+            let fd = pump.dst.fd().as_raw_fd();
+            self.registry
+                .register(&mut SourceFd(&fd), Token(id + 1), Interest::WRITABLE)
+                .map_err(ShimError::io("register stdio with epoll"))?;
+        }
+        self.pumps.insert(id, pump);
+        // Data may already be waiting (edge-triggered: no event for what came before).
+        self.run(id);
+        Ok(id)
+    }
+
+    /// Handles readiness of a pump's source or sink.
+    pub fn on_event(&mut self, token: Token) {
+        self.run(token.0 & !1);
+    }
+
+    fn run(&mut self, id: usize) {
+        if let Some(p) = self.pumps.get_mut(&id) {
+            if p.pump() == Flow::Done {
+                self.remove(id);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: usize) {
+        if let Some(p) = self.pumps.remove(&id) {
+            let _ = self
+                .registry
+                .deregister(&mut SourceFd(&p.src.as_raw_fd()));
+            if p.dst.pollable() {
+                let _ = self
+                    .registry
+                    .deregister(&mut SourceFd(&p.dst.fd().as_raw_fd()));
+            }
+        }
+    }
+
+    /// Copies what the process's outputs hold now (before its exit is published).
+    pub fn flush(&mut self, io: &ProcessIo) {
+        for id in io.outputs() {
+            self.run(id);
+        }
+    }
+
+    /// Closes the process's stdin: what was written reaches it, then EOF.
+    pub fn close_stdin(&mut self, io: &mut ProcessIo) {
+        if let Some(id) = io.stdin.take() {
+            self.run(id);
+            self.remove(id);
+        }
+    }
+
+    /// Drops every pump of the process (after a last copy).
+    pub fn close(&mut self, io: &mut ProcessIo) {
+        self.flush(io);
+        for id in [io.stdin.take(), io.stdout.take(), io.stderr.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.remove(id);
+        }
+    }
+
+    /// Opens a process's stdio for the runtime and starts the pumps.
+    pub fn open(&mut self, paths: &StdioPaths, who: &Who) -> Result<(ProcessIo, ProcessStdio)> {
+        let mut io = ProcessIo::default();
+        let mut stdio = ProcessStdio::default();
+        if !paths.stdin.is_empty() {
+            let (r, w) = new_pipe()?;
+            let fifo = open_fifo(&paths.stdin, OFlag::O_RDONLY)?;
+            io.stdin = Some(self.add(Pump {
+                src: fifo,
+                dst: Sink::Pipe(w),
+            })?);
+            stdio.stdin = Some(r);
+        }
+        let out = Target::parse(&paths.stdout)?;
+        let err = Target::parse(&paths.stderr)?;
+        if let (Target::Binary(uri), _) | (_, Target::Binary(uri)) = (&out, &err) {
+            let (o, e) = start_binary_logger(uri, who)?;
+            stdio.stdout = Some(o);
+            stdio.stderr = Some(e);
+            return Ok((io, stdio));
+        }
+        let shared_file = match (&out, &err) {
+            (Target::File(a), Target::File(b)) if a == b => Some(Rc::new(open_log_file(a)?)),
+            _ => None,
+        };
+        for (target, slot, fd) in [
+            (&out, &mut io.stdout, &mut stdio.stdout),
+            (&err, &mut io.stderr, &mut stdio.stderr),
+        ] {
+            let dst = match target {
+                Target::Null => {
+                    *fd = Some(dev_null()?);
+                    continue;
+                }
+                Target::Fifo(path) => {
+                    let keep = open_fifo(path, OFlag::O_RDONLY)?;
+                    let w = open_fifo(path, OFlag::O_WRONLY)?;
+                    grow_pipe(&w);
+                    Sink::Fifo { w, _keep: Some(keep) }
+                }
+                Target::File(path) => match &shared_file {
+                    Some(f) => Sink::File(f.clone()),
+                    None => Sink::File(Rc::new(open_log_file(path)?)),
+                },
+                Target::Binary(_) => unreachable!("handled above"),
+            };
+            let (r, w) = new_pipe()?;
+            *slot = Some(self.add(Pump { src: r, dst })?);
+            *fd = Some(w);
+        }
+        Ok((io, stdio))
+    }
+}
+
+/// The stdio paths or URIs of a process, as containerd sends them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// Whose stdio this is (for the binary logger's environment).
+pub struct Who<'a> {
+    pub namespace: &'a str,
+    pub id: &'a str,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Null,
+    Fifo(String),
+    File(String),
+    Binary(String),
+}
+
+impl Target {
+    fn parse(s: &str) -> Result<Target> {
+        if s.is_empty() {
+            return Ok(Target::Null);
+        }
+        let Some((scheme, rest)) = s.split_once("://") else {
+            return Ok(Target::Fifo(s.to_string()));
+        };
+        let path = rest.split('?').next().unwrap_or_default();
+        if !path.starts_with('/') {
+            return Err(ShimError::InvalidArgument(format!(
+                "stdio URI {s:?}: the path must be absolute"
+            )));
+        }
+        match scheme {
+            "fifo" => Ok(Target::Fifo(path.to_string())),
+            "file" => Ok(Target::File(path.to_string())),
+            "binary" => Ok(Target::Binary(rest.to_string())),
+            _ => Err(ShimError::InvalidArgument(format!(
+                "stdio URI {s:?}: unsupported scheme {scheme:?} (fifo, file or binary)"
+            ))),
+        }
+    }
+}
+
+fn new_pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(ShimError::nix("pipe2 for stdio"))?;
+    grow_pipe(&r);
+    // Our ends are non-blocking; the container's ends stay blocking.
+    Ok((r, w))
+}
+
+/// Larger pipes mean fewer wake-ups per MiB; failure (pipe-max-size) only costs speed.
+fn grow_pipe(fd: &OwnedFd) {
+    let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
+}
+
+fn open_fifo(path: &str, mode: OFlag) -> Result<OwnedFd> {
+    open(
+        Path::new(path),
+        mode | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(ShimError::nix(format!("open stdio FIFO {path}")))
+}
+
+fn dev_null() -> Result<OwnedFd> {
+    open("/dev/null", OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(ShimError::nix("open /dev/null"))
+}
+
+/// splice(2) refuses files opened with O_APPEND, so append by seeking to the end.
+fn open_log_file(path: &str) -> Result<File> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(ShimError::io(format!("open log file {path}")))?;
+    f.seek(SeekFrom::End(0))
+        .map_err(ShimError::io(format!("seek log file {path}")))?;
+    Ok(f)
+}
+
+/// containerd's binary logging protocol: the logger gets the container's stdout and stderr as
+/// fds 3 and 4 and closes fd 5 once it is ready; `CONTAINER_ID` and `CONTAINER_NAMESPACE` are in
+/// its environment and the URI's query becomes its arguments.
+fn start_binary_logger(uri: &str, who: &Who) -> Result<(OwnedFd, OwnedFd)> {
+    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let mut args = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        args.push(k.to_string());
+        if !v.is_empty() {
+            args.push(v.to_string());
+        }
+    }
+    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(ShimError::nix("pipe2"))?;
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(ShimError::nix("pipe2"))?;
+    let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC).map_err(ShimError::nix("pipe2"))?;
+    let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
+    let mut cmd = Command::new(path);
+    cmd.args(&args)
+        .env("CONTAINER_ID", who.id)
+        .env("CONTAINER_NAMESPACE", who.namespace);
+    // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(ShimError::io(format!("start binary logger {path}")))?;
+    drop((out_r, err_r, ready_w));
+    // Wait (bounded) for the logger to say it is ready: EOF or a byte on fd 5.
+    let mut fds = [nix::poll::PollFd::new(
+        ready_r.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ms = Duration::from_secs(10).as_millis() as u16;
+    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+        Ok(n) if n > 0 => Ok((out_w, err_w)),
+        _ => Err(ShimError::Runtime(format!(
+            "binary logger {path} did not become ready within 10s"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stdio_targets() {
+        assert_eq!(Target::parse("").unwrap(), Target::Null);
+        assert_eq!(
+            Target::parse("/run/x/stdout").unwrap(),
+            Target::Fifo("/run/x/stdout".into())
+        );
+        assert_eq!(
+            Target::parse("file:///var/log/c.log").unwrap(),
+            Target::File("/var/log/c.log".into())
+        );
+        assert_eq!(
+            Target::parse("binary:///usr/bin/logger?a=b").unwrap(),
+            Target::Binary("/usr/bin/logger?a=b".into())
+        );
+        assert!(Target::parse("file://relative").is_err());
+        assert!(Target::parse("tcp:///x").is_err());
+    }
+}
