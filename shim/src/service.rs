@@ -17,7 +17,7 @@ use protobuf::{Message, MessageField};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tether_protocol::api::events::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
-use tether_protocol::api::events::{TaskPaused, TaskResumed};
+use tether_protocol::api::events::{TaskExecAdded, TaskExecStarted, TaskPaused, TaskResumed};
 use tether_protocol::api::runc_options::{Options, ProcessDetails};
 use tether_protocol::api::task::*;
 use tether_protocol::api::{pack_any, type_url, Empty};
@@ -115,7 +115,8 @@ impl Service {
                 Ok(None) => Reply::Parked,
                 Err(e) => Reply::Now(Err(e)),
             },
-            "Exec" | "ResizePty" | "Stats" | "Checkpoint" => Reply::Now(Err(
+            "Exec" => call!(exec),
+            "ResizePty" | "Stats" | "Checkpoint" => Reply::Now(Err(
                 ShimError::Unimplemented(format!("{method} is not implemented by this shim yet")),
             )),
             _ => Reply::Now(Err(ShimError::Unimplemented(format!(
@@ -262,9 +263,7 @@ impl Service {
     fn start(&mut self, req: StartRequest) -> Result<StartResponse> {
         Self::check_exec_id(&req.exec_id)?;
         if !req.exec_id.is_empty() {
-            return Err(ShimError::Unimplemented(
-                "exec processes are not implemented by this shim yet".into(),
-            ));
+            return self.start_exec(req);
         }
         let reaper = &mut self.reaper;
         let c = self
@@ -284,6 +283,108 @@ impl Service {
                 ..Default::default()
             },
         );
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn exec(&mut self, req: ExecProcessRequest) -> Result<Empty> {
+        tether_protocol::id::validate("exec id", &req.exec_id)?;
+        let c = self.container_mut(&req.id)?;
+        if c.execs.contains_key(&req.exec_id) {
+            return Err(ShimError::AlreadyExists(format!(
+                "container {}: exec {:?} already exists",
+                req.id, req.exec_id
+            )));
+        }
+        if c.init.is_stopped() || c.init.pid == 0 {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {}: cannot exec: its init process is not running",
+                req.id
+            )));
+        }
+        if req.terminal {
+            return Err(ShimError::Unimplemented(format!(
+                "container {}: exec with a terminal is not implemented by this shim yet",
+                req.id
+            )));
+        }
+        let spec = req.spec.as_ref().map(|a| a.value.as_slice()).unwrap_or_default();
+        serde_json::from_slice::<oci_spec::runtime::Process>(spec).map_err(|e| {
+            ShimError::InvalidArgument(format!(
+                "container {}: exec {:?}: the process spec is not a valid OCI process: {e}",
+                req.id, req.exec_id
+            ))
+        })?;
+        let path = exec_spec_path(&c.bundle, &req.exec_id);
+        std::fs::write(&path, spec).map_err(ShimError::io(format!("write {}", path.display())))?;
+        let stdio = StdioPaths {
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            terminal: req.terminal,
+        };
+        c.execs
+            .insert(req.exec_id.clone(), Process::new(&req.exec_id, stdio));
+        let ev = TaskExecAdded {
+            container_id: req.id,
+            exec_id: req.exec_id,
+            ..Default::default()
+        };
+        self.publisher.publish(&self.registry, topics::TASK_EXEC_ADDED, &ev);
+        Ok(Empty::new())
+    }
+
+    fn start_exec(&mut self, req: StartRequest) -> Result<StartResponse> {
+        validate_id(&req.id)?;
+        let c = self
+            .containers
+            .get_mut(&req.id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        if c.init.is_stopped() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {}: cannot start exec {:?}: its init process has exited",
+                req.id, req.exec_id
+            )));
+        }
+        let p = c.process_mut(&req.exec_id)?;
+        p.check_start()?;
+        let who = Who {
+            namespace: &self.namespace,
+            id: &req.id,
+        };
+        let stdio = p.stdio.clone();
+        let (io, runtime_stdio) = self.pumps.open(&stdio, &who)?;
+        let spec = exec_spec_path(&c.bundle, &req.exec_id);
+        let pid_file = c.bundle.join(format!("exec-{}.pid", req.exec_id));
+        let r = c.runtime.exec(
+            &mut self.reaper,
+            &c.id,
+            &spec,
+            &pid_file,
+            None,
+            runtime_stdio,
+        );
+        let pid = r.and_then(|_| read_pid_file(&pid_file));
+        let _ = std::fs::remove_file(&pid_file);
+        let p = c.process_mut(&req.exec_id)?;
+        p.io = io;
+        let pid = match pid {
+            Ok(pid) => pid,
+            Err(e) => {
+                self.pumps.close(&mut p.io);
+                return Err(e);
+            }
+        };
+        p.started(pid)?;
+        let ev = TaskExecStarted {
+            container_id: req.id,
+            exec_id: req.exec_id,
+            pid,
+            ..Default::default()
+        };
+        self.publisher.publish(&self.registry, topics::TASK_EXEC_STARTED, &ev);
         Ok(StartResponse {
             pid,
             ..Default::default()
@@ -352,6 +453,9 @@ impl Service {
                 return Err(ShimError::NotFound(format!("no exec {}", req.exec_id)));
             };
             self.pumps.close(&mut p.io);
+            if let Some(c) = self.containers.get(&req.id) {
+                let _ = std::fs::remove_file(exec_spec_path(&c.bundle, &req.exec_id));
+            }
             let (status, at) = p.exit().unwrap_or((0, 0));
             return Ok(delete_response(p.pid, status, at));
         }
@@ -632,6 +736,10 @@ impl Service {
             })));
         }
     }
+}
+
+fn exec_spec_path(bundle: &std::path::Path, exec_id: &str) -> PathBuf {
+    bundle.join(format!("exec-{exec_id}.json"))
 }
 
 fn wait_response(status: u32, at: i64) -> WaitResponse {
