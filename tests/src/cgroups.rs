@@ -1,0 +1,103 @@
+//! Cgroups that containers leave behind.
+//!
+//! `ctr run` puts a container in the cgroup `/<namespace>/<id>` of every hierarchy (here: each
+//! v1 controller plus the empty v2 `unified` one). runc removes `<id>` when the task is
+//! deleted, but nobody removes `<namespace>`: tests, which use a fresh namespace each, would
+//! leak one directory per controller per test. These helpers find, kill and remove them.
+
+use crate::mounts::mounts;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Mount points of every cgroup hierarchy (v1 and v2).
+pub fn hierarchies() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = mounts()
+        .into_iter()
+        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
+        .map(|m| m.mount_point)
+        .collect();
+    v.dedup();
+    v
+}
+
+/// `<hierarchy>/<rel>` for every hierarchy where it exists.
+pub fn existing(rel: &str) -> Vec<PathBuf> {
+    let rel = rel.trim_start_matches('/');
+    hierarchies()
+        .into_iter()
+        .map(|h| h.join(rel))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// Every cgroup directory at or below `dir`, deepest first.
+fn subtree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+        }
+        out.push(d);
+    }
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    out
+}
+
+/// Pids in `dir`'s cgroup and below.
+pub fn procs(dir: &Path) -> Vec<i32> {
+    subtree(dir)
+        .iter()
+        .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// Thaws (a frozen process ignores SIGKILL until thawed) and SIGKILLs every process in `dir`'s
+/// cgroup and below; returns the pids signalled.
+pub fn kill_all(dir: &Path) -> Vec<i32> {
+    for d in subtree(dir) {
+        let _ = fs::write(d.join("freezer.state"), "THAWED");
+        let _ = fs::write(d.join("cgroup.freeze"), "0");
+    }
+    let pids = procs(dir);
+    for &p in &pids {
+        crate::procs::signal(p, libc::SIGKILL);
+    }
+    pids
+}
+
+/// Removes `dir` and its child cgroups, deepest first, retrying while they drain (EBUSY) until
+/// `timeout`. A missing `dir` is fine.
+pub fn remove_tree(dir: &Path, timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    for d in subtree(dir) {
+        loop {
+            match fs::remove_dir(&d) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("rmdir {}: {e}", d.display()),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}

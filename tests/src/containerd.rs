@@ -1,0 +1,650 @@
+//! A private containerd per test.
+//!
+//! [`Containerd::start`] makes a fresh directory `/run/tt-PID-N-RAND` (short: unix socket paths
+//! must fit in 108 bytes) holding its `config.toml` (version 2, CRI disabled, every other plugin
+//! at its default), `root/`, `state/`, `tmp/`, `opt/`, the gRPC socket `c.sock`, the ttrpc socket
+//! `c.sock.ttrpc` and the log `containerd.log`. Nothing is shared with another instance or with
+//! a system containerd, so tests run in parallel. Its `PATH` starts with [`bin_dir`], so the
+//! runtime `io.containerd.tether.v2` finds our `containerd-shim-tether-v2`; containerd's own
+//! `io.containerd.runc.v2` is found in /usr/bin as usual.
+//!
+//! Dropping it (or [`Containerd::shutdown`]) leaves nothing behind, whatever state the test left:
+//! 1. if the daemon answers: every task of every namespace is force-deleted through ctr;
+//! 2. the daemon is stopped by pid (SIGTERM, SIGKILL after 5 s) and reaped;
+//! 3. every process of its shims (`-address <our socket>` on their command line), their
+//!    descendants and whatever is still in the containers' cgroups are SIGKILLed by pid;
+//! 4. leftover shim sockets (from the bundles' `address` files) are removed;
+//! 5. everything mounted under the directory is unmounted (`MNT_DETACH`, deepest first);
+//! 6. the namespaces' cgroups are removed, then the directory.
+//!
+//! Containers and namespaces must be named uniquely ([`crate::unique_id`]): cgroups are named
+//! after them and are shared by every containerd on the machine.
+//!
+//! [`bin_dir`]: crate::bins::bin_dir
+
+use crate::bins::bin_dir;
+use crate::cmd::{self, exit_code};
+use crate::ctr::{parse_task_ls, Ctr};
+use crate::ids::unique_id;
+use crate::procs::{self, describe};
+use crate::{cgroups, mounts};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// containerd's own shim (Go), installed with Debian's containerd.
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+/// Our shim, `containerd-shim-tether-v2`.
+pub const TETHER_RUNTIME: &str = "io.containerd.tether.v2";
+/// The snapshotter images are unpacked with (containerd's default; works on this machine).
+pub const SNAPSHOTTER: &str = "overlayfs";
+/// Where ctr (the containerd client) makes each task's stdio FIFOs: `<this>/<random>/<id>-stdin`...
+pub const CTR_FIFO_DIR: &str = "/run/containerd/fifo";
+/// Where the task plugin keeps bundles, under the state dir: `<this>/<namespace>/<id>`.
+pub const TASK_STATE_DIR: &str = "io.containerd.runtime.v2.task";
+
+/// How to start a [`Containerd`]; `Options::default()` is what [`Containerd::start`] uses.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Directories put on containerd's `PATH` before [`bin_dir`].
+    pub path_prefix: Vec<PathBuf>,
+    /// TOML tables appended to the generated config (for example a `[plugins."..."]` section).
+    pub extra_config: String,
+    /// containerd's log level (default `info`); `debug` also makes it pass `-debug` to shims.
+    pub log_level: Option<String>,
+    /// How long to wait for the socket to answer (default 30 s).
+    pub start_timeout: Option<Duration>,
+}
+
+/// What [`Containerd::shutdown`] had to do.
+#[derive(Debug, Clone, Default)]
+pub struct Cleanup {
+    /// `namespace/id` of tasks still there, force-deleted through ctr.
+    pub deleted_tasks: Vec<String>,
+    /// Processes killed after the daemon stopped (shims and their containers), described.
+    pub killed: Vec<String>,
+    /// Shim sockets left behind and removed.
+    pub removed_sockets: Vec<PathBuf>,
+    /// ctr's FIFO directories of tasks that were never deleted (`/run/containerd/fifo/N`).
+    pub removed_fifos: Vec<PathBuf>,
+    pub unmounted: Vec<PathBuf>,
+    pub removed_cgroups: Vec<PathBuf>,
+    /// What could not be cleaned.
+    pub problems: Vec<String>,
+}
+
+/// A running private containerd; stopped and cleaned on drop.
+pub struct Containerd {
+    dir: PathBuf,
+    opts: Options,
+    child: Option<Child>,
+    done: bool,
+}
+
+impl Containerd {
+    /// Starts one with default [`Options`]; panics (with the log tail) if it does not come up.
+    pub fn start() -> Containerd {
+        Self::start_with(Options::default())
+    }
+
+    /// Starts one with `opts`.
+    pub fn start_with(opts: Options) -> Containerd {
+        let base = if is_writable_dir(Path::new("/run")) {
+            PathBuf::from("/run")
+        } else {
+            PathBuf::from("/tmp")
+        };
+        let dir = base.join(unique_id("tt"));
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        // From here on, a panic drops `me`, which cleans up.
+        let mut me = Containerd {
+            dir,
+            opts,
+            child: None,
+            done: false,
+        };
+        for d in ["root", "state", "tmp", "opt"] {
+            fs::create_dir(me.dir.join(d)).unwrap_or_else(|e| panic!("mkdir {d}: {e}"));
+        }
+        fs::write(me.config_path(), me.config_toml()).expect("write config.toml");
+        me.start_daemon();
+        me
+    }
+
+    /// The generated config.
+    fn config_toml(&self) -> String {
+        let d = self.dir.display();
+        format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+temp = "{d}/tmp"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{d}/c.sock"
+
+[ttrpc]
+  address = "{d}/c.sock.ttrpc"
+
+[debug]
+  level = "{level}"
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{d}/opt"
+
+{extra}
+"#,
+            level = self.opts.log_level.as_deref().unwrap_or("info"),
+            extra = self.opts.extra_config,
+        )
+    }
+
+    /// The `PATH` containerd (and so every shim it starts) gets.
+    fn daemon_path(&self) -> String {
+        let mut parts: Vec<String> = self
+            .opts
+            .path_prefix
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        parts.push(bin_dir().display().to_string());
+        if let Some(p) = std::env::var_os("PATH") {
+            parts.extend(p.to_string_lossy().split(':').map(String::from));
+        }
+        for p in [
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+        ] {
+            if !parts.iter().any(|x| x == p) {
+                parts.push(p.to_string());
+            }
+        }
+        parts.retain(|p| !p.is_empty());
+        parts.join(":")
+    }
+
+    /// Starts the daemon process on the existing config and waits until it answers.
+    fn start_daemon(&mut self) {
+        assert!(self.child.is_none(), "containerd already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open containerd.log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.config_path())
+            .env("PATH", self.daemon_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start containerd: {e} (install Debian's containerd: `make deps`)")
+            });
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let timeout = self.opts.start_timeout.unwrap_or(Duration::from_secs(30));
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!(
+                    "containerd exited during start-up with status {}\n{}",
+                    exit_code(status),
+                    self.log_excerpt()
+                );
+            }
+            if self.address().exists() {
+                let mut c = Command::new(crate::ctr::CTR);
+                c.arg("--address").arg(self.address()).arg("version");
+                match cmd::try_run(&mut c, None, Duration::from_secs(5)) {
+                    Ok(out) if out.success() => return,
+                    Ok(out) => last = out.to_string(),
+                    Err(t) => last = t.to_string(),
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "containerd did not answer on {} within {timeout:?}; last `ctr version`: {last}\n{}",
+                    self.address().display(),
+                    self.log_excerpt()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The instance's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The gRPC socket (what `ctr --address` and shims' `-address` take).
+    pub fn address(&self) -> PathBuf {
+        self.dir.join("c.sock")
+    }
+
+    /// The ttrpc socket (the shims' `TTRPC_ADDRESS`).
+    pub fn ttrpc_address(&self) -> PathBuf {
+        self.dir.join("c.sock.ttrpc")
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The bundle directory of task `id` in `namespace`.
+    pub fn bundle(&self, namespace: &str, id: &str) -> PathBuf {
+        self.state().join(TASK_STATE_DIR).join(namespace).join(id)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("containerd.log")
+    }
+
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                // Exited on its own: reaped by try_wait.
+                self.child = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// `ctr` against this daemon, in `namespace`.
+    pub fn ctr(&self, namespace: &str) -> Ctr {
+        Ctr::new(self.address(), namespace)
+    }
+
+    /// The whole log.
+    pub fn log(&self) -> String {
+        fs::read(self.log_path())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The last `lines` lines of the log (reads at most the last 64 KiB).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let Ok(mut f) = File::open(self.log_path()) else {
+            return String::new();
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+        let mut buf = Vec::new();
+        let _ = f.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The log tail, framed for a panic message.
+    pub fn log_excerpt(&self) -> String {
+        format!(
+            "--- last lines of {} ---\n{}",
+            self.log_path().display(),
+            self.log_tail(40)
+        )
+    }
+
+    /// Pids of the shims this daemon started that are still running.
+    pub fn shim_pids(&self) -> Vec<i32> {
+        procs::shim_pids(&self.address().display().to_string())
+    }
+
+    /// Stops only the daemon with `signal` (SIGKILL simulates a crash), waiting up to 5 s
+    /// before SIGKILL, and reaps it. Shims and containers live on; [`Containerd::restart`]
+    /// brings the daemon back on the same state.
+    pub fn kill_daemon(&mut self, signal: i32) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(None) = child.try_wait() {
+                // Not reaped yet, so the pid is still the daemon's.
+                procs::signal(child.id() as i32, signal);
+            }
+            cmd::wait_deadline(
+                &mut child,
+                Instant::now() + Duration::from_secs(5),
+                "containerd",
+            );
+        }
+    }
+
+    /// Stops the daemon (SIGTERM) if it runs and starts it again on the same config and state.
+    pub fn restart(&mut self) {
+        self.kill_daemon(libc::SIGTERM);
+        self.start_daemon();
+    }
+
+    /// What to look at after this instance is gone to prove it left nothing: take it just before
+    /// dropping, then call [`LeakCheck::assert_clean`].
+    pub fn leak_check(&self) -> LeakCheck {
+        let mut pids = Vec::new();
+        for shim in self.shim_pids() {
+            for p in std::iter::once(shim).chain(procs::descendants(shim)) {
+                if let Some(args) = procs::cmdline(p) {
+                    pids.push((p, args));
+                }
+            }
+        }
+        LeakCheck {
+            address: self.address().display().to_string(),
+            config: self.config_path().display().to_string(),
+            dir: self.dir.clone(),
+            pids,
+            cgroups: self
+                .task_namespaces()
+                .iter()
+                .flat_map(|ns| cgroups::existing(ns))
+                .collect(),
+            ids: self
+                .task_namespaces()
+                .iter()
+                .flat_map(|ns| dir_names(&self.state().join(TASK_STATE_DIR).join(ns)))
+                .collect(),
+        }
+    }
+
+    /// Namespaces that had tasks (their directories in the task state dir).
+    fn task_namespaces(&self) -> Vec<String> {
+        dir_names(&self.state().join(TASK_STATE_DIR))
+    }
+
+    /// Stops everything and cleans up (see the module docs), reporting what it had to do.
+    pub fn shutdown(mut self) -> Cleanup {
+        self.cleanup()
+    }
+
+    fn cleanup(&mut self) -> Cleanup {
+        self.done = true;
+        let mut report = Cleanup::default();
+        if self.is_running() {
+            self.delete_tasks(&mut report);
+        }
+        self.kill_daemon(libc::SIGTERM);
+
+        // Bundles left: their shims' sockets and their cgroups.
+        let mut bundles = Vec::new();
+        for ns in self.task_namespaces() {
+            for id in dir_names(&self.state().join(TASK_STATE_DIR).join(&ns)) {
+                bundles.push((ns.clone(), id));
+            }
+        }
+        self.kill_leftovers(&bundles, &mut report);
+        for (ns, id) in &bundles {
+            let file = self.bundle(ns, id).join("address");
+            let Ok(addr) = fs::read_to_string(&file) else {
+                continue;
+            };
+            let sock = PathBuf::from(addr.trim().trim_start_matches("unix://"));
+            if fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket())
+                && fs::remove_file(&sock).is_ok()
+            {
+                report.removed_sockets.push(sock);
+            }
+        }
+
+        let ids: Vec<&str> = bundles.iter().map(|(_, id)| id.as_str()).collect();
+        report.removed_fifos = remove_fifo_dirs(Path::new(CTR_FIFO_DIR), &ids);
+
+        match mounts::unmount_under(&self.dir) {
+            Ok(done) => report.unmounted = done,
+            Err(e) => report.problems.push(e),
+        }
+        for ns in self.task_namespaces() {
+            for cg in cgroups::existing(&ns) {
+                match cgroups::remove_tree(&cg, Duration::from_secs(2)) {
+                    Ok(()) => report.removed_cgroups.push(cg),
+                    Err(e) => report.problems.push(e.to_string()),
+                }
+            }
+        }
+        if mounts::mounts_under(&self.dir).is_empty() {
+            if let Err(e) = fs::remove_dir_all(&self.dir) {
+                report
+                    .problems
+                    .push(format!("removing {}: {e}", self.dir.display()));
+            }
+        } else {
+            report.problems.push(format!(
+                "left {} in place: mounts remain under it",
+                self.dir.display()
+            ));
+        }
+        report
+    }
+
+    /// Force-deletes every task through ctr; gives up at the first call that hangs.
+    fn delete_tasks(&self, report: &mut Cleanup) {
+        let quick = |ns: &str| self.ctr(ns).with_timeout(Duration::from_secs(5));
+        let Ok(out) = quick("default").try_call(&["namespaces", "ls", "-q"]) else {
+            report.problems.push("`ctr namespaces ls` hung".into());
+            return;
+        };
+        for ns in out.stdout.split_whitespace() {
+            let ctr = quick(ns);
+            let Ok(tasks) = ctr.try_call(&["task", "ls"]) else {
+                report.problems.push(format!("`ctr -n {ns} task ls` hung"));
+                return;
+            };
+            for t in parse_task_ls(&tasks.stdout) {
+                match ctr.try_call(&["task", "delete", "--force", &t.id]) {
+                    Ok(_) => report.deleted_tasks.push(format!("{ns}/{}", t.id)),
+                    Err(e) => {
+                        report.problems.push(e.to_string());
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// SIGKILLs the shims, their descendants and the processes in the bundles' cgroups.
+    fn kill_leftovers(&self, bundles: &[(String, String)], report: &mut Cleanup) {
+        let mut victims = Vec::new();
+        for shim in self.shim_pids() {
+            victims.extend(procs::descendants(shim));
+            victims.push(shim);
+        }
+        for (ns, id) in bundles {
+            for cg in cgroups::existing(&format!("{ns}/{id}")) {
+                victims.extend(cgroups::procs(&cg));
+            }
+        }
+        victims.sort_unstable();
+        victims.dedup();
+        for &p in &victims {
+            report.killed.push(describe(p));
+        }
+        for (ns, id) in bundles {
+            for cg in cgroups::existing(&format!("{ns}/{id}")) {
+                cgroups::kill_all(&cg);
+            }
+        }
+        for &p in &victims {
+            procs::signal(p, libc::SIGKILL);
+        }
+        let alive = procs::wait_gone(&victims, Duration::from_secs(5));
+        for p in alive {
+            report
+                .problems
+                .push(format!("still alive after SIGKILL: {}", describe(p)));
+        }
+    }
+}
+
+impl std::fmt::Debug for Containerd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Containerd")
+            .field("dir", &self.dir)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let report = self.cleanup();
+        if !report.problems.is_empty() {
+            eprintln!(
+                "containerd at {}: cleanup problems: {:#?}",
+                self.dir.display(),
+                report.problems
+            );
+        }
+    }
+}
+
+/// A record of what a [`Containerd`] had running, to check after it is gone.
+#[derive(Debug, Clone)]
+pub struct LeakCheck {
+    address: String,
+    config: String,
+    dir: PathBuf,
+    /// Shims and their descendants, with their command lines (to tell pid reuse apart).
+    pids: Vec<(i32, Vec<String>)>,
+    cgroups: Vec<PathBuf>,
+    /// Ids of the containers that had bundles.
+    ids: Vec<String>,
+}
+
+impl LeakCheck {
+    /// The shims and their descendants that were running when the check was taken.
+    pub fn pids(&self) -> Vec<i32> {
+        self.pids.iter().map(|(p, _)| *p).collect()
+    }
+
+    /// Everything left behind, described; empty when clean.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for p in procs::pids_with_cmdline(&self.config) {
+            left.push(format!("containerd process: {}", describe(p)));
+        }
+        for p in procs::shim_pids(&self.address) {
+            left.push(format!("shim process: {}", describe(p)));
+        }
+        for (p, args) in &self.pids {
+            if procs::is_alive(*p) && procs::cmdline(*p).as_ref() == Some(args) {
+                left.push(format!("process: {}", describe(*p)));
+            }
+        }
+        for m in mounts::mounts_under(&self.dir) {
+            left.push(format!("mount: {}", m.display()));
+        }
+        if self.dir.exists() {
+            left.push(format!("directory: {}", self.dir.display()));
+        }
+        for cg in &self.cgroups {
+            if cg.exists() {
+                left.push(format!("cgroup: {}", cg.display()));
+            }
+        }
+        for d in fs::read_dir(CTR_FIFO_DIR).into_iter().flatten().flatten() {
+            for f in fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if self
+                    .ids
+                    .iter()
+                    .any(|id| name.starts_with(&format!("{id}-std")))
+                {
+                    left.push(format!("ctr FIFO: {}", f.path().display()));
+                }
+            }
+        }
+        left
+    }
+
+    /// Panics listing whatever was left behind.
+    pub fn assert_clean(&self) {
+        let left = self.leftovers();
+        assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
+    }
+}
+
+/// Removes the FIFO directories under `fifo_dir` that hold only FIFOs of the containers `ids`
+/// (`<id>-stdin`, `<id>-stdout`, `<id>-stderr`). The client removes them when it deletes a task;
+/// a task that was never deleted (its daemon died) leaves them.
+fn remove_fifo_dirs(fifo_dir: &Path, ids: &[&str]) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    if ids.is_empty() {
+        return removed;
+    }
+    let Ok(rd) = fs::read_dir(fifo_dir) else {
+        return removed;
+    };
+    for d in rd.flatten().map(|e| e.path()) {
+        let Ok(files) = fs::read_dir(&d) else {
+            continue;
+        };
+        let names: Vec<String> = files
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .collect();
+        let ours = |n: &String| {
+            ids.iter().any(|id| {
+                n.strip_prefix(id)
+                    .is_some_and(|rest| ["-stdin", "-stdout", "-stderr"].contains(&rest))
+            })
+        };
+        if !names.is_empty() && names.iter().all(ours) && fs::remove_dir_all(&d).is_ok() {
+            removed.push(d);
+        }
+    }
+    removed
+}
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .collect();
+    v.sort();
+    v
+}
+
+fn is_writable_dir(p: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    p.is_dir() && unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0
+}

@@ -1,0 +1,223 @@
+//! Looking at processes through /proc, for leak checks and cleanup.
+//!
+//! Everything here reads a snapshot: a process may exit between two reads, so every reader
+//! treats a vanished `/proc/PID` as "no such process", never as an error.
+
+use std::fs;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// One line of `/proc/PID/stat`, the fields we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: i32,
+    /// The executable name (`comm`, at most 15 bytes).
+    pub comm: String,
+    /// `R`, `S`, `D`, `Z` (zombie), `T`, ...
+    pub state: char,
+    pub ppid: i32,
+}
+
+/// Every pid in /proc right now.
+pub fn all_pids() -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The parsed `/proc/PID/stat`, or `None` if the process is gone.
+pub fn stat(pid: i32) -> Option<Stat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Parses a `/proc/PID/stat` line. `comm` may hold spaces and parentheses: it ends at the last `)`.
+pub fn parse_stat(line: &str) -> Option<Stat> {
+    let open = line.find('(')?;
+    let close = line.rfind(')')?;
+    let pid = line[..open].trim().parse().ok()?;
+    let comm = line.get(open + 1..close)?.to_string();
+    let mut rest = line.get(close + 1..)?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some(Stat {
+        pid,
+        comm,
+        state,
+        ppid,
+    })
+}
+
+/// The arguments of `pid` (`/proc/PID/cmdline` split at NULs), or `None` if it is gone or a
+/// kernel thread.
+pub fn cmdline(pid: i32) -> Option<Vec<String>> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    if raw.is_empty() {
+        return None;
+    }
+    Some(
+        raw.split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+    )
+}
+
+/// Processes (other than this one) whose command line, joined by spaces, contains `needle`.
+pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    all_pids()
+        .into_iter()
+        .filter(|&p| p != me)
+        .filter(|&p| cmdline(p).is_some_and(|args| args.join(" ").contains(needle)))
+        .collect()
+}
+
+/// Shim processes of the daemon at `address`: the runtime v2 shim CLI carries `-address A`
+/// (containerd's shims and ours alike; `ctr` spells it `--address`, so it never matches).
+pub fn shim_pids(address: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    all_pids()
+        .into_iter()
+        .filter(|&p| p != me)
+        .filter(|&p| cmdline(p).is_some_and(|args| is_shim_of(&args, address)))
+        .collect()
+}
+
+/// Whether a command line is a shim's launched for the daemon at `address`.
+pub fn is_shim_of(args: &[String], address: &str) -> bool {
+    args.windows(2)
+        .any(|w| w[0] == "-address" && w[1] == address)
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    stat(pid).is_some_and(|s| s.state != 'Z')
+}
+
+/// Direct children of `ppid` (zombies included).
+pub fn children(ppid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| stat(p).is_some_and(|s| s.ppid == ppid))
+        .collect()
+}
+
+/// Children of `ppid` that have exited and were not reaped.
+pub fn zombie_children(ppid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| stat(p).is_some_and(|s| s.ppid == ppid && s.state == 'Z'))
+        .collect()
+}
+
+/// Every descendant of `pid` (not `pid` itself), parents before children.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let table: Vec<Stat> = all_pids().into_iter().filter_map(stat).collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for s in table.iter().filter(|s| s.ppid == parent) {
+            if !out.contains(&s.pid) {
+                out.push(s.pid);
+                frontier.push(s.pid);
+            }
+        }
+    }
+    out
+}
+
+/// Sends `signal` to `pid`; says whether it was delivered.
+pub fn signal(pid: i32, signal: i32) -> bool {
+    pid > 0 && unsafe { libc::kill(pid, signal) } == 0
+}
+
+/// Waits until none of `pids` is alive (zombies count as gone); returns those still alive.
+pub fn wait_gone(pids: &[i32], timeout: Duration) -> Vec<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let alive: Vec<i32> = pids.iter().copied().filter(|&p| is_alive(p)).collect();
+        if alive.is_empty() || Instant::now() >= deadline {
+            return alive;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The number of threads of `pid` (`Threads:` in /proc/PID/status).
+pub fn thread_count(pid: i32) -> Option<usize> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A one-line description of `pid` for messages: `PID (comm) STATE ppid=P: cmdline`.
+pub fn describe(pid: i32) -> String {
+    match stat(pid) {
+        Some(s) => format!(
+            "{pid} ({}) {} ppid={}: {}",
+            s.comm,
+            s.state,
+            s.ppid,
+            cmdline(pid).unwrap_or_default().join(" ")
+        ),
+        None => format!("{pid} (gone)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn parses_stat_with_odd_comm() {
+        let s = parse_stat("42 (a) b (c)) S 7 42 42 0 -1").expect("parses");
+        assert_eq!(
+            s,
+            Stat {
+                pid: 42,
+                comm: "a) b (c)".into(),
+                state: 'S',
+                ppid: 7
+            }
+        );
+    }
+
+    #[test]
+    fn sees_own_child_and_its_zombie() {
+        let mut child = Command::new("/bin/sleep")
+            .arg("0.05")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        let me = std::process::id() as i32;
+        assert!(children(me).contains(&pid));
+        assert!(descendants(me).contains(&pid));
+        assert!(cmdline(pid).expect("cmdline").contains(&"0.05".to_string()));
+        assert!(
+            crate::wait::wait_until(Duration::from_secs(5), || zombie_children(me)
+                .contains(&pid)),
+            "exited child shows as a zombie until reaped"
+        );
+        assert!(!is_alive(pid));
+        child.wait().expect("reap");
+        assert!(stat(pid).is_none());
+    }
+
+    #[test]
+    fn shim_cmdline_match_is_exact() {
+        let args: Vec<String> = ["shim", "-namespace", "n", "-address", "/a/c.sock", "start"]
+            .map(String::from)
+            .to_vec();
+        assert!(is_shim_of(&args, "/a/c.sock"));
+        assert!(!is_shim_of(&args, "/a/c"));
+        let ctr: Vec<String> = ["ctr", "--address", "/a/c.sock"].map(String::from).to_vec();
+        assert!(!is_shim_of(&ctr, "/a/c.sock"));
+    }
+}
