@@ -101,7 +101,10 @@ mod tests {
         assert!(f.debug);
         assert_eq!(f.action, "start");
         let f = parse(args("-namespace=ns -id=x -bundle /b delete")).unwrap();
-        assert_eq!((f.namespace.as_str(), f.bundle.as_str(), f.action.as_str()), ("ns", "/b", "delete"));
+        assert_eq!(
+            (f.namespace.as_str(), f.bundle.as_str(), f.action.as_str()),
+            ("ns", "/b", "delete")
+        );
         assert!(parse(args("-id")).is_err());
         assert!(parse(args("-bogus 1")).is_err());
     }

@@ -55,9 +55,9 @@ impl Container {
             return Ok(&mut self.init);
         }
         let id = &self.id;
-        self.execs.get_mut(exec_id).ok_or_else(|| {
-            ShimError::NotFound(format!("container {id}: no exec {exec_id:?}"))
-        })
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {id}: no exec {exec_id:?}")))
     }
 
     /// Which process of this container has `pid`, as its exec id ("" for init).
@@ -101,7 +101,7 @@ impl Container {
 pub fn read_pid_file(path: &Path) -> Result<u32> {
     let text = std::fs::read_to_string(path)
         .map_err(ShimError::io(format!("read pid file {}", path.display())))?;
-    text.trim().parse::<u32>().map_err(|e| {
-        ShimError::Runtime(format!("pid file {}: {text:?}: {e}", path.display()))
-    })
+    text.trim()
+        .parse::<u32>()
+        .map_err(|e| ShimError::Runtime(format!("pid file {}: {text:?}: {e}", path.display())))
 }

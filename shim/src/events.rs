@@ -202,13 +202,17 @@ impl Publisher {
         let frames = conn.read_frames().unwrap_or_default();
         let closed = conn.closed;
         for f in frames {
-            if f.kind != MESSAGE_TYPE_RESPONSE || self.in_flight.map(|(s, _)| s) != Some(f.stream_id)
+            if f.kind != MESSAGE_TYPE_RESPONSE
+                || self.in_flight.map(|(s, _)| s) != Some(f.stream_id)
             {
                 continue;
             }
             self.in_flight = None;
             match ttrpc::Response::parse_from_bytes(&f.payload) {
-                Ok(r) if r.status.as_ref().is_none_or(|s| s.code() == ttrpc::Code::OK) => {}
+                Ok(r)
+                    if r.status
+                        .as_ref()
+                        .is_none_or(|s| s.code() == ttrpc::Code::OK) => {}
                 Ok(r) => log::warn!(
                     "event receiver refused an event: {}",
                     r.status.as_ref().map(|s| s.message()).unwrap_or_default()

@@ -2,6 +2,7 @@
 
 mod cleanup;
 mod cli;
+mod console;
 mod container;
 mod error;
 mod events;
@@ -63,8 +64,11 @@ fn main() -> ExitCode {
 /// The long-lived shim: serves on the socket `start` handed over as fd 3.
 fn serve(flags: &cli::Flags) -> error::Result<()> {
     logging::init(flags.debug, &flags.id);
-    let st = nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(start::LISTENER_FD) })
-        .map_err(error::ShimError::nix("fd 3 is not the listening socket (run via `start`)"))?;
+    let st =
+        nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(start::LISTENER_FD) })
+            .map_err(error::ShimError::nix(
+            "fd 3 is not the listening socket (run via `start`)",
+        ))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(error::ShimError::InvalidArgument(
             "fd 3 is not a socket: the shim is started by its `start` action".into(),

@@ -13,7 +13,10 @@ pub enum State {
     Created,
     Running,
     Paused,
-    Stopped { status: u32, at: i64 },
+    Stopped {
+        status: u32,
+        at: i64,
+    },
 }
 
 #[derive(Debug)]
@@ -24,6 +27,8 @@ pub struct Process {
     pub state: State,
     pub stdio: StdioPaths,
     pub io: ProcessIo,
+    /// The pty master, for a process with a terminal.
+    pub console: Option<std::os::fd::OwnedFd>,
 }
 
 impl Process {
@@ -34,6 +39,7 @@ impl Process {
             state: State::Created,
             stdio,
             io: ProcessIo::default(),
+            console: None,
         }
     }
 

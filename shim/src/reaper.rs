@@ -82,12 +82,10 @@ impl Reaper {
 
     /// Spawns `cmd` and waits for its exit through the reaper. Returns the exit status.
     pub fn run(&mut self, cmd: &mut Command, what: &str, timeout: Duration) -> Result<u32> {
-        let child = cmd
-            .spawn()
-            .map_err(|e| ShimError::Io {
-                context: format!("{what}: cannot execute {:?}", cmd.get_program()),
-                source: e,
-            })?;
+        let child = cmd.spawn().map_err(|e| ShimError::Io {
+            context: format!("{what}: cannot execute {:?}", cmd.get_program()),
+            source: e,
+        })?;
         self.wait_pid(child.id() as i32, what, timeout)
     }
 

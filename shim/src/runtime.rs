@@ -141,22 +141,28 @@ impl Runtime {
         cmd.stdin(to_stdio(stdio.stdin).unwrap_or_else(Stdio::null));
         match stdio.stdout {
             Some(fd) => cmd.stdout(Stdio::from(fd)),
-            None => cmd.stdout(Stdio::from(out.try_clone().map_err(ShimError::io("dup memfd"))?)),
+            None => cmd.stdout(Stdio::from(
+                out.try_clone().map_err(ShimError::io("dup memfd"))?,
+            )),
         };
         match stdio.stderr {
             Some(fd) => cmd.stderr(Stdio::from(fd)),
-            None => cmd.stderr(Stdio::from(err.try_clone().map_err(ShimError::io("dup memfd"))?)),
+            None => cmd.stderr(Stdio::from(
+                err.try_clone().map_err(ShimError::io("dup memfd"))?,
+            )),
         };
         let what = format!("{} {op}", self.config.binary);
-        let status = reaper.run(&mut cmd, &what, COMMAND_TIMEOUT).map_err(|e| match e {
-            ShimError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                ShimError::Runtime(format!(
-                    "runtime binary {:?} not found (on PATH or as a path): {source}",
-                    self.config.binary
-                ))
-            }
-            other => other,
-        })?;
+        let status = reaper
+            .run(&mut cmd, &what, COMMAND_TIMEOUT)
+            .map_err(|e| match e {
+                ShimError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                    ShimError::Runtime(format!(
+                        "runtime binary {:?} not found (on PATH or as a path): {source}",
+                        self.config.binary
+                    ))
+                }
+                other => other,
+            })?;
         drop(cmd);
         if status != 0 {
             let stderr = read_all(&err);
@@ -213,7 +219,14 @@ impl Runtime {
     ) -> Result<()> {
         let spec = spec.display().to_string();
         let pid_file = pid_file.display().to_string();
-        let mut args = vec!["exec", "--detach", "--process", &spec, "--pid-file", &pid_file];
+        let mut args = vec![
+            "exec",
+            "--detach",
+            "--process",
+            &spec,
+            "--pid-file",
+            &pid_file,
+        ];
         let console;
         if let Some(c) = console_socket {
             console = c.display().to_string();
@@ -278,7 +291,10 @@ impl Runtime {
             return Ok(Vec::new());
         }
         serde_json::from_str(out).map_err(|e| {
-            ShimError::Runtime(format!("{} ps: unreadable output {out:?}: {e}", self.config.binary))
+            ShimError::Runtime(format!(
+                "{} ps: unreadable output {out:?}: {e}",
+                self.config.binary
+            ))
         })
     }
 }

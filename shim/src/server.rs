@@ -226,7 +226,11 @@ impl Server {
     }
 }
 
-fn send_response(conn: &mut Conn, stream_id: u32, result: std::result::Result<Vec<u8>, ttrpc::Status>) {
+fn send_response(
+    conn: &mut Conn,
+    stream_id: u32,
+    result: std::result::Result<Vec<u8>, ttrpc::Status>,
+) {
     let mut res = ttrpc::Response::new();
     match result {
         Ok(payload) => {

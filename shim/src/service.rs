@@ -5,13 +5,15 @@
 //! from the reaper and take the same path. `Wait` never blocks: it parks a reply that is sent
 //! when the exit arrives.
 
+use crate::console::ConsoleSocket;
 use crate::container::{read_pid_file, Container, INIT_PID_FILE, RUNTIME_FILE};
 use crate::error::{Result, ShimError};
 use crate::events::Publisher;
 use crate::process::Process;
 use crate::reaper::{Exit, Reaper};
+use crate::runtime::ProcessStdio;
 use crate::runtime::RuntimeConfig;
-use crate::stdio::{Pumps, StdioPaths, Who};
+use crate::stdio::{ProcessIo, Pumps, StdioPaths, Who};
 use mio::{Registry, Token};
 use protobuf::{Message, MessageField};
 use std::collections::BTreeMap;
@@ -64,9 +66,8 @@ fn encode<M: Message>(m: &M) -> Result<Vec<u8>> {
 }
 
 fn decode<M: Message>(method: &str, payload: &[u8]) -> Result<M> {
-    M::parse_from_bytes(payload).map_err(|e| {
-        ShimError::InvalidArgument(format!("malformed {method} request: {e}"))
-    })
+    M::parse_from_bytes(payload)
+        .map_err(|e| ShimError::InvalidArgument(format!("malformed {method} request: {e}")))
 }
 
 impl Service {
@@ -94,7 +95,11 @@ impl Service {
     pub fn dispatch(&mut self, method: &str, payload: &[u8], from: ReplyTo) -> Reply {
         macro_rules! call {
             ($handler:ident) => {
-                Reply::Now(decode(method, payload).and_then(|r| self.$handler(r)).and_then(|r| encode(&r)))
+                Reply::Now(
+                    decode(method, payload)
+                        .and_then(|r| self.$handler(r))
+                        .and_then(|r| encode(&r)),
+                )
             };
         }
         let reply = match method {
@@ -110,15 +115,17 @@ impl Service {
             "Update" => call!(update),
             "Connect" => call!(connect),
             "Shutdown" => call!(shutdown_req),
-            "Wait" => match decode::<WaitRequest>(method, payload).and_then(|r| self.wait(r, from)) {
+            "Wait" => match decode::<WaitRequest>(method, payload).and_then(|r| self.wait(r, from))
+            {
                 Ok(Some(bytes)) => Reply::Now(Ok(bytes)),
                 Ok(None) => Reply::Parked,
                 Err(e) => Reply::Now(Err(e)),
             },
             "Exec" => call!(exec),
-            "ResizePty" | "Stats" | "Checkpoint" => Reply::Now(Err(
-                ShimError::Unimplemented(format!("{method} is not implemented by this shim yet")),
-            )),
+            "ResizePty" => call!(resize_pty),
+            "Stats" | "Checkpoint" => Reply::Now(Err(ShimError::Unimplemented(format!(
+                "{method} is not implemented by this shim yet"
+            )))),
             _ => Reply::Now(Err(ShimError::Unimplemented(format!(
                 "unknown task method {method:?}"
             )))),
@@ -153,7 +160,10 @@ impl Service {
     fn create(&mut self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         validate_id(&req.id)?;
         if self.containers.contains_key(&req.id) {
-            return Err(ShimError::AlreadyExists(format!("container {}: already exists", req.id)));
+            return Err(ShimError::AlreadyExists(format!(
+                "container {}: already exists",
+                req.id
+            )));
         }
         let bundle = PathBuf::from(&req.bundle);
         if !bundle.is_absolute() {
@@ -168,12 +178,6 @@ impl Service {
                 "container {}: {} does not exist: the bundle has no OCI config",
                 req.id,
                 config_json.display()
-            )));
-        }
-        if req.terminal {
-            return Err(ShimError::Unimplemented(format!(
-                "container {}: terminals are not implemented by this shim yet",
-                req.id
             )));
         }
         if !req.checkpoint.is_empty() {
@@ -237,24 +241,30 @@ impl Service {
     }
 
     fn create_init(&mut self, c: &mut Container, stdio: &StdioPaths) -> Result<()> {
-        let who = Who {
-            namespace: &self.namespace,
-            id: &c.id,
-        };
-        let (io, runtime_stdio) = self.pumps.open(stdio, &who)?;
-        c.init.io = io;
         let pid_file = c.bundle.join(INIT_PID_FILE);
-        let created = c.runtime.create(
+        let runtime = &c.runtime;
+        let (id, bundle) = (c.id.clone(), c.bundle.clone());
+        let launched = spawn_process(
+            &mut self.pumps,
             &mut self.reaper,
-            &c.id,
-            &c.bundle,
-            &pid_file,
-            None,
-            runtime_stdio,
+            stdio,
+            &Who {
+                namespace: &self.namespace,
+                id: &c.id,
+            },
+            |reaper, console, runtime_stdio| {
+                runtime.create(reaper, &id, &bundle, &pid_file, console, runtime_stdio)
+            },
         );
-        if let Err(e) = created {
-            let _ = c.runtime.delete(&mut self.reaper, &c.id, true);
-            return Err(e);
+        match launched {
+            Ok((io, console)) => {
+                c.init.io = io;
+                c.init.console = console;
+            }
+            Err(e) => {
+                let _ = c.runtime.delete(&mut self.reaper, &c.id, true);
+                return Err(e);
+            }
         }
         c.init.pid = read_pid_file(&pid_file)?;
         Ok(())
@@ -304,13 +314,11 @@ impl Service {
                 req.id
             )));
         }
-        if req.terminal {
-            return Err(ShimError::Unimplemented(format!(
-                "container {}: exec with a terminal is not implemented by this shim yet",
-                req.id
-            )));
-        }
-        let spec = req.spec.as_ref().map(|a| a.value.as_slice()).unwrap_or_default();
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.as_slice())
+            .unwrap_or_default();
         serde_json::from_slice::<oci_spec::runtime::Process>(spec).map_err(|e| {
             ShimError::InvalidArgument(format!(
                 "container {}: exec {:?}: the process spec is not a valid OCI process: {e}",
@@ -332,7 +340,8 @@ impl Service {
             exec_id: req.exec_id,
             ..Default::default()
         };
-        self.publisher.publish(&self.registry, topics::TASK_EXEC_ADDED, &ev);
+        self.publisher
+            .publish(&self.registry, topics::TASK_EXEC_ADDED, &ev);
         Ok(Empty::new())
     }
 
@@ -350,33 +359,36 @@ impl Service {
         }
         let p = c.process_mut(&req.exec_id)?;
         p.check_start()?;
-        let who = Who {
-            namespace: &self.namespace,
-            id: &req.id,
-        };
         let stdio = p.stdio.clone();
-        let (io, runtime_stdio) = self.pumps.open(&stdio, &who)?;
         let spec = exec_spec_path(&c.bundle, &req.exec_id);
         let pid_file = c.bundle.join(format!("exec-{}.pid", req.exec_id));
-        let r = c.runtime.exec(
+        let runtime = &c.runtime;
+        let launched = spawn_process(
+            &mut self.pumps,
             &mut self.reaper,
-            &c.id,
-            &spec,
-            &pid_file,
-            None,
-            runtime_stdio,
+            &stdio,
+            &Who {
+                namespace: &self.namespace,
+                id: &req.id,
+            },
+            |reaper, console, runtime_stdio| {
+                runtime.exec(reaper, &req.id, &spec, &pid_file, console, runtime_stdio)
+            },
         );
-        let pid = r.and_then(|_| read_pid_file(&pid_file));
-        let _ = std::fs::remove_file(&pid_file);
-        let p = c.process_mut(&req.exec_id)?;
-        p.io = io;
-        let pid = match pid {
-            Ok(pid) => pid,
-            Err(e) => {
+        let pid = launched.and_then(|(io, console)| {
+            let pid = read_pid_file(&pid_file);
+            let p = c.process_mut(&req.exec_id)?;
+            p.io = io;
+            p.console = console;
+            if pid.is_err() {
                 self.pumps.close(&mut p.io);
-                return Err(e);
+                p.console = None;
             }
-        };
+            pid
+        });
+        let _ = std::fs::remove_file(&pid_file);
+        let pid = pid?;
+        let p = c.process_mut(&req.exec_id)?;
         p.started(pid)?;
         let ev = TaskExecStarted {
             container_id: req.id,
@@ -384,7 +396,8 @@ impl Service {
             pid,
             ..Default::default()
         };
-        self.publisher.publish(&self.registry, topics::TASK_EXEC_STARTED, &ev);
+        self.publisher
+            .publish(&self.registry, topics::TASK_EXEC_STARTED, &ev);
         Ok(StartResponse {
             pid,
             ..Default::default()
@@ -400,7 +413,11 @@ impl Service {
             None => (0, MessageField::none()),
         };
         Ok(StateResponse {
-            id: if req.exec_id.is_empty() { c.id.clone() } else { req.exec_id.clone() },
+            id: if req.exec_id.is_empty() {
+                c.id.clone()
+            } else {
+                req.exec_id.clone()
+            },
             bundle: c.bundle.display().to_string(),
             pid: p.pid,
             status: p.status().into(),
@@ -459,22 +476,30 @@ impl Service {
             let (status, at) = p.exit().unwrap_or((0, 0));
             return Ok(delete_response(p.pid, status, at));
         }
-        let c = self.containers.get_mut(&req.id).ok_or_else(|| {
-            ShimError::NotFound(format!("container {}: not found", req.id))
-        })?;
+        let c = self
+            .containers
+            .get_mut(&req.id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
         c.init.check_delete()?;
         if !c.init.is_stopped() {
             // Created but never started: the runtime kills its init; its exit is real.
             c.runtime.delete(&mut self.reaper, &c.id, true)?;
             let status = self
                 .reaper
-                .wait_pid(c.init.pid as i32, "reap created init", std::time::Duration::from_secs(10))
+                .wait_pid(
+                    c.init.pid as i32,
+                    "reap created init",
+                    std::time::Duration::from_secs(10),
+                )
                 .unwrap_or(137);
             let at = tether_protocol::time::now_nanos();
             self.on_exit(&req.id, "", status, at);
         }
         let Some(mut c) = self.containers.remove(&req.id) else {
-            return Err(ShimError::NotFound(format!("container {}: not found", req.id)));
+            return Err(ShimError::NotFound(format!(
+                "container {}: not found",
+                req.id
+            )));
         };
         if let Err(e) = c.runtime.delete(&mut self.reaper, &c.id, true) {
             log::warn!("container {}: {e}", c.id);
@@ -549,7 +574,8 @@ impl Service {
             container_id: req.id,
             ..Default::default()
         };
-        self.publisher.publish(&self.registry, topics::TASK_PAUSED, &ev);
+        self.publisher
+            .publish(&self.registry, topics::TASK_PAUSED, &ev);
         Ok(Empty::new())
     }
 
@@ -567,7 +593,8 @@ impl Service {
             container_id: req.id,
             ..Default::default()
         };
-        self.publisher.publish(&self.registry, topics::TASK_RESUMED, &ev);
+        self.publisher
+            .publish(&self.registry, topics::TASK_RESUMED, &ev);
         Ok(Empty::new())
     }
 
@@ -582,7 +609,24 @@ impl Service {
         let p = c.process_mut(&req.exec_id)?;
         if req.stdin {
             pumps.close_stdin(&mut p.io);
+            if let Some(master) = &p.console {
+                crate::console::send_eof(master)?;
+            }
         }
+        Ok(Empty::new())
+    }
+
+    fn resize_pty(&mut self, req: ResizePtyRequest) -> Result<Empty> {
+        Self::check_exec_id(&req.exec_id)?;
+        let c = self.container(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        let Some(master) = &p.console else {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {}: process {:?} has no terminal",
+                req.id, req.exec_id
+            )));
+        };
+        crate::console::resize(master, req.width, req.height)?;
         Ok(Empty::new())
     }
 
@@ -594,7 +638,9 @@ impl Service {
             .get(&req.id)
             .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
         let Some(res) = req.resources.as_ref() else {
-            return Err(ShimError::InvalidArgument("update without resources".into()));
+            return Err(ShimError::InvalidArgument(
+                "update without resources".into(),
+            ));
         };
         serde_json::from_slice::<serde_json::Value>(&res.value).map_err(|e| {
             ShimError::InvalidArgument(format!("update resources are not JSON: {e}"))
@@ -608,7 +654,11 @@ impl Service {
     }
 
     fn connect(&mut self, req: ConnectRequest) -> Result<ConnectResponse> {
-        let task_pid = self.containers.get(&req.id).map(|c| c.init.pid).unwrap_or(0);
+        let task_pid = self
+            .containers
+            .get(&req.id)
+            .map(|c| c.init.pid)
+            .unwrap_or(0);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
@@ -717,25 +767,62 @@ impl Service {
         };
         let ev = TaskExit {
             container_id: id.to_string(),
-            id: if exec_id.is_empty() { id.to_string() } else { exec_id.to_string() },
+            id: if exec_id.is_empty() {
+                id.to_string()
+            } else {
+                exec_id.to_string()
+            },
             pid: p.pid,
             exit_status: status,
             exited_at: MessageField::some(to_timestamp(at)),
             ..Default::default()
         };
-        log::info!("container {id}: process {} (pid {}) exited with {status}", ev.id, p.pid);
-        self.publisher.publish(&self.registry, topics::TASK_EXIT, &ev);
+        log::info!(
+            "container {id}: process {} (pid {}) exited with {status}",
+            ev.id,
+            p.pid
+        );
+        self.publisher
+            .publish(&self.registry, topics::TASK_EXIT, &ev);
         let reply = encode(&wait_response(status, at));
         let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
             .into_iter()
             .partition(|w| w.container == id && w.exec_id == exec_id);
         self.waiters = rest;
         for w in done {
-            self.outbox.push((w.to, reply.as_ref().map(Clone::clone).map_err(|e| {
-                ShimError::InvalidArgument(e.to_string())
-            })));
+            self.outbox.push((
+                w.to,
+                reply
+                    .as_ref()
+                    .map(Clone::clone)
+                    .map_err(|e| ShimError::InvalidArgument(e.to_string())),
+            ));
         }
     }
+}
+
+/// Opens a process's stdio (pipes and FIFOs, or a terminal through a console socket) and runs
+/// the runtime command that creates the process; on failure its pumps are closed again.
+fn spawn_process(
+    pumps: &mut Pumps,
+    reaper: &mut Reaper,
+    stdio: &StdioPaths,
+    who: &Who,
+    run: impl FnOnce(&mut Reaper, Option<&std::path::Path>, ProcessStdio) -> Result<()>,
+) -> Result<(ProcessIo, Option<std::os::fd::OwnedFd>)> {
+    if stdio.terminal {
+        let socket = ConsoleSocket::new()?;
+        run(reaper, Some(&socket.path), ProcessStdio::default())?;
+        let master = socket.receive_master()?;
+        let io = pumps.open_terminal(stdio, &master)?;
+        return Ok((io, Some(master)));
+    }
+    let (mut io, runtime_stdio) = pumps.open(stdio, who)?;
+    if let Err(e) = run(reaper, None, runtime_stdio) {
+        pumps.close(&mut io);
+        return Err(e);
+    }
+    Ok((io, None))
 }
 
 fn exec_spec_path(bundle: &std::path::Path, exec_id: &str) -> PathBuf {

@@ -67,10 +67,11 @@ pub fn start(flags: &Flags) -> Result<String> {
                 write_address(&bundle, &address)?;
                 return Ok(address);
             }
-            std::fs::remove_file(&path)
-                .map_err(ShimError::io(format!("remove stale socket {}", path.display())))?;
-            UnixListener::bind(&path)
-                .map_err(ShimError::io(format!("bind {}", path.display())))?
+            std::fs::remove_file(&path).map_err(ShimError::io(format!(
+                "remove stale socket {}",
+                path.display()
+            )))?;
+            UnixListener::bind(&path).map_err(ShimError::io(format!("bind {}", path.display())))?
         }
         Err(e) => return Err(ShimError::io(format!("bind {}", path.display()))(e)),
     };

@@ -35,12 +35,14 @@ enum Sink {
     Pipe(OwnedFd),
     /// A regular file (`file://`), shared by stdout and stderr so their offsets agree.
     File(Rc<File>),
+    /// A pty master (a dup of it: epoll watches each fd once).
+    Tty(OwnedFd),
 }
 
 impl Sink {
     fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match self {
-            Sink::Fifo { w, .. } | Sink::Pipe(w) => w.as_fd(),
+            Sink::Fifo { w, .. } | Sink::Pipe(w) | Sink::Tty(w) => w.as_fd(),
             Sink::File(f) => f.as_fd(),
         }
     }
@@ -54,6 +56,27 @@ impl Sink {
 struct Pump {
     src: OwnedFd,
     dst: Sink,
+    /// Terminals cannot splice: their bytes go through this buffer (start, end of what is
+    /// read and not yet written).
+    copy: Option<(Box<[u8]>, usize, usize)>,
+}
+
+impl Pump {
+    fn splice(src: OwnedFd, dst: Sink) -> Self {
+        Pump {
+            src,
+            dst,
+            copy: None,
+        }
+    }
+
+    fn copy(src: OwnedFd, dst: Sink) -> Self {
+        Pump {
+            src,
+            dst,
+            copy: Some((vec![0u8; 64 * 1024].into_boxed_slice(), 0, 0)),
+        }
+    }
 }
 
 /// What a pump did.
@@ -67,6 +90,9 @@ enum Flow {
 
 impl Pump {
     fn pump(&mut self) -> Flow {
+        if self.copy.is_some() {
+            return self.pump_copy();
+        }
         loop {
             match splice(
                 self.src.as_fd(),
@@ -84,6 +110,33 @@ impl Pump {
                     log::warn!("stdio copy stopped: splice: {e}");
                     return Flow::Done;
                 }
+            }
+        }
+    }
+}
+
+impl Pump {
+    fn pump_copy(&mut self) -> Flow {
+        let Some((buf, start, end)) = self.copy.as_mut() else {
+            return Flow::Done;
+        };
+        loop {
+            if start < end {
+                match nix::unistd::write(self.dst.fd(), &buf[*start..*end]) {
+                    Ok(n) => *start += n,
+                    Err(nix::Error::EAGAIN) => return Flow::Open,
+                    Err(nix::Error::EINTR) => continue,
+                    Err(_) => return Flow::Done,
+                }
+                continue;
+            }
+            match nix::unistd::read(&self.src, buf) {
+                Ok(0) => return Flow::Done,
+                Ok(n) => (*start, *end) = (0, n),
+                Err(nix::Error::EAGAIN) => return Flow::Open,
+                Err(nix::Error::EINTR) => continue,
+                // EIO: the terminal's last slave closed, the process is gone.
+                Err(_) => return Flow::Done,
             }
         }
     }
@@ -157,9 +210,7 @@ impl Pumps {
 
     fn remove(&mut self, id: usize) {
         if let Some(p) = self.pumps.remove(&id) {
-            let _ = self
-                .registry
-                .deregister(&mut SourceFd(&p.src.as_raw_fd()));
+            let _ = self.registry.deregister(&mut SourceFd(&p.src.as_raw_fd()));
             if p.dst.pollable() {
                 let _ = self
                     .registry
@@ -201,10 +252,7 @@ impl Pumps {
         if !paths.stdin.is_empty() {
             let (r, w) = new_pipe()?;
             let fifo = open_fifo(&paths.stdin, OFlag::O_RDONLY)?;
-            io.stdin = Some(self.add(Pump {
-                src: fifo,
-                dst: Sink::Pipe(w),
-            })?);
+            io.stdin = Some(self.add(Pump::splice(fifo, Sink::Pipe(w)))?);
             stdio.stdin = Some(r);
         }
         let out = Target::parse(&paths.stdout)?;
@@ -232,7 +280,10 @@ impl Pumps {
                     let keep = open_fifo(path, OFlag::O_RDONLY)?;
                     let w = open_fifo(path, OFlag::O_WRONLY)?;
                     grow_pipe(&w);
-                    Sink::Fifo { w, _keep: Some(keep) }
+                    Sink::Fifo {
+                        w,
+                        _keep: Some(keep),
+                    }
                 }
                 Target::File(path) => match &shared_file {
                     Some(f) => Sink::File(f.clone()),
@@ -241,10 +292,53 @@ impl Pumps {
                 Target::Binary(_) => unreachable!("handled above"),
             };
             let (r, w) = new_pipe()?;
-            *slot = Some(self.add(Pump { src: r, dst })?);
+            *slot = Some(self.add(Pump::splice(r, dst))?);
             *fd = Some(w);
         }
         Ok((io, stdio))
+    }
+}
+
+impl Pumps {
+    /// Joins a terminal's master to the process's stdin and stdout FIFOs.
+    pub fn open_terminal(&mut self, paths: &StdioPaths, master: &OwnedFd) -> Result<ProcessIo> {
+        let dup = || {
+            master
+                .try_clone()
+                .map_err(ShimError::io("dup the terminal master"))
+        };
+        let flags = fcntl(master, FcntlArg::F_GETFL).map_err(ShimError::nix("fcntl"))?;
+        fcntl(
+            master,
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+        )
+        .map_err(ShimError::nix("set the terminal master non-blocking"))?;
+        let mut io = ProcessIo::default();
+        if !paths.stdin.is_empty() {
+            let fifo = open_fifo(&paths.stdin, OFlag::O_RDONLY)?;
+            io.stdin = Some(self.add(Pump::copy(fifo, Sink::Tty(dup()?)))?);
+        }
+        let dst = match Target::parse(&paths.stdout)? {
+            Target::Null => None,
+            Target::Fifo(path) => {
+                let keep = open_fifo(&path, OFlag::O_RDONLY)?;
+                let w = open_fifo(&path, OFlag::O_WRONLY)?;
+                Some(Sink::Fifo {
+                    w,
+                    _keep: Some(keep),
+                })
+            }
+            Target::File(path) => Some(Sink::File(Rc::new(open_log_file(&path)?))),
+            Target::Binary(_) => {
+                return Err(ShimError::InvalidArgument(
+                    "binary:// logging is not supported with a terminal".into(),
+                ))
+            }
+        };
+        if let Some(dst) = dst {
+            io.stdout = Some(self.add(Pump::copy(dup()?, dst))?);
+        }
+        Ok(io)
     }
 }
 
@@ -318,8 +412,12 @@ fn open_fifo(path: &str, mode: OFlag) -> Result<OwnedFd> {
 }
 
 fn dev_null() -> Result<OwnedFd> {
-    open("/dev/null", OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(ShimError::nix("open /dev/null"))
+    open(
+        "/dev/null",
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(ShimError::nix("open /dev/null"))
 }
 
 /// splice(2) refuses files opened with O_APPEND, so append by seeking to the end.

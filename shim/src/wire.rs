@@ -22,7 +22,9 @@ pub struct Frame {
 
 /// A peer sent a frame we cannot take.
 #[derive(Debug, thiserror::Error)]
-#[error("ttrpc frame on stream {stream_id} is {len} bytes, over the {MESSAGE_LENGTH_MAX}-byte limit")]
+#[error(
+    "ttrpc frame on stream {stream_id} is {len} bytes, over the {MESSAGE_LENGTH_MAX}-byte limit"
+)]
 pub struct FrameTooLarge {
     pub stream_id: u32,
     pub len: usize,
