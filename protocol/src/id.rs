@@ -98,7 +98,15 @@ mod tests {
 
     #[test]
     fn accepts_containerd_identifiers() {
-        for ok in ["a", "abc", "a.b", "a_b-c.d", "0", "busybox-1", &"x".repeat(76)] {
+        for ok in [
+            "a",
+            "abc",
+            "a.b",
+            "a_b-c.d",
+            "0",
+            "busybox-1",
+            &"x".repeat(76),
+        ] {
             assert_eq!(validate_id(ok), Ok(()), "{ok}");
         }
     }

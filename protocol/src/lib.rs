@@ -6,8 +6,9 @@
 
 pub mod api;
 pub mod id;
-pub mod socket;
+pub mod manager_api;
 pub mod records;
+pub mod socket;
 pub mod store;
 pub mod task_service;
 pub mod time;

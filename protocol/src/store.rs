@@ -205,9 +205,15 @@ mod tests {
             ("{\"version\":\"v1\",\"id\":", "corrupt record: not JSON"),
             ("[1,2]", "not a JSON object"),
             ("{\"id\":\"a\",\"n\":1}", "no \"version\" field"),
-            ("{\"version\":2,\"id\":\"a\",\"n\":1}", "\"version\" is not a string"),
+            (
+                "{\"version\":2,\"id\":\"a\",\"n\":1}",
+                "\"version\" is not a string",
+            ),
             ("{\"version\":\"v1\",\"id\":\"a\"}", "missing field `n`"),
-            ("{\"version\":\"v9\",\"id\":\"a\",\"n\":1}", "unknown record version \"v9\""),
+            (
+                "{\"version\":\"v9\",\"id\":\"a\",\"n\":1}",
+                "unknown record version \"v9\"",
+            ),
         ];
         for (text, want) in cases {
             fs::write(&p, text).unwrap();

@@ -1,9 +1,6 @@
 //! A writer process SIGKILLed at random points of thousands of writes never lets a concurrent
 //! reader see a partial record.
 
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::waitpid;
-use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -19,7 +16,9 @@ struct Rec {
 }
 
 fn checksum(seq: u64, payload: &str) -> u64 {
-    payload.bytes().fold(seq, |a, b| a.wrapping_mul(31).wrapping_add(b as u64))
+    payload
+        .bytes()
+        .fold(seq, |a, b| a.wrapping_mul(31).wrapping_add(b as u64))
 }
 
 const WRITER_ENV: &str = "TETHER_STORE_WRITER_PATH";
@@ -60,14 +59,13 @@ fn readers_never_see_a_partial_record_while_writers_are_sigkilled() {
     // Pseudo-random kill points without a rand dependency.
     let mut x: u64 = 0x9e3779b97f4a7c15 ^ std::process::id() as u64;
     while (kills < 20 || max_seq < 2000) && Instant::now() < deadline {
-        let child = Command::new(&exe)
+        let mut child = Command::new(&exe)
             .args(["--exact", "store_writer_child", "--test-threads=1", "-q"])
             .env(WRITER_ENV, &path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let pid = Pid::from_raw(child.id() as i32);
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -84,8 +82,8 @@ fn readers_never_see_a_partial_record_while_writers_are_sigkilled() {
                 Err(e) => panic!("reader saw a broken record: {e}"),
             }
         }
-        kill(pid, Signal::SIGKILL).unwrap();
-        waitpid(pid, None).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
         kills += 1;
         // The record left behind by the killed writer is whole.
         if let Err(e) = store::read::<Rec>(&path) {

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tether_protocol::api::task::{StateRequest, StateResponse};
 use tether_protocol::api::{shim_ttrpc, ttrpc};
-use tether_protocol::task_service::{
-    task_methods, TaskCaller, TASK_SERVICE_V2, TASK_SERVICE_V3,
-};
+use tether_protocol::task_service::{task_methods, TaskCaller, TASK_SERVICE_V2, TASK_SERVICE_V3};
 
 struct Echo;
 
@@ -57,7 +55,10 @@ fn answers_under_both_names() {
     // The crate's own generated client (v3) works too.
     let client = shim_ttrpc::TaskClient::new(ttrpc::Client::connect(&addr).unwrap());
     let r = client
-        .state(ttrpc::context::with_timeout(5_000_000_000), &StateRequest::default())
+        .state(
+            ttrpc::context::with_timeout(5_000_000_000),
+            &StateRequest::default(),
+        )
         .unwrap();
     assert_eq!(r.pid, 4242);
     server.shutdown();
