@@ -8,12 +8,14 @@ mod error;
 mod events;
 mod logging;
 mod mount;
+mod oom;
 mod process;
 mod reaper;
 mod runtime;
 mod server;
 mod service;
 mod start;
+mod stats;
 mod stdio;
 mod wire;
 

@@ -4,7 +4,7 @@
 use crate::error::{Result, ShimError};
 use crate::events::Publisher;
 use crate::reaper::Reaper;
-use crate::service::{Reply, ReplyTo, Service};
+use crate::service::{Reply, ReplyTo, Service, FIRST_OOM};
 use crate::stdio::Pumps;
 use crate::wire::{Conn, MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
 use containerd_shim_protos::ttrpc;
@@ -113,6 +113,7 @@ impl Server {
                         self.service.publisher.on_event(reg);
                     }
                     t if t.0 >= FIRST_PUMP => self.service.pumps.on_event(t),
+                    t if t.0 >= FIRST_OOM => self.service.on_oom(t),
                     t => self.on_conn(t),
                 }
             }
@@ -147,7 +148,7 @@ impl Server {
                 Ok((mut stream, _)) => {
                     let token = Token(self.next_conn);
                     self.next_conn += 1;
-                    if self.next_conn >= FIRST_PUMP {
+                    if self.next_conn >= FIRST_OOM {
                         self.next_conn = FIRST_CONN;
                     }
                     if let Err(e) = self.poll.registry().register(

@@ -14,11 +14,14 @@ use crate::reaper::{Exit, Reaper};
 use crate::runtime::ProcessStdio;
 use crate::runtime::RuntimeConfig;
 use crate::stdio::{ProcessIo, Pumps, StdioPaths, Who};
-use mio::{Registry, Token};
+use crate::oom::OomWatcher;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use std::collections::HashMap;
 use protobuf::{Message, MessageField};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use tether_protocol::api::events::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use tether_protocol::api::events::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart};
 use tether_protocol::api::events::{TaskExecAdded, TaskExecStarted, TaskPaused, TaskResumed};
 use tether_protocol::api::runc_options::{Options, ProcessDetails};
 use tether_protocol::api::task::*;
@@ -58,7 +61,13 @@ pub struct Service {
     pub outbox: Vec<(ReplyTo, Result<Vec<u8>>)>,
     /// Set by `Shutdown` once no container is left.
     pub shutdown: bool,
+    /// OOM watchers by token, with their container.
+    ooms: HashMap<Token, (String, OomWatcher)>,
+    next_oom: usize,
 }
+
+/// Tokens of OOM watchers start here (below the stdio pumps' range).
+pub const FIRST_OOM: usize = 1 << 19;
 
 fn encode<M: Message>(m: &M) -> Result<Vec<u8>> {
     m.write_to_bytes()
@@ -88,6 +97,8 @@ impl Service {
             waiters: Vec::new(),
             outbox: Vec::new(),
             shutdown: false,
+            ooms: HashMap::new(),
+            next_oom: FIRST_OOM,
         }
     }
 
@@ -123,7 +134,8 @@ impl Service {
             },
             "Exec" => call!(exec),
             "ResizePty" => call!(resize_pty),
-            "Stats" | "Checkpoint" => Reply::Now(Err(ShimError::Unimplemented(format!(
+            "Stats" => call!(stats),
+            "Checkpoint" => Reply::Now(Err(ShimError::Unimplemented(format!(
                 "{method} is not implemented by this shim yet"
             )))),
             _ => Reply::Now(Err(ShimError::Unimplemented(format!(
@@ -233,6 +245,7 @@ impl Service {
             },
         );
         log::info!("container {}: created, init pid {pid}", req.id);
+        self.watch_oom(&req.id, pid);
         self.containers.insert(req.id, c);
         Ok(CreateTaskResponse {
             pid,
@@ -268,6 +281,87 @@ impl Service {
         }
         c.init.pid = read_pid_file(&pid_file)?;
         Ok(())
+    }
+
+    fn watch_oom(&mut self, id: &str, pid: u32) {
+        let watcher = match OomWatcher::new(pid) {
+            Ok(w) => w,
+            Err(e) => {
+                log::warn!("container {id}: no OOM notifications: {e}");
+                return;
+            }
+        };
+        let token = Token(self.next_oom);
+        self.next_oom = FIRST_OOM + (self.next_oom + 1 - FIRST_OOM) % FIRST_OOM;
+        match self
+            .registry
+            .register(&mut SourceFd(&watcher.fd()), token, Interest::READABLE)
+        {
+            Ok(()) => {
+                self.ooms.insert(token, (id.to_string(), watcher));
+            }
+            Err(e) => log::warn!("container {id}: register OOM eventfd: {e}"),
+        }
+    }
+
+    /// An OOM eventfd fired.
+    pub fn on_oom(&mut self, token: Token) {
+        let Some((id, w)) = self.ooms.get(&token) else {
+            return;
+        };
+        if w.fired() {
+            let id = id.clone();
+            self.publish_oom(&id);
+        }
+    }
+
+    fn publish_oom(&mut self, id: &str) {
+        log::info!("container {id}: OOM");
+        let ev = TaskOOM {
+            container_id: id.to_string(),
+            ..Default::default()
+        };
+        self.publisher.publish(&self.registry, topics::TASK_OOM, &ev);
+    }
+
+    /// Publishes a pending OOM of container `id` now (before the exit it caused).
+    fn check_oom(&mut self, id: &str) {
+        let fired = self
+            .ooms
+            .values()
+            .any(|(cid, w)| cid == id && w.fired());
+        if fired {
+            self.publish_oom(id);
+        }
+    }
+
+    fn unwatch_oom(&mut self, id: &str) {
+        let tokens: Vec<Token> = self
+            .ooms
+            .iter()
+            .filter(|(_, (cid, _))| cid == id)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in tokens {
+            if let Some((_, w)) = self.ooms.remove(&t) {
+                let _ = self.registry.deregister(&mut SourceFd(&w.fd()));
+            }
+        }
+    }
+
+    fn stats(&mut self, req: StatsRequest) -> Result<StatsResponse> {
+        let c = self.container(&req.id)?;
+        if c.init.is_stopped() {
+            return Err(ShimError::NotFound(format!(
+                "container {}: no metrics: its init process has exited",
+                req.id
+            )));
+        }
+        let stats = crate::stats::collect(c.init.pid)?;
+        Ok(StatsResponse {
+            stats: MessageField::some(stats),
+            ..Default::default()
+        })
     }
 
     fn start(&mut self, req: StartRequest) -> Result<StartResponse> {
@@ -504,6 +598,7 @@ impl Service {
         if let Err(e) = c.runtime.delete(&mut self.reaper, &c.id, true) {
             log::warn!("container {}: {e}", c.id);
         }
+        self.unwatch_oom(&c.id);
         self.pumps.close(&mut c.init.io);
         for p in c.execs.values_mut() {
             self.pumps.close(&mut p.io);
@@ -728,6 +823,11 @@ impl Service {
         }
         self.pumps.flush(&p.io);
         if exec_id.is_empty() {
+            // The OOM that killed it is published before its exit.
+            self.check_oom(id);
+            let Some(c) = self.containers.get_mut(id) else {
+                return;
+            };
             if let Err(e) = c.persist_init_exit() {
                 log::error!("container {id}: cannot persist exit: {e}");
             }
