@@ -1,1 +1,65 @@
-fn main(){}
+//! `tether`: a thin daemon and CLI that runs containers through containerd runtime v2 shims.
+//!
+//! The daemon launches shims exactly as containerd does and serves their Events service; the
+//! CLI talks to the daemon over our own ttrpc API (`tether.manager.v1.Manager`).
+
+mod attach;
+mod bundle;
+mod cli;
+mod client;
+mod commands;
+mod containers;
+mod daemon;
+mod error;
+mod events;
+mod filter;
+mod launcher;
+mod monitor;
+mod output;
+mod run;
+mod service;
+mod stats;
+
+use clap::Parser;
+use cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let ns = cli.namespace.as_str();
+    let socket = cli.socket.as_path();
+    let result = match &cli.command {
+        Command::Daemon(d) => {
+            let level = if d.debug { "debug" } else { "info" };
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+                .init();
+            daemon::run(containers::Config {
+                root: d.root.clone(),
+                state: d.state.clone(),
+                socket: socket.to_path_buf(),
+                debug: d.debug,
+            })
+            .map(|()| 0)
+        }
+        Command::Run(r) => run::run(socket, ns, r),
+        Command::Create(c) => run::create(socket, ns, c),
+        Command::Start(a) => commands::start(socket, ns, &a.id),
+        Command::Exec(e) => run::exec(socket, ns, e),
+        Command::Kill(k) => commands::kill(socket, ns, k),
+        Command::Wait(w) => commands::wait(socket, ns, w),
+        Command::Ps(a) => commands::ps(socket, ns, a.json),
+        Command::State(a) => commands::state(socket, ns, a),
+        Command::Pause(a) => commands::pause(socket, ns, &a.id, true),
+        Command::Resume(a) => commands::pause(socket, ns, &a.id, false),
+        Command::Update(u) => commands::update(socket, ns, u),
+        Command::Stats(a) => commands::stats(socket, ns, a),
+        Command::Delete(d) => commands::delete(socket, ns, d),
+        Command::Events(e) => commands::events(socket, e),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("tether: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! The event bus: every event from every shim (and the manager's own synthetic ones) in one
+//! sequence. Each event gets the next sequence number; readers long-poll for events after the
+//! last number they saw, so none is lost or seen twice while it is in the buffer. A later durable
+//! journal can back the same numbers.
+
+use crate::filter::{Fields, Filters};
+use protobuf::reflect::{MessageDescriptor, ReflectFieldRef, ReflectValueRef};
+use protobuf::MessageFull;
+use serde_json::{Map, Value};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tether_protocol::api::events as ev;
+use tether_protocol::manager_api::manager as api;
+
+/// Events kept in memory for readers that fall behind.
+pub const CAPACITY: usize = 100_000;
+/// The most events one poll returns.
+pub const MAX_BATCH: usize = 1000;
+
+/// One event on the bus.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub seq: u64,
+    pub timestamp: i64,
+    pub namespace: String,
+    pub topic: String,
+    pub type_url: String,
+    pub value: Vec<u8>,
+    /// The decoded event's fields (an object; empty for unknown types).
+    pub fields: Value,
+}
+
+impl Event {
+    pub fn to_api(&self) -> api::Event {
+        api::Event {
+            seq: self.seq,
+            timestamp: self.timestamp,
+            namespace: self.namespace.clone(),
+            topic: self.topic.clone(),
+            type_url: self.type_url.clone(),
+            value: self.value.clone(),
+            fields_json: self.fields.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+/// An event as filters see it: `topic`, `namespace`, `type_url`, and its fields by name (with or
+/// without an `event.` prefix).
+pub struct EventFields<'a> {
+    pub topic: &'a str,
+    pub namespace: &'a str,
+    pub type_url: &'a str,
+    pub fields: &'a Value,
+}
+
+impl Fields for EventFields<'_> {
+    fn field(&self, path: &[String]) -> Option<String> {
+        match path {
+            [one] if one == "topic" => return Some(self.topic.to_string()),
+            [one] if one == "namespace" => return Some(self.namespace.to_string()),
+            [one] if one == "type_url" => return Some(self.type_url.to_string()),
+            _ => {}
+        }
+        let path = match path.split_first() {
+            Some((first, rest)) if first == "event" && !rest.is_empty() => rest,
+            _ => path,
+        };
+        let mut v = self.fields;
+        for p in path {
+            v = v.get(p)?;
+        }
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+impl Event {
+    pub fn fields(&self) -> EventFields<'_> {
+        EventFields {
+            topic: &self.topic,
+            namespace: &self.namespace,
+            type_url: &self.type_url,
+            fields: &self.fields,
+        }
+    }
+}
+
+struct Ring {
+    /// The last sequence number given out.
+    last: u64,
+    events: VecDeque<Arc<Event>>,
+}
+
+/// The bus. Cheap to share behind an `Arc`.
+pub struct Bus {
+    ring: Mutex<Ring>,
+    arrived: Condvar,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Bus {
+            ring: Mutex::new(Ring {
+                last: 0,
+                events: VecDeque::new(),
+            }),
+            arrived: Condvar::new(),
+        }
+    }
+}
+
+/// What a poll returns.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<Arc<Event>>,
+    /// The sequence number to poll after next time.
+    pub next: u64,
+    /// Set when events after the caller's `since` were dropped from the buffer: the first kept.
+    pub lost_before: u64,
+}
+
+impl Bus {
+    /// Puts an event on the bus; returns its sequence number.
+    pub fn publish(
+        &self,
+        timestamp: i64,
+        namespace: &str,
+        topic: &str,
+        type_url: &str,
+        value: Vec<u8>,
+    ) -> u64 {
+        let fields = decode_fields(type_url, &value);
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.last += 1;
+        let seq = ring.last;
+        ring.events.push_back(Arc::new(Event {
+            seq,
+            timestamp,
+            namespace: namespace.to_string(),
+            topic: topic.to_string(),
+            type_url: type_url.to_string(),
+            value,
+            fields,
+        }));
+        while ring.events.len() > CAPACITY {
+            ring.events.pop_front();
+        }
+        drop(ring);
+        self.arrived.notify_all();
+        seq
+    }
+
+    /// The last sequence number given out.
+    pub fn last(&self) -> u64 {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner()).last
+    }
+
+    /// Events after `since` that match `filters`, waiting up to `timeout` for the first one.
+    pub fn poll(&self, since: u64, filters: &Filters, timeout: Duration, max: usize) -> Batch {
+        let deadline = Instant::now() + timeout;
+        let max = max.clamp(1, MAX_BATCH);
+        let mut cursor = since;
+        let mut lost_before = 0;
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let mut out = Vec::new();
+            if let Some(first) = ring.events.front() {
+                if first.seq > cursor + 1 && cursor < ring.last && lost_before == 0 {
+                    lost_before = first.seq;
+                }
+            }
+            // Sequence numbers are contiguous in the ring: index of the first event after cursor.
+            let first_seq = ring.events.front().map(|e| e.seq).unwrap_or(ring.last + 1);
+            let skip = cursor.saturating_add(1).saturating_sub(first_seq) as usize;
+            for e in ring.events.iter().skip(skip) {
+                cursor = e.seq;
+                if filters.matches(&e.fields()) {
+                    out.push(e.clone());
+                    if out.len() >= max {
+                        break;
+                    }
+                }
+            }
+            cursor = cursor.max(if out.len() >= max {
+                cursor
+            } else {
+                ring.last.max(since)
+            });
+            let now = Instant::now();
+            if !out.is_empty() || now >= deadline {
+                return Batch {
+                    events: out,
+                    next: cursor,
+                    lost_before,
+                };
+            }
+            ring = self
+                .arrived
+                .wait_timeout(ring, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
+/// The task event types containerd's shims publish.
+fn descriptor(type_url: &str) -> Option<MessageDescriptor> {
+    let name = type_url.rsplit('/').next().unwrap_or(type_url);
+    [
+        ev::TaskCreate::descriptor(),
+        ev::TaskStart::descriptor(),
+        ev::TaskDelete::descriptor(),
+        ev::TaskExit::descriptor(),
+        ev::TaskOOM::descriptor(),
+        ev::TaskExecAdded::descriptor(),
+        ev::TaskExecStarted::descriptor(),
+        ev::TaskPaused::descriptor(),
+        ev::TaskResumed::descriptor(),
+        ev::TaskCheckpointed::descriptor(),
+    ]
+    .into_iter()
+    .find(|d| d.full_name() == name)
+}
+
+/// The fields of an event as a JSON object (empty if its type is unknown or it does not decode).
+pub fn decode_fields(type_url: &str, value: &[u8]) -> Value {
+    let Some(d) = descriptor(type_url) else {
+        return Value::Object(Map::new());
+    };
+    match d.parse_from_bytes(value) {
+        Ok(msg) => message_json(&*msg),
+        Err(_) => Value::Object(Map::new()),
+    }
+}
+
+fn message_json(msg: &dyn protobuf::MessageDyn) -> Value {
+    let d = msg.descriptor_dyn();
+    if d.full_name() == "google.protobuf.Timestamp" {
+        let get = |name: &str| {
+            d.field_by_name(name)
+                .and_then(|f| match f.get_singular_field_or_default(msg) {
+                    ReflectValueRef::I64(v) => Some(v),
+                    ReflectValueRef::I32(v) => Some(i64::from(v)),
+                    _ => None,
+                })
+                .unwrap_or(0)
+        };
+        return Value::from(
+            get("seconds")
+                .saturating_mul(1_000_000_000)
+                .saturating_add(get("nanos")),
+        );
+    }
+    let mut obj = Map::new();
+    for f in d.fields() {
+        let v = match f.get_reflect(msg) {
+            ReflectFieldRef::Optional(o) => match o.value() {
+                Some(v) => value_json(v),
+                None => continue,
+            },
+            ReflectFieldRef::Repeated(r) => Value::Array(r.into_iter().map(value_json).collect()),
+            ReflectFieldRef::Map(_) => continue,
+        };
+        obj.insert(f.name().to_string(), v);
+    }
+    Value::Object(obj)
+}
+
+fn value_json(v: ReflectValueRef<'_>) -> Value {
+    match v {
+        ReflectValueRef::U32(x) => x.into(),
+        ReflectValueRef::U64(x) => x.into(),
+        ReflectValueRef::I32(x) => x.into(),
+        ReflectValueRef::I64(x) => x.into(),
+        ReflectValueRef::F32(x) => f64::from(x).into(),
+        ReflectValueRef::F64(x) => x.into(),
+        ReflectValueRef::Bool(x) => x.into(),
+        ReflectValueRef::String(s) => s.into(),
+        ReflectValueRef::Bytes(b) => b.len().into(),
+        ReflectValueRef::Enum(_, n) => n.into(),
+        ReflectValueRef::Message(m) => message_json(&*m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protobuf::Message;
+
+    fn exit(id: &str) -> Vec<u8> {
+        ev::TaskExit {
+            container_id: id.into(),
+            id: id.into(),
+            pid: 7,
+            exit_status: 3,
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .expect("encode")
+    }
+
+    #[test]
+    fn decodes_fields_of_task_events() {
+        let f = decode_fields("containerd.events.TaskExit", &exit("c1"));
+        assert_eq!(f["container_id"], "c1");
+        assert_eq!(f["exit_status"], 3);
+        assert!(decode_fields("x.Unknown", b"")
+            .as_object()
+            .expect("object")
+            .is_empty());
+    }
+
+    #[test]
+    fn polls_in_order_with_filters_and_no_duplicates() {
+        let bus = Bus::default();
+        for i in 0..10 {
+            let ns = if i % 2 == 0 { "a" } else { "b" };
+            bus.publish(
+                i,
+                ns,
+                "/tasks/exit",
+                "containerd.events.TaskExit",
+                exit(&format!("c{i}")),
+            );
+        }
+        let only_a = Filters::parse(&["namespace==a"]).expect("filter");
+        let b = bus.poll(0, &only_a, Duration::ZERO, 3);
+        assert_eq!(
+            b.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 3, 5]
+        );
+        let b2 = bus.poll(b.next, &only_a, Duration::ZERO, 100);
+        assert_eq!(
+            b2.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![7, 9]
+        );
+        assert_eq!(b2.next, 10);
+        let b3 = bus.poll(b2.next, &only_a, Duration::ZERO, 100);
+        assert!(b3.events.is_empty());
+        assert_eq!(b3.next, 10);
+        let by_field = Filters::parse(&["container_id==c4"]).expect("filter");
+        let b4 = bus.poll(0, &by_field, Duration::ZERO, 100);
+        assert_eq!(b4.events.len(), 1);
+        assert_eq!(b4.events[0].seq, 5);
+    }
+}

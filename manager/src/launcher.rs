@@ -1,0 +1,214 @@
+//! Launching shims exactly as containerd 1.6 does, and running their `delete` action.
+//!
+//! `containerd-shim-X-v2 -namespace NS -address ADDR -publish-binary BIN -id ID start`, with the
+//! bundle as working directory, `TTRPC_ADDRESS` (where events go), `GRPC_ADDRESS` and
+//! `NAMESPACE` in the environment, the runtime options on stdin, and stdout and stderr read
+//! together as the shim's address. This is the one place the manager spawns processes.
+
+use crate::error::{Error, Result};
+use protobuf::Message;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use tether_protocol::api::task::DeleteResponse;
+
+/// The runtime used when none is named.
+pub const DEFAULT_RUNTIME: &str = "io.containerd.tether.v2";
+
+/// Where to look for shim binaries: the directory of the manager's own executable, then `PATH`.
+pub fn search_path() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        dirs.push(dir);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            if !d.as_os_str().is_empty() && !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+    }
+    dirs
+}
+
+/// The `PATH` shims are started with (so they find their runtime, and ours find themselves).
+pub fn shim_env_path() -> OsString {
+    std::env::join_paths(search_path()).unwrap_or_default()
+}
+
+/// The binary name of a runtime: `io.containerd.X.v2` -> `containerd-shim-X-v2`, as containerd
+/// builds it from the last two dot-separated parts.
+pub fn binary_name(runtime: &str) -> Result<String> {
+    let bad = |why: &str| {
+        Error::InvalidArgument(format!(
+            "invalid runtime name {runtime:?}: {why} (expected a name like io.containerd.runc.v2)"
+        ))
+    };
+    let parts: Vec<&str> = runtime.split('.').collect();
+    if parts.len() < 3 {
+        return Err(bad("too few dot-separated parts"));
+    }
+    if parts.iter().any(|p| {
+        p.is_empty()
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }) {
+        return Err(bad("parts must be letters, digits, '-' or '_'"));
+    }
+    let n = parts.len();
+    Ok(format!("containerd-shim-{}-{}", parts[n - 2], parts[n - 1]))
+}
+
+/// The shim binary for `runtime`, found on [`search_path`].
+pub fn find_shim(runtime: &str) -> Result<PathBuf> {
+    let name = binary_name(runtime)?;
+    for dir in search_path() {
+        let p = dir.join(&name);
+        if is_executable(&p) {
+            return Ok(p);
+        }
+    }
+    Err(Error::NotFound(format!(
+        "unknown runtime {runtime:?}: no {name} in the manager's directory or on PATH"
+    )))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// One shim invocation's fixed parts.
+#[derive(Debug, Clone)]
+pub struct ShimCommand {
+    pub binary: PathBuf,
+    pub namespace: String,
+    pub id: String,
+    pub bundle: PathBuf,
+    /// The manager's socket path: containerd's `-address` (part of the shim's socket name).
+    pub address: String,
+    /// Where shims publish events (`TTRPC_ADDRESS`): the same socket, as a plain path.
+    pub ttrpc_address: String,
+    pub debug: bool,
+}
+
+impl ShimCommand {
+    fn command(&self, action: &str, with_bundle: bool) -> Command {
+        let publish = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tether"));
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("-namespace")
+            .arg(&self.namespace)
+            .arg("-address")
+            .arg(&self.address)
+            .arg("-publish-binary")
+            .arg(publish)
+            .arg("-id")
+            .arg(&self.id);
+        if with_bundle {
+            cmd.arg("-bundle").arg(&self.bundle);
+        }
+        if self.debug {
+            cmd.arg("-debug");
+        }
+        cmd.arg(action)
+            .current_dir(&self.bundle)
+            .env("TTRPC_ADDRESS", &self.ttrpc_address)
+            .env("GRPC_ADDRESS", &self.address)
+            .env("NAMESPACE", &self.namespace)
+            .env("PATH", shim_env_path());
+        cmd
+    }
+
+    /// Runs `start` with `options` (an encoded `Any`, may be empty) on stdin and returns the
+    /// address the shim printed, as a `unix://` ttrpc address.
+    pub fn start(&self, options: &[u8]) -> Result<String> {
+        let what = format!("start shim {}", self.binary.display());
+        // Close-on-exec: a shim another thread starts meanwhile must not inherit the write end.
+        let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::io(what.clone())(e.into()))?;
+        let writer2: OwnedFd = writer.try_clone().map_err(Error::io(what.clone()))?;
+        let mut cmd = self.command("start", false);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::from(writer2));
+        let mut child = cmd.spawn().map_err(Error::io(what.clone()))?;
+        // The writers now belong to the child only: EOF comes when it (and whatever it left
+        // holding them) is done.
+        drop(cmd);
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(options);
+        }
+        let mut out = Vec::new();
+        let read = std::fs::File::from(reader).read_to_end(&mut out);
+        let status = child.wait().map_err(Error::io(what.clone()))?;
+        read.map_err(Error::io(what.clone()))?;
+        let text = String::from_utf8_lossy(&out).trim().to_string();
+        if !status.success() {
+            let first = text.lines().last().unwrap_or("no output").to_string();
+            return Err(Error::Shim(format!("{what} failed ({status}): {first}")));
+        }
+        if text.is_empty() {
+            return Err(Error::Shim(format!("{what}: the shim printed no address")));
+        }
+        Ok(normalize_address(&text))
+    }
+
+    /// Runs the shim's `delete` action (cleanup after a dead shim) and parses its answer.
+    pub fn delete(&self) -> Result<DeleteResponse> {
+        let what = format!("run {} delete", self.binary.display());
+        let out = self
+            .command("delete", true)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(Error::io(what.clone()))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(Error::Shim(format!(
+                "{what} failed ({}): {}",
+                out.status,
+                err.trim().lines().last().unwrap_or("no output")
+            )));
+        }
+        DeleteResponse::parse_from_bytes(&out.stdout)
+            .map_err(|e| Error::Shim(format!("{what}: not a DeleteResponse: {e}")))
+    }
+}
+
+/// A shim's printed address as a ttrpc client address (`unix:///path`).
+pub fn normalize_address(text: &str) -> String {
+    if text.starts_with('/') {
+        format!("unix://{text}")
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_names_map_like_containerd() {
+        assert_eq!(
+            binary_name("io.containerd.runc.v2").expect("ok"),
+            "containerd-shim-runc-v2"
+        );
+        assert_eq!(
+            binary_name(DEFAULT_RUNTIME).expect("ok"),
+            "containerd-shim-tether-v2"
+        );
+        for bad in ["runc", "io..v2", "io.containerd.a/b.v2", "a.b"] {
+            assert!(binary_name(bad).is_err(), "{bad}");
+        }
+        let e = find_shim("io.containerd.nosuchthing.v9").expect_err("unknown");
+        assert!(e.to_string().starts_with("unknown runtime"), "{e}");
+        assert_eq!(normalize_address("/run/x"), "unix:///run/x");
+        assert_eq!(normalize_address("unix:///run/x"), "unix:///run/x");
+    }
+}

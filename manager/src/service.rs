@@ -1,0 +1,128 @@
+//! The ttrpc services the daemon serves: our manager API, and containerd's Events service that
+//! shims publish to. Both are thin: the work is in [`crate::containers`] and [`crate::events`].
+
+use crate::containers::Containers;
+use crate::events::{Bus, MAX_BATCH};
+use crate::filter::Filters;
+use std::sync::Arc;
+use std::time::Duration;
+use tether_protocol::api::events_ttrpc::Events;
+use tether_protocol::api::forward::ForwardRequest;
+use tether_protocol::api::ttrpc::{self, TtrpcContext};
+use tether_protocol::api::Empty;
+use tether_protocol::manager_api::manager as api;
+use tether_protocol::manager_api::manager_ttrpc::Manager;
+
+/// The longest an `Events` poll may wait.
+const MAX_POLL: Duration = Duration::from_secs(60);
+
+pub struct ManagerService {
+    pub containers: Arc<Containers>,
+    pub bus: Arc<Bus>,
+}
+
+type R<T> = ttrpc::Result<T>;
+
+impl Manager for ManagerService {
+    fn create(&self, _: &TtrpcContext, req: api::CreateRequest) -> R<api::Container> {
+        Ok(self.containers.create(req)?)
+    }
+    fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> R<api::StartResponse> {
+        Ok(self.containers.start(req)?)
+    }
+    fn exec(&self, _: &TtrpcContext, req: api::ExecRequest) -> R<api::StartResponse> {
+        Ok(self.containers.exec(req)?)
+    }
+    fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> R<api::Empty> {
+        self.containers.kill(req)?;
+        Ok(api::Empty::new())
+    }
+    fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> R<api::ExitStatus> {
+        Ok(self.containers.wait(req)?)
+    }
+    fn state(&self, _: &TtrpcContext, req: api::ContainerRef) -> R<api::Container> {
+        Ok(self.containers.state(req)?)
+    }
+    fn list(&self, _: &TtrpcContext, req: api::ListRequest) -> R<api::ListResponse> {
+        Ok(self.containers.list(req)?)
+    }
+    fn pause(&self, _: &TtrpcContext, req: api::ContainerRef) -> R<api::Empty> {
+        self.containers.pause(req, true)?;
+        Ok(api::Empty::new())
+    }
+    fn resume(&self, _: &TtrpcContext, req: api::ContainerRef) -> R<api::Empty> {
+        self.containers.pause(req, false)?;
+        Ok(api::Empty::new())
+    }
+    fn update(&self, _: &TtrpcContext, req: api::UpdateRequest) -> R<api::Empty> {
+        self.containers.update(req)?;
+        Ok(api::Empty::new())
+    }
+    fn stats(&self, _: &TtrpcContext, req: api::ContainerRef) -> R<api::StatsResponse> {
+        Ok(self.containers.stats(req)?)
+    }
+    fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> R<api::ExitStatus> {
+        Ok(self.containers.delete(req)?)
+    }
+    fn close_io(&self, _: &TtrpcContext, req: api::ProcessRef) -> R<api::Empty> {
+        self.containers.close_io(req)?;
+        Ok(api::Empty::new())
+    }
+    fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> R<api::Empty> {
+        self.containers.resize_pty(req)?;
+        Ok(api::Empty::new())
+    }
+    fn events(&self, _: &TtrpcContext, req: api::EventsRequest) -> R<api::EventsResponse> {
+        let filters = Filters::parse(&req.filters).map_err(crate::error::Error::from)?;
+        let since = if req.from_now {
+            self.bus.last()
+        } else {
+            req.since
+        };
+        let timeout = Duration::from_millis(u64::from(req.timeout_ms)).min(MAX_POLL);
+        let max = if req.max == 0 {
+            MAX_BATCH
+        } else {
+            req.max as usize
+        };
+        let batch = self.bus.poll(since, &filters, timeout, max);
+        Ok(api::EventsResponse {
+            events: batch.events.iter().map(|e| e.to_api()).collect(),
+            next: batch.next,
+            lost_before: batch.lost_before,
+            ..Default::default()
+        })
+    }
+}
+
+/// containerd's `Events` service: what shims publish lands on the bus.
+pub struct EventsService {
+    pub containers: Arc<Containers>,
+    pub bus: Arc<Bus>,
+}
+
+impl Events for EventsService {
+    fn forward(&self, _: &TtrpcContext, req: ForwardRequest) -> R<Empty> {
+        let Some(env) = req.envelope.as_ref() else {
+            return Err(
+                crate::error::Error::InvalidArgument("forward without an envelope".into()).into(),
+            );
+        };
+        let at = env
+            .timestamp
+            .as_ref()
+            .map(tether_protocol::time::from_timestamp)
+            .unwrap_or_else(tether_protocol::time::now_nanos);
+        let (type_url, value) = env
+            .event
+            .as_ref()
+            .map(|a| (a.type_url.clone(), a.value.clone()))
+            .unwrap_or_default();
+        if let Some(ev) = env.event.as_ref() {
+            self.containers.on_event(&env.namespace, &env.topic, ev);
+        }
+        self.bus
+            .publish(at, &env.namespace, &env.topic, &type_url, value);
+        Ok(Empty::new())
+    }
+}
