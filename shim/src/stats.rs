@@ -113,7 +113,11 @@ fn v1_metrics(cg: &Cgroup) -> v1::Metrics {
     if let Some(pids) = cg.controller_of::<PidController>() {
         m.pids = MessageField::some(v1::PidsStat {
             current: pids.get_pid_current().unwrap_or(0),
-            limit: limit(pids.get_pid_max().ok()),
+            // containerd's cgroups v1 metrics say 0 for "max" (no limit), not u64::MAX.
+            limit: match limit(pids.get_pid_max().ok()) {
+                u64::MAX => 0,
+                n => n,
+            },
             ..Default::default()
         });
     }
