@@ -8,10 +8,10 @@ use crate::wire::{Conn, MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
 use containerd_shim_protos::ttrpc;
 use mio::net::UnixStream;
 use mio::{Interest, Registry, Token};
-use protobuf::{Message, MessageField, MessageFull};
+use protobuf::{Message, MessageField};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-use tether_protocol::api::{forward::ForwardRequest, pack_any, Any};
+use tether_protocol::api::{forward::ForwardRequest, pack_any, Any, TypeUrl};
 use tether_protocol::task_service::EVENTS_SERVICE;
 use tether_protocol::time::{now_nanos, to_timestamp};
 
@@ -56,7 +56,7 @@ impl Publisher {
     }
 
     /// Queues an event and sends it as soon as the receiver takes it.
-    pub fn publish<M: MessageFull>(&mut self, registry: &Registry, topic: &'static str, msg: &M) {
+    pub fn publish<M: TypeUrl>(&mut self, registry: &Registry, topic: &'static str, msg: &M) {
         if self.socket.is_none() {
             return;
         }

@@ -21,8 +21,9 @@ fn memory_cgroup(pid: u32) -> Result<PathBuf> {
         let (_, ctrls, path) = (parts.next(), parts.next(), parts.next());
         if let (Some(ctrls), Some(path)) = (ctrls, path) {
             if ctrls.split(',').any(|c| c == "memory") {
-                return Ok(PathBuf::from("/sys/fs/cgroup/memory")
-                    .join(path.trim_start_matches('/')));
+                return Ok(
+                    PathBuf::from("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'))
+                );
             }
         }
     }

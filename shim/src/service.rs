@@ -9,17 +9,17 @@ use crate::console::ConsoleSocket;
 use crate::container::{read_pid_file, Container, INIT_PID_FILE, RUNTIME_FILE};
 use crate::error::{Result, ShimError};
 use crate::events::Publisher;
+use crate::oom::OomWatcher;
 use crate::process::Process;
 use crate::reaper::{Exit, Reaper};
 use crate::runtime::ProcessStdio;
 use crate::runtime::RuntimeConfig;
 use crate::stdio::{ProcessIo, Pumps, StdioPaths, Who};
-use crate::oom::OomWatcher;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use std::collections::HashMap;
 use protobuf::{Message, MessageField};
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use tether_protocol::api::events::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart};
 use tether_protocol::api::events::{TaskExecAdded, TaskExecStarted, TaskPaused, TaskResumed};
@@ -321,15 +321,13 @@ impl Service {
             container_id: id.to_string(),
             ..Default::default()
         };
-        self.publisher.publish(&self.registry, topics::TASK_OOM, &ev);
+        self.publisher
+            .publish(&self.registry, topics::TASK_OOM, &ev);
     }
 
     /// Publishes a pending OOM of container `id` now (before the exit it caused).
     fn check_oom(&mut self, id: &str) {
-        let fired = self
-            .ooms
-            .values()
-            .any(|(cid, w)| cid == id && w.fired());
+        let fired = self.ooms.values().any(|(cid, w)| cid == id && w.fired());
         if fired {
             self.publish_oom(id);
         }

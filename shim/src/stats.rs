@@ -12,7 +12,9 @@ use tether_protocol::api::{cgroups_v1 as v1, cgroups_v2 as v2, pack_any, Any};
 /// The cgroup of `pid`, as the crate's handle.
 fn cgroup_of(pid: u32) -> Result<Cgroup> {
     let paths = cgroups_rs::cgroup::get_cgroups_relative_paths_by_pid(pid).map_err(|e| {
-        ShimError::NotFound(format!("cgroup of pid {pid}: {e} (has the process exited?)"))
+        ShimError::NotFound(format!(
+            "cgroup of pid {pid}: {e} (has the process exited?)"
+        ))
     })?;
     let hier = hierarchies::auto();
     if hier.v2() {

@@ -1,0 +1,490 @@
+//! `make bench`: Tether's shim side by side with containerd's own `containerd-shim-runc-v2`, in
+//! the same run, on the same private containerd. Writes BENCHMARKS.md (or `--out PATH`).
+//!
+//! Figures: idle footprint (PSS per shim over N idle containers, RSS and threads of one),
+//! `ctr run --rm /bin/true` latency, `shim start` exec -> Connect answered, kernel exit ->
+//! `exited_at` and -> `/tasks/exit` seen by `ctr events`, and stdout throughput with the
+//! shim's CPU time. Wall-clock figures are noisy on shared machines: compare ratios within a run.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tether_protocol::task_service::TaskCaller;
+use tether_tests::{
+    busybox_rootfs, procs, unique_id, wait_until, Containerd, Ctr, RUNC_RUNTIME, TETHER_RUNTIME,
+};
+
+struct Args {
+    out: PathBuf,
+    idle: usize,
+    runs: usize,
+    stream_mib: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        out: PathBuf::from("BENCHMARKS.md"),
+        idle: 50,
+        runs: 30,
+        stream_mib: 2048,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--out" => a.out = PathBuf::from(val()),
+            "--idle" => a.idle = val().parse().expect("--idle N"),
+            "--runs" => a.runs = val().parse().expect("--runs N"),
+            "--stream-mib" => a.stream_mib = val().parse().expect("--stream-mib N"),
+            "--quick" => {
+                a.idle = 10;
+                a.runs = 8;
+                a.stream_mib = 256;
+            }
+            other => panic!(
+                "unknown argument {other} (--out P, --idle N, --runs N, --stream-mib N, --quick)"
+            ),
+        }
+    }
+    a
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn p90(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[(v.len() * 9 / 10).min(v.len() - 1)]
+}
+
+fn kb_field(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// (PSS kB, RSS kB, threads) of a process.
+fn footprint(pid: i32) -> (u64, u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    (
+        kb_field(&smaps, "Pss:"),
+        kb_field(&smaps, "Rss:"),
+        kb_field(&status, "Threads:"),
+    )
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC timestamp (`2026-11-23T16:16:01.941198448Z`).
+fn parse_rfc3339(s: &str) -> Option<f64> {
+    let s = s.trim_end_matches('Z');
+    let (date, time) = s.split_once('T')?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<i64> = hms
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let (y, m, day) = (d[0], d[1], d[2]);
+    // Days from civil (proleptic Gregorian), Howard Hinnant's algorithm.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let frac: f64 = format!("0.{frac}").parse().ok()?;
+    Some((days * 86400 + t[0] * 3600 + t[1] * 60 + t[2]) as f64 + frac)
+}
+
+fn now_epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[derive(Default)]
+struct Figures {
+    pss_per_shim_kb: f64,
+    rss_one_kb: f64,
+    threads: f64,
+    run_true_ms: (f64, f64),
+    start_ms: (f64, f64),
+    exit_reaped_ms: f64,
+    exit_event_ms: f64,
+    stream_mibs: f64,
+    stream_cpu_s: f64,
+}
+
+fn bench_runtime(cd: &Containerd, ctr: &Ctr, runtime: &str, a: &Args) -> Figures {
+    let rootfs = busybox_rootfs();
+    let mut f = Figures::default();
+    eprintln!("== {runtime}");
+
+    // Idle footprint: N detached containers, one shim each.
+    let ids: Vec<String> = (0..a.idle).map(|_| unique_id("idle")).collect();
+    for id in &ids {
+        ctr.run_detached_rootfs(runtime, rootfs, id, &["/bin/sleep", "1000"]);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let shims = cd.shim_pids();
+    let prints: Vec<_> = shims.iter().map(|&p| footprint(p)).collect();
+    if !prints.is_empty() {
+        f.pss_per_shim_kb = prints.iter().map(|p| p.0 as f64).sum::<f64>() / prints.len() as f64;
+        f.rss_one_kb = median(&mut prints.iter().map(|p| p.1 as f64).collect::<Vec<_>>());
+        f.threads = median(&mut prints.iter().map(|p| p.2 as f64).collect::<Vec<_>>());
+    }
+    eprintln!(
+        "   {} shims, PSS/shim {:.0} kB",
+        shims.len(),
+        f.pss_per_shim_kb
+    );
+    // A bundle to start extra shims from (for the start latency), then clean up.
+    let template = cd.bundle(ctr.namespace(), &ids[0]).join("config.json");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let bundle = scratch.path().join("bundle");
+    std::fs::create_dir_all(&bundle).expect("bundle dir");
+    std::fs::copy(&template, bundle.join("config.json")).expect("copy config.json");
+    // containerd creates a `log` FIFO in each bundle and reads it; the Go shim needs it.
+    nix::unistd::mkfifo(&bundle.join("log"), nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .expect("mkfifo log");
+    let _log_reader = nix::fcntl::open(
+        &bundle.join("log"),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    )
+    .expect("open log FIFO");
+    for id in &ids {
+        ctr.task_kill(id, "SIGKILL");
+    }
+    for id in &ids {
+        wait_until(Duration::from_secs(10), || {
+            ctr.task(id).is_none_or(|t| t.status == "STOPPED")
+        });
+        ctr.task_delete(id);
+        ctr.container_delete(id);
+    }
+
+    // `shim start` exec -> Connect answered.
+    let binary = if runtime == TETHER_RUNTIME {
+        tether_tests::shim_binary()
+    } else {
+        PathBuf::from("/usr/bin/containerd-shim-runc-v2")
+    };
+    let mut starts = Vec::new();
+    for _ in 0..a.runs {
+        let id = unique_id("st");
+        let t0 = Instant::now();
+        let out = Command::new(&binary)
+            .args(["-namespace", ctr.namespace(), "-address"])
+            .arg(cd.address())
+            .args([
+                "-publish-binary",
+                "/usr/bin/containerd",
+                "-id",
+                &id,
+                "start",
+            ])
+            .current_dir(&bundle)
+            .env("TTRPC_ADDRESS", cd.ttrpc_address())
+            .stdin(Stdio::null())
+            .output()
+            .expect("shim start");
+        let address = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let connected = TaskCaller::connect(&address, Duration::from_secs(5));
+        let elapsed = t0.elapsed();
+        match connected {
+            Ok((caller, resp)) => {
+                starts.push(elapsed.as_secs_f64() * 1000.0);
+                let req = tether_protocol::api::task::ShutdownRequest {
+                    id: id.clone(),
+                    now: true,
+                    ..Default::default()
+                };
+                let _: Result<tether_protocol::api::Empty, _> =
+                    caller.call("Shutdown", &req, Duration::from_secs(5));
+                let pid = resp.shim_pid as i32;
+                wait_until(Duration::from_secs(5), || !procs::is_alive(pid));
+            }
+            Err(e) => eprintln!(
+                "   start: {address:?} {e:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+    f.start_ms = (median(&mut starts.clone()), p90(&mut starts));
+
+    // ctr run --rm /bin/true.
+    let mut runs = Vec::new();
+    for _ in 0..a.runs {
+        let id = unique_id("true");
+        let t0 = Instant::now();
+        let out = ctr.run_rm_rootfs(runtime, rootfs, &id, &["/bin/true"]);
+        if out.success() {
+            runs.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    f.run_true_ms = (median(&mut runs.clone()), p90(&mut runs));
+
+    // Exit latency: the container prints its clock just before it exits.
+    let events = ctr.events();
+    let anchor = (Instant::now(), now_epoch());
+    let mut reaped = Vec::new();
+    let mut seen = Vec::new();
+    for _ in 0..a.runs {
+        let id = unique_id("exit");
+        let out = ctr.run_rm_rootfs(
+            runtime,
+            rootfs,
+            &id,
+            &["/bin/sh", "-c", "echo $EPOCHREALTIME"],
+        );
+        let Ok(printed) = out.stdout.trim().parse::<f64>() else {
+            continue;
+        };
+        let ev = events.wait_for_topic(&id, "/tasks/exit", Duration::from_secs(10));
+        let exited_at = ev
+            .json()
+            .and_then(|j| j.get("exited_at")?.as_str().and_then(parse_rfc3339));
+        if let Some(at) = exited_at {
+            reaped.push((at - printed) * 1000.0);
+        }
+        let received = anchor.1 + ev.received.duration_since(anchor.0).as_secs_f64();
+        seen.push((received - printed) * 1000.0);
+    }
+    drop(events);
+    f.exit_reaped_ms = median(&mut reaped);
+    f.exit_event_ms = median(&mut seen);
+
+    // Stdout throughput through the shim, and the shim's CPU for it.
+    let id = unique_id("dd");
+    let script = format!(
+        "dd if=/dev/zero bs=1M count={} 2>/dev/null; sleep 3",
+        a.stream_mib
+    );
+    let mut child = ctr
+        .command(&["run", "--rm", "--runtime", runtime, "--rootfs"])
+        .arg(rootfs)
+        .args([id.as_str(), "/bin/sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ctr run dd");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let before: std::collections::HashSet<i32> = cd.shim_pids().into_iter().collect();
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0usize;
+    let mut shim = None;
+    let mut last_cpu = 0.0;
+    let want = a.stream_mib << 20;
+    while total < want {
+        use std::io::Read;
+        match stdout.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+        if shim.is_none() {
+            shim = cd.shim_pids().into_iter().find(|p| !before.contains(p));
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if let Some(pid) = shim {
+        last_cpu = cpu_seconds(pid).unwrap_or(0.0);
+    }
+    let _ = child.wait();
+    f.stream_mibs = (total as f64 / (1 << 20) as f64) / secs;
+    f.stream_cpu_s = last_cpu * (2048.0 / a.stream_mib as f64);
+    eprintln!(
+        "   stream {:.0} MiB/s, shim cpu {:.2}s",
+        f.stream_mibs, last_cpu
+    );
+    f
+}
+
+/// The host pipe ceiling: dd into a pipe read by this process.
+fn host_pipe_mibs(mib: usize) -> f64 {
+    let mut child = Command::new("/bin/busybox")
+        .args(["dd", "if=/dev/zero", "bs=1M", &format!("count={mib}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dd");
+    let mut out = child.stdout.take().expect("stdout");
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0usize;
+    loop {
+        use std::io::Read;
+        match out.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    let _ = child.wait();
+    (total as f64 / (1 << 20) as f64) / t0.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let a = args();
+    // Freshly built binaries sit dirty in the page cache, which smaps counts as private memory
+    // of every process mapping them; write them back first so shared pages count as shared.
+    nix::unistd::sync();
+    let cd = Containerd::start();
+    let ctr = cd
+        .ctr(&unique_id("bench"))
+        .with_timeout(Duration::from_secs(120));
+    let host = host_pipe_mibs(a.stream_mib);
+    let go = bench_runtime(&cd, &ctr, RUNC_RUNTIME, &a);
+    let ours = bench_runtime(&cd, &ctr, TETHER_RUNTIME, &a);
+    drop(ctr);
+    let check = cd.leak_check();
+    drop(cd);
+    check.assert_clean();
+    let report = render(&a, host, &go, &ours);
+    std::fs::write(&a.out, &report).expect("write report");
+    println!("{report}");
+}
+
+fn render(a: &Args, host: f64, go: &Figures, ours: &Figures) -> String {
+    let mut s = String::new();
+    let ratio = |o: f64, g: f64| if g > 0.0 { o / g } else { f64::NAN };
+    let _ = writeln!(s, "# Benchmarks\n");
+    let _ = writeln!(
+        s,
+        "Generated by `make bench` ({}): containerd {} + runc, both shims in the same run on one private \
+         containerd. {} idle containers, {} runs per latency figure, {} MiB streamed. Machine: {} cores. \
+         Wall-clock figures on a shared machine are noisy: the ratios of the same run are what count.\n",
+        Path::new(&std::env::args().next().unwrap_or_default())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        version("containerd"),
+        a.idle,
+        a.runs,
+        a.stream_mib,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+    );
+    let _ = writeln!(
+        s,
+        "| figure | containerd-shim-runc-v2 (Go) | containerd-shim-tether-v2 | tether / Go |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|");
+    let mut row = |name: &str, g: f64, o: f64, unit: &str| {
+        let _ = writeln!(
+            s,
+            "| {name} | {g:.2} {unit} | {o:.2} {unit} | {:.2} |",
+            ratio(o, g)
+        );
+    };
+    row(
+        "PSS per shim, idle containers",
+        go.pss_per_shim_kb,
+        ours.pss_per_shim_kb,
+        "kB",
+    );
+    row("RSS of one idle shim", go.rss_one_kb, ours.rss_one_kb, "kB");
+    row("threads of one idle shim", go.threads, ours.threads, "");
+    row(
+        "`ctr run --rm /bin/true`, median",
+        go.run_true_ms.0,
+        ours.run_true_ms.0,
+        "ms",
+    );
+    row(
+        "`ctr run --rm /bin/true`, p90",
+        go.run_true_ms.1,
+        ours.run_true_ms.1,
+        "ms",
+    );
+    row(
+        "`shim start` exec -> Connect answered, median",
+        go.start_ms.0,
+        ours.start_ms.0,
+        "ms",
+    );
+    row(
+        "`shim start` exec -> Connect answered, p90",
+        go.start_ms.1,
+        ours.start_ms.1,
+        "ms",
+    );
+    row(
+        "process exit -> `exited_at`, median",
+        go.exit_reaped_ms,
+        ours.exit_reaped_ms,
+        "ms",
+    );
+    row(
+        "process exit -> `/tasks/exit` at `ctr events`, median",
+        go.exit_event_ms,
+        ours.exit_event_ms,
+        "ms",
+    );
+    row(
+        "stdout through the shim (`dd bs=1M` to `ctr`)",
+        go.stream_mibs,
+        ours.stream_mibs,
+        "MiB/s",
+    );
+    row(
+        "shim CPU per 2 GiB of stdout",
+        go.stream_cpu_s,
+        ours.stream_cpu_s,
+        "s",
+    );
+    let _ = writeln!(
+        s,
+        "\nHost pipe ceiling (busybox dd into a pipe read by the bench): {host:.0} MiB/s.\n"
+    );
+    let _ = writeln!(
+        s,
+        "How each is measured: PSS and RSS from `/proc/PID/smaps_rollup` of every shim while the \
+         idle containers run (PSS shares the binary's pages between shims); process exit is the \
+         container printing `$EPOCHREALTIME` as its last act, compared with the `exited_at` of its \
+         `/tasks/exit` event and with the moment `ctr events` printed it; `shim start` is the time \
+         from exec of `shim start` until the shim answers `Connect` on the printed address; \
+         throughput is what `ctr run` writes to the bench's pipe, and the shim's CPU is its \
+         user+system time read before the container exits."
+    );
+    s
+}
+
+fn version(bin: &str) -> String {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(2)
+                .unwrap_or("?")
+                .to_string()
+        })
+        .unwrap_or_else(|| "?".into())
+}
