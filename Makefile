@@ -45,7 +45,7 @@ install: build
 	install -D -m 0755 target/release/tether $(DESTDIR)$(PREFIX)/bin/tether
 
 bench: deps build
-	@bash scripts/bench.sh
+	./target/release/bench --out BENCHMARKS.md
 
 clean:
 	$(CARGO) clean
