@@ -151,11 +151,11 @@ pub fn from_bundle(bundle: &Path) -> Result<Spec> {
         Error::InvalidArgument(format!("{}: not a valid OCI spec: {e}", config.display()))
     })?;
     if let Some(mut root) = spec.root().clone() {
-        if root.path().is_relative() {
-            let abs = bundle.join(root.path());
-            root.set_path(abs);
-            spec.set_root(Some(root));
-        }
+        let abs = bundle.join(root.path());
+        // runc refuses a rootfs behind a symlink: resolve it (when it exists; check_root
+        // reports it otherwise).
+        root.set_path(std::fs::canonicalize(&abs).unwrap_or(abs));
+        spec.set_root(Some(root));
     }
     Ok(spec)
 }
@@ -189,7 +189,8 @@ fn absolute_dir(dir: &Path, what: &str) -> Result<PathBuf> {
             dir.display()
         )));
     }
-    Ok(abs)
+    // runc refuses a rootfs reached through a symlink.
+    std::fs::canonicalize(&abs).map_err(Error::io(format!("resolve {what} {}", dir.display())))
 }
 
 #[cfg(test)]

@@ -261,7 +261,12 @@ fn message_json(msg: &dyn protobuf::MessageDyn) -> Value {
         let v = match f.get_reflect(msg) {
             ReflectFieldRef::Optional(o) => match o.value() {
                 Some(v) => value_json(v),
-                None => continue,
+                // proto3 scalars at their default read as unset: show the default (an unset
+                // message stays out).
+                None => match f.get_singular_field_or_default(msg) {
+                    ReflectValueRef::Message(_) => continue,
+                    v => value_json(v),
+                },
             },
             ReflectFieldRef::Repeated(r) => Value::Array(r.into_iter().map(value_json).collect()),
             ReflectFieldRef::Map(_) => continue,
@@ -309,6 +314,16 @@ mod tests {
         let f = decode_fields("containerd.events.TaskExit", &exit("c1"));
         assert_eq!(f["container_id"], "c1");
         assert_eq!(f["exit_status"], 3);
+        let zero = ev::TaskExit {
+            container_id: "c".into(),
+            ..Default::default()
+        };
+        let f = decode_fields(
+            "containerd.events.TaskExit",
+            &zero.write_to_bytes().expect("encode"),
+        );
+        assert_eq!(f["exit_status"], 0, "defaults are shown: {f}");
+        assert_eq!(f["exec_id"], Value::Null, "TaskExit has no exec_id");
         assert!(decode_fields("x.Unknown", b"")
             .as_object()
             .expect("object")

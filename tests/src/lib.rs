@@ -11,6 +11,7 @@
 //! | [`ctr`] | `ctr --address A -n NS ...` with a deadline; `ctr run` builder; parsed `task ls/ps` |
 //! | [`events`] | `ctr events` streamed in the background, with `wait_for(pred, timeout)` |
 //! | [`cmd`] | run a child with a deadline, capturing stdout/stderr (killed by pid on timeout) |
+//! | [`manager`] | a private `tether daemon` per test, CLI calls against it, `tether events` streams |
 //! | [`procs`] | processes by command line, children, zombies, descendants, shims of a daemon |
 //! | [`mounts`] | mounts under a path, and unmounting them |
 //! | [`cgroups`] | the cgroups containers leave, killing and removing them |
@@ -61,6 +62,7 @@ pub mod ctr;
 pub mod events;
 pub mod ids;
 pub mod image;
+pub mod manager;
 pub mod mounts;
 pub mod procs;
 pub mod rootfs;

@@ -1,0 +1,273 @@
+//! A private `tether daemon` per test, and `tether` CLI calls against it.
+//!
+//! [`Daemon::start`] runs `target/release/tether daemon` with its own root, state and socket in
+//! a temp dir; [`Daemon::tether`] builds a CLI command with `TETHER_SOCKET` pointing at it.
+//! Dropping the daemon stops it by pid, kills whatever shims (and their containers) it left,
+//! removes their cgroups and unmounts anything left under its directory.
+
+use crate::cmd::{self, CmdOutput};
+use crate::{cgroups, mounts, procs, wait_until};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// containerd's Go shim, run by the manager unchanged.
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+/// Our shim.
+pub const TETHER_RUNTIME: &str = "io.containerd.tether.v2";
+
+/// How long one CLI call may take before the test fails with its output.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// Namespaces named in CLI calls: their (empty) cgroup parents are removed on drop.
+    namespaces: Mutex<Vec<String>>,
+}
+
+impl Daemon {
+    /// Starts a daemon and waits until its socket answers.
+    pub fn start() -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("tether-mgr-")
+            .tempdir()
+            .expect("create the daemon's temp dir");
+        let log = File::create(dir.path().join("daemon.log")).expect("create daemon.log");
+        let mut d = Daemon {
+            dir,
+            child: None,
+            namespaces: Mutex::new(Vec::new()),
+        };
+        let child = Command::new(crate::tether_binary())
+            .arg("daemon")
+            .arg("--root")
+            .arg(d.root())
+            .arg("--state")
+            .arg(d.state())
+            .arg("--socket")
+            .arg(d.socket())
+            .env_remove("TETHER_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start tether daemon");
+        d.child = Some(child);
+        let socket = d.socket();
+        let up = wait_until(Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        assert!(up, "tether daemon did not come up; log:\n{}", d.log());
+        d
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn root(&self) -> PathBuf {
+        self.dir().join("root")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir().join("state")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir().join("run").join("tether.sock")
+    }
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// A `tether` CLI command talking to this daemon.
+    pub fn tether(&self) -> Command {
+        let mut c = Command::new(crate::tether_binary());
+        c.env("TETHER_SOCKET", self.socket());
+        c
+    }
+
+    /// Runs `tether ARGS` (stdin /dev/null) and returns what it said.
+    pub fn run(&self, args: &[&str]) -> CmdOutput {
+        if let Some(w) = args
+            .windows(2)
+            .find(|w| w[0] == "--namespace" || w[0] == "-n")
+        {
+            let mut seen = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+            if !seen.iter().any(|n| n == w[1]) {
+                seen.push(w[1].to_string());
+            }
+        }
+        cmd::run(self.tether().args(args), None, CLI_TIMEOUT)
+    }
+
+    /// Like [`Daemon::run`], and fails the test (with the daemon's log) unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> CmdOutput {
+        let out = self.run(args);
+        assert!(
+            out.success(),
+            "`tether {}` failed:\n{out}\n--- daemon log ---\n{}",
+            args.join(" "),
+            self.log()
+        );
+        out
+    }
+
+    /// Shim processes this daemon launched (their `-address` is its socket).
+    pub fn shim_pids(&self) -> Vec<i32> {
+        procs::shim_pids(&self.socket().display().to_string())
+    }
+
+    /// `tether events ARGS` in the background.
+    pub fn events(&self, args: &[&str]) -> EventStream {
+        EventStream::start(self.tether().arg("events").args(args))
+    }
+
+    /// (namespace, id) of every container directory in the state dir.
+    fn containers_on_disk(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for ns in std::fs::read_dir(self.state())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for c in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                out.push((
+                    ns.file_name().to_string_lossy().into_owned(),
+                    c.file_name().to_string_lossy().into_owned(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Stops the daemon (SIGTERM, then SIGKILL) and reaps it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            procs::signal(child.id() as i32, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            cmd::wait_deadline(&mut child, deadline, "tether daemon");
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let leftovers = self.containers_on_disk();
+        let shims = self.shim_pids();
+        self.stop();
+        // Containers first (their shims would restart nothing, but they are the shims' children).
+        for &s in &shims {
+            for p in procs::descendants(s) {
+                procs::signal(p, libc::SIGKILL);
+            }
+            procs::signal(s, libc::SIGKILL);
+        }
+        procs::wait_gone(&shims, Duration::from_secs(10));
+        let mut namespaces = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (ns, id) in leftovers {
+            for cg in cgroups::existing(&format!("{ns}/{id}")) {
+                cgroups::kill_all(&cg);
+                let _ = cgroups::remove_tree(&cg, Duration::from_secs(5));
+            }
+            namespaces.push(ns);
+        }
+        // runc removes a container's cgroup, not the namespace's parent. "default" is shared
+        // by parallel tests: left alone.
+        for ns in namespaces.iter().filter(|n| *n != "default") {
+            for cg in cgroups::existing(ns) {
+                let _ = std::fs::remove_dir(cg);
+            }
+        }
+        let _ = mounts::unmount_under(self.dir());
+    }
+}
+
+/// `tether events` running in the background, its lines collected.
+pub struct EventStream {
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl EventStream {
+    fn start(cmd: &mut Command) -> EventStream {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tether events");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        EventStream {
+            child: Some(child),
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Every line so far, parsed as JSON (for `--json`).
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        self.lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the JSON lines so far.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&[serde_json::Value]) -> bool,
+    ) -> bool {
+        wait_until(timeout, || pred(&self.json()))
+    }
+
+    /// Stops the stream (by pid) and returns its exit code and stderr.
+    pub fn stop(&mut self) -> (i32, String) {
+        let Some(mut child) = self.child.take() else {
+            return (0, String::new());
+        };
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_none() {
+            let _ = child.kill();
+        }
+        let status = child.wait().expect("reap tether events");
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        (cmd::exit_code(status), err)
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
