@@ -1,0 +1,101 @@
+//! Helpers shared by the shim feature tests (`shim_exec`, `shim_terminal`, `shim_pause`,
+//! `shim_metrics_oom`, `shim_update`): a raw ttrpc client to one container's shim, and the
+//! end-of-test check that nothing is left.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+use tether_protocol::task_service::TaskCaller;
+use tether_tests::{procs, Containerd};
+
+/// The deadline of one wait in these tests.
+pub const T: Duration = Duration::from_secs(20);
+
+/// The shim address of task `id` in `ns`, from the bundle's `address` file.
+pub fn shim_address(cd: &Containerd, ns: &str, id: &str) -> String {
+    let path = cd.bundle(ns, id).join("address");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+/// A raw task API client to the shim of task `id` in `ns` (connected and `Connect`ed).
+pub fn shim_client(cd: &Containerd, ns: &str, id: &str) -> TaskCaller {
+    let address = shim_address(cd, ns, id);
+    let (caller, _) = TaskCaller::connect(&address, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to the shim at {address}: {e:?}"));
+    caller
+}
+
+/// The long-lived shim process of task `id` (not a `start`/`delete` action).
+pub fn shim_pid(cd: &Containerd, id: &str) -> i32 {
+    let found: Vec<i32> = cd
+        .shim_pids()
+        .into_iter()
+        .filter(|&p| {
+            procs::cmdline(p).is_some_and(|a| {
+                a.windows(2).any(|w| w[0] == "-id" && w[1] == id)
+                    && !matches!(a.last().map(String::as_str), Some("start" | "delete"))
+            })
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one shim serves {id}: {found:?}");
+    found[0]
+}
+
+/// What the open file descriptors of `pid` point to.
+pub fn open_files(pid: i32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+/// The ttrpc status code of a failed call (panics if it is not a status).
+pub fn rpc_code<T: std::fmt::Debug>(r: ttrpc::Result<T>, what: &str) -> ttrpc::Code {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => s.code(),
+        other => panic!("{what}: expected an error status, got {other:?}"),
+    }
+}
+
+/// An exec process spec (`specs.Process` JSON) in an `Any`, as containerd sends it.
+pub fn process_spec(args: &[&str], terminal: bool) -> tether_protocol::api::Any {
+    let spec = serde_json::json!({
+        "args": args,
+        "cwd": "/",
+        "env": ["PATH=/bin"],
+        "user": {"uid": 0, "gid": 0},
+        "terminal": terminal,
+    });
+    tether_protocol::api::Any {
+        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+        value: serde_json::to_vec(&spec).expect("encode process spec"),
+        ..Default::default()
+    }
+}
+
+/// Stops `cd` and asserts it left nothing behind: no daemon, shim, container or exec process,
+/// mount, cgroup or FIFO (the harness leak check), and no process naming any of `ids` (a `ctr`,
+/// a shim, an exec).
+pub fn finish(cd: Containerd, ids: &[&str]) {
+    let check = cd.leak_check();
+    let report = cd.shutdown();
+    assert!(report.problems.is_empty(), "{report:#?}");
+    assert!(
+        report.killed.is_empty(),
+        "everything stopped by itself, nothing needed killing: {report:#?}"
+    );
+    check.assert_clean();
+    for id in ids {
+        let left: Vec<String> = procs::pids_with_cmdline(id)
+            .into_iter()
+            .map(procs::describe)
+            .collect();
+        assert!(left.is_empty(), "processes naming {id} survive: {left:#?}");
+    }
+}
