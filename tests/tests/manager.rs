@@ -595,3 +595,75 @@ fn help_everywhere() {
         );
     }
 }
+
+/// A shim killed under a running container: the daemon notices (pidfd), cleans up with the
+/// shim's `delete` action, records and publishes the exit, and serves on.
+fn shim_death(runtime: &str) {
+    let d = Daemon::start();
+    let ns = unique_id("ns");
+    let id = unique_id("c");
+    let stream = d.events(&[
+        "--json",
+        "--since",
+        "0",
+        &format!("namespace=={ns},topic==/tasks/exit"),
+    ]);
+    d.ok(&[
+        "--namespace",
+        &ns,
+        "run",
+        "-d",
+        "--runtime",
+        runtime,
+        "--rootfs",
+        &rootfs(),
+        &id,
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let shims = d.shim_pids();
+    assert_eq!(shims.len(), 1, "one shim: {shims:?}");
+    assert!(tether_tests::procs::signal(shims[0], libc::SIGKILL));
+    let out = d.run(&["--namespace", &ns, "wait", &id]);
+    assert_eq!(out.code, 137, "{out}\n{}", d.log());
+    let v: Value =
+        serde_json::from_str(&d.ok(&["--namespace", &ns, "state", &id, "--json"]).stdout)
+            .expect("json");
+    assert_eq!(
+        (v["status"].as_str(), v["reason"].as_str()),
+        (Some("EXITED"), Some("shim died")),
+        "{v}"
+    );
+    assert!(
+        stream.wait_for(T, |evs| topics_of(evs, &id) == ["/tasks/exit"]),
+        "one exit event: {:?}",
+        stream.lines()
+    );
+    d.ok(&["--namespace", &ns, "delete", &id]);
+    let out = d.ok(&[
+        "--namespace",
+        &ns,
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        "--rootfs",
+        &rootfs(),
+        &unique_id("c"),
+        "--",
+        "echo",
+        "after",
+    ]);
+    assert_eq!(out.stdout, "after\n");
+}
+
+#[test]
+fn killed_shim_is_cleaned_up_and_its_exit_reported_with_our_shim() {
+    shim_death(TETHER_RUNTIME);
+}
+
+#[test]
+fn killed_shim_is_cleaned_up_and_its_exit_reported_with_containerds_go_shim() {
+    shim_death(RUNC_RUNTIME);
+}
