@@ -15,7 +15,7 @@
 //!    descendants and whatever is still in the containers' cgroups are SIGKILLed by pid;
 //! 4. leftover shim sockets (from the bundles' `address` files) are removed;
 //! 5. everything mounted under the directory is unmounted (`MNT_DETACH`, deepest first);
-//! 6. the namespaces' cgroups are removed, then the directory.
+//! 6. the namespaces' cgroups and (empty) runc state roots are removed, then the directory.
 //!
 //! Containers and namespaces must be named uniquely ([`crate::unique_id`]): cgroups are named
 //! after them and are shared by every containerd on the machine.
@@ -425,6 +425,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             Err(e) => report.problems.push(e),
         }
         for ns in self.task_namespaces() {
+            // runc keeps its state root per namespace and never removes it; empty, it is ours.
+            let _ = fs::remove_dir(Path::new(crate::shim::RUNC_ROOT).join(&ns));
             for cg in cgroups::existing(&ns) {
                 match cgroups::remove_tree(&cg, Duration::from_secs(2)) {
                     Ok(()) => report.removed_cgroups.push(cg),

@@ -169,6 +169,16 @@ impl Ctr {
         self.call(&["task", "delete", id])
     }
 
+    /// `ctr task delete ID` and the exit status it reports; panics unless the delete succeeds.
+    /// ctr 1.6 exits 0 whatever the status and only warns
+    /// `task ID exit with non-zero exit code N` on stderr.
+    pub fn task_delete_status(&self, id: &str) -> u32 {
+        let out = self.task_delete(id);
+        assert!(out.success(), "`ctr task delete {id}` failed: {out}");
+        parse_delete_status(&out.stderr)
+            .unwrap_or_else(|| panic!("`ctr task delete {id}`: unreadable status: {out}"))
+    }
+
     /// `ctr task delete --force ID`: kills the task first if it runs.
     pub fn task_delete_force(&self, id: &str) -> CmdOutput {
         self.call(&["task", "delete", "--force", id])
@@ -340,6 +350,20 @@ pub fn parse_task_ls(out: &str) -> Vec<TaskRow> {
         .collect()
 }
 
+/// The exit status in what `ctr task delete` wrote on stderr: the `N` of
+/// `... exit with non-zero exit code N`, or 0 when it warned of nothing.
+pub fn parse_delete_status(stderr: &str) -> Option<u32> {
+    const MARK: &str = "exit with non-zero exit code ";
+    match stderr.find(MARK) {
+        None => Some(0),
+        Some(at) => stderr[at + MARK.len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok(),
+    }
+}
+
 /// Parses `ctr task ps` (`PID INFO` header, then one pid per row).
 pub fn parse_task_ps(out: &str) -> Vec<u32> {
     out.lines()
@@ -370,6 +394,13 @@ mod tests {
             ]
         );
         assert!(parse_task_ls("TASK    PID     STATUS    \n").is_empty());
+    }
+
+    #[test]
+    fn parses_task_delete_status() {
+        let warn = "time=\"2026-11-23T16:17:14Z\" level=warning msg=\"task c1 exit with non-zero exit code 137\"\n";
+        assert_eq!(parse_delete_status(warn), Some(137));
+        assert_eq!(parse_delete_status(""), Some(0));
     }
 
     #[test]

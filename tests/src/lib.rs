@@ -15,6 +15,7 @@
 //! | [`procs`] | processes by command line, children, zombies, descendants, shims of a daemon |
 //! | [`mounts`] | mounts under a path, and unmounting them |
 //! | [`cgroups`] | the cgroups containers leave, killing and removing them |
+//! | [`shim`] | one container's shim from outside: address, socket, pid, runc state, `delete` |
 //! | [`ids`] | names that never collide between parallel tests: [`unique_id`] |
 //! | [`wait`] | polling a condition with a deadline |
 //!
@@ -67,6 +68,7 @@ pub mod mounts;
 pub mod procs;
 pub mod rootfs;
 pub mod scratch;
+pub mod shim;
 pub mod wait;
 
 pub use bins::{bin_dir, binaries, shim_binary, tether_binary, Binaries};

@@ -1,0 +1,127 @@
+//! Our shim's stdio through a real containerd 1.6: stdin in, bulk stdout out byte-exact, and
+//! `--log-uri file://` logging.
+
+use sha2::{Digest, Sha256};
+use std::fmt::Write as _;
+use std::time::Duration;
+use tether_tests::ctr::Run;
+use tether_tests::{busybox_rootfs, unique_id, wait_until, Containerd, Ctr, TETHER_RUNTIME};
+
+const T: Duration = Duration::from_secs(20);
+
+/// `ctr run --rm --runtime io.containerd.tether.v2 --read-only --rootfs <busybox> ID`.
+fn tether_run_rm<'a>(ctr: &'a Ctr, id: &str) -> Run<'a> {
+    tether_tests::shim_binary();
+    ctr.run(id)
+        .runtime(TETHER_RUNTIME)
+        .rootfs(busybox_rootfs())
+        .flag("--read-only")
+        .rm()
+}
+
+fn finish(cd: Containerd) {
+    assert!(
+        wait_until(T, || cd.shim_pids().is_empty()),
+        "shims still running after `ctr run --rm`: {:?}",
+        cd.shim_pids()
+    );
+    let check = cd.leak_check();
+    let report = cd.shutdown();
+    assert!(report.problems.is_empty(), "{report:#?}");
+    assert!(report.killed.is_empty(), "{report:#?}");
+    check.assert_clean();
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[test]
+fn stdin_line_reaches_the_container() {
+    let cd = Containerd::start();
+    let ctr = cd.ctr(&unique_id("ns"));
+    let id = unique_id("c");
+    // ctr 1.6 does not close the container's stdin on EOF: read exactly one line.
+    let out = tether_run_rm(&ctr, &id)
+        .stdin(b"abc\n")
+        .args(&["/bin/head", "-n1"])
+        .output();
+    assert_eq!(out.code, 0, "{out}\n{}", cd.log_excerpt());
+    assert_eq!(out.stdout, "abc\n", "{out}");
+    finish(cd);
+}
+
+#[test]
+fn ten_mib_of_stdout_arrive_byte_exact() {
+    const LAST: u32 = 1_500_000;
+    let mut expected = String::new();
+    for n in 1..=LAST {
+        let _ = writeln!(expected, "{n}");
+    }
+    assert!(expected.len() > 10 << 20, "the pattern is over 10 MiB");
+
+    let cd = Containerd::start();
+    let ctr = cd.ctr(&unique_id("ns"));
+    let id = unique_id("c");
+    let out = tether_run_rm(&ctr, &id)
+        .args(&["/bin/seq", "1", &LAST.to_string()])
+        .timeout(Duration::from_secs(120))
+        .output();
+    assert_eq!(
+        out.code,
+        0,
+        "exit code {}; stderr: {}\n{}",
+        out.code,
+        out.stderr,
+        cd.log_excerpt()
+    );
+    assert_eq!(
+        out.stdout.len(),
+        expected.len(),
+        "stdout length (last bytes: {:?})",
+        &out.stdout[out.stdout.len().saturating_sub(40)..]
+    );
+    assert_eq!(
+        sha256_hex(out.stdout.as_bytes()),
+        sha256_hex(expected.as_bytes()),
+        "stdout content"
+    );
+    assert_eq!(out.stderr, "", "nothing on stderr");
+    finish(cd);
+}
+
+#[test]
+fn log_uri_file_receives_stdout_and_stderr() {
+    let cd = Containerd::start();
+    let ctr = cd.ctr(&unique_id("ns"));
+    let dir = tempfile::tempdir().expect("tempdir for the log");
+    let log = dir.path().join("container.log");
+    let uri = format!("file://{}", log.display());
+    let id = unique_id("c");
+    let out = tether_run_rm(&ctr, &id)
+        .flag("--log-uri")
+        .flag(&uri)
+        .args(&[
+            "/bin/sh",
+            "-c",
+            "echo to-stdout; echo to-stderr >&2; exit 3",
+        ])
+        .output();
+    assert_eq!(out.code, 3, "{out}\n{}", cd.log_excerpt());
+    assert_eq!(
+        out.stdout, "",
+        "the output went to the log, not to ctr: {out}"
+    );
+    // ctr run --rm returns after the task was deleted: everything is in the file by then.
+    let text = std::fs::read_to_string(&log)
+        .unwrap_or_else(|e| panic!("read {}: {e}\n{}", log.display(), cd.log_excerpt()));
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["to-stderr", "to-stdout"], "log file: {text:?}");
+    finish(cd);
+}
