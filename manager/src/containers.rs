@@ -249,7 +249,11 @@ impl Containers {
         self.open_log(c)?;
 
         let address = cmd.start(&[])?;
-        store::write_bytes(&dir.join("shim-address"), address.as_bytes())?;
+        store::write_bytes(
+            &dir.join("shim-address"),
+            address.as_bytes(),
+            store::Durability::Durable,
+        )?;
         let (task, connected) = TaskCaller::connect(&address, CALL_TIMEOUT)
             .map_err(|e| Error::shim(&format!("connect to the shim at {address}"), e))?;
         let shim = Arc::new(ShimConn {

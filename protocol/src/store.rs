@@ -105,18 +105,39 @@ pub fn decode<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, Store
     serde_json::from_value(v).map_err(|e| corrupt(e.to_string()))
 }
 
+/// How much a write promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Atomic and durable: survives a crash of the machine (fsync of file and directory).
+    Durable,
+    /// Atomic only: readers never see a partial record and a killed writer leaves the old one,
+    /// but a power loss may lose it. For runtime state under `/run`, which a reboot clears
+    /// anyway, and where an fsync would sit between a process's exit and its event.
+    Atomic,
+}
+
 /// Writes `value` to `path` atomically and durably.
 pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    write_with(path, value, Durability::Durable)
+}
+
+/// Writes `value` to `path` atomically, with the durability asked for.
+pub fn write_with<T: Serialize>(
+    path: &Path,
+    value: &T,
+    durability: Durability,
+) -> Result<(), StoreError> {
     let bytes = encode(value).map_err(|e| StoreError::Corrupt {
         path: path.to_path_buf(),
         reason: format!("cannot encode: {e}"),
     })?;
-    write_bytes(path, &bytes)
+    write_bytes(path, &bytes, durability)
 }
 
-/// Writes raw bytes to `path` atomically and durably (also used for the shim's `address` file).
-pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+/// Writes raw bytes to `path` atomically (also used for the shim's `address` file).
+pub fn write_bytes(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), StoreError> {
     let tmp = sibling(path, "tmp");
+    let durable = durability == Durability::Durable;
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -125,14 +146,19 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
             .open(&tmp)
             .map_err(StoreError::io(&tmp, "create temp file"))?;
         f.write_all(bytes).map_err(StoreError::io(&tmp, "write"))?;
-        f.sync_all().map_err(StoreError::io(&tmp, "fsync"))?;
+        if durable {
+            f.sync_all().map_err(StoreError::io(&tmp, "fsync"))?;
+        }
         fs::rename(&tmp, path).map_err(StoreError::io(path, "rename temp file over"))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result?;
-    sync_dir(parent(path))
+    if durable {
+        sync_dir(parent(path))?;
+    }
+    Ok(())
 }
 
 /// Reads the record at `path`.

@@ -5,7 +5,8 @@ use crate::process::Process;
 use crate::runtime::{Runtime, RuntimeConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tether_protocol::{store, ExitRecord};
+use tether_protocol::store::{self, Durability};
+use tether_protocol::ExitRecord;
 
 /// Files the shim keeps in the bundle (containerd removes the bundle after the task is gone).
 pub const RUNTIME_FILE: &str = "tether-runtime.json";
@@ -92,7 +93,8 @@ impl Container {
             exit_status: status,
             exited_at: at,
         };
-        store::write(&self.bundle.join(INIT_EXIT_FILE), &rec)?;
+        // The bundle is runtime state under /run: atomic is what matters, not power-loss safety.
+        store::write_with(&self.bundle.join(INIT_EXIT_FILE), &rec, Durability::Atomic)?;
         Ok(())
     }
 }

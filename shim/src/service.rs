@@ -200,7 +200,11 @@ impl Service {
         }
         let opts = runtime_options(&req.options)?;
         let config = RuntimeConfig::from_options(&opts, &self.namespace);
-        store::write(&bundle.join(RUNTIME_FILE), &config)?;
+        store::write_with(
+            &bundle.join(RUNTIME_FILE),
+            &config,
+            store::Durability::Atomic,
+        )?;
 
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),

@@ -87,7 +87,11 @@ pub fn start(flags: &Flags) -> Result<String> {
 }
 
 fn write_address(bundle: &Path, address: &str) -> Result<()> {
-    store::write_bytes(&bundle.join("address"), address.as_bytes())?;
+    store::write_bytes(
+        &bundle.join("address"),
+        address.as_bytes(),
+        store::Durability::Atomic,
+    )?;
     Ok(())
 }
 

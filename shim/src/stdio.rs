@@ -289,7 +289,12 @@ impl Pumps {
                     Some(f) => Sink::File(f.clone()),
                     None => Sink::File(Rc::new(open_log_file(path)?)),
                 },
-                Target::Binary(_) => unreachable!("handled above"),
+                // Both streams go to the logger when either names one (returned above).
+                Target::Binary(uri) => {
+                    return Err(ShimError::InvalidArgument(format!(
+                        "binary logger {uri:?} must take both stdout and stderr"
+                    )))
+                }
             };
             let (r, w) = new_pipe()?;
             *slot = Some(self.add(Pump::splice(r, dst))?);

@@ -170,8 +170,11 @@ fn bench_runtime(cd: &Containerd, ctr: &Ctr, runtime: &str, a: &Args) -> Figures
     std::fs::create_dir_all(&bundle).expect("bundle dir");
     std::fs::copy(&template, bundle.join("config.json")).expect("copy config.json");
     // containerd creates a `log` FIFO in each bundle and reads it; the Go shim needs it.
-    nix::unistd::mkfifo(&bundle.join("log"), nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .expect("mkfifo log");
+    nix::unistd::mkfifo(
+        &bundle.join("log"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .expect("mkfifo log");
     let _log_reader = nix::fcntl::open(
         &bundle.join("log"),
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK,
