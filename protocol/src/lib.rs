@@ -13,6 +13,7 @@ pub mod store;
 pub mod task_service;
 pub mod time;
 pub mod topics;
+pub mod wire;
 
 pub use id::{validate_id, validate_namespace, IdError};
 pub use records::{ContainerRecord, ContainerStatus, ExitRecord, TransitionError};

@@ -1,0 +1,272 @@
+//! ttrpc framing, shared by the shim's and the manager's event loops, and a blocking one-call
+//! client that needs no thread.
+//!
+//! A frame is a 10-byte header (big-endian length and stream id, type, flags) and a payload of
+//! at most 4 MiB. The message types come from the `ttrpc` crate (`ttrpc::proto`); only the
+//! framing and buffering are ours, because the crate's sync server and client need threads.
+
+use crate::api::ttrpc;
+use protobuf::Message;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+use ttrpc::proto::{MessageHeader, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX};
+
+pub use ttrpc::proto::{MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
+
+/// One decoded frame.
+#[derive(Debug)]
+pub struct Frame {
+    pub stream_id: u32,
+    pub kind: u8,
+    pub payload: Vec<u8>,
+}
+
+/// A peer sent a frame we cannot take.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "ttrpc frame on stream {stream_id} is {len} bytes, over the {MESSAGE_LENGTH_MAX}-byte limit"
+)]
+pub struct FrameTooLarge {
+    pub stream_id: u32,
+    pub len: usize,
+}
+
+/// Encodes one frame.
+pub fn encode(stream_id: u32, kind: u8, payload: &[u8]) -> Vec<u8> {
+    let header = MessageHeader {
+        length: payload.len() as u32,
+        stream_id,
+        type_: kind,
+        flags: 0,
+    };
+    let mut out: Vec<u8> = header.into();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A non-blocking ttrpc connection: buffered reads split into frames, buffered writes. `S` is
+/// the stream (a `mio::net::UnixStream` on an event loop).
+pub struct Conn<S> {
+    pub stream: S,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    /// The peer closed its side (or the connection failed).
+    pub closed: bool,
+}
+
+impl<S: Read + Write> Conn<S> {
+    pub fn new(stream: S) -> Self {
+        Conn {
+            stream,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Reads what is available and returns the whole frames received.
+    pub fn read_frames(&mut self) -> Result<Vec<Frame>, FrameTooLarge> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.closed = true;
+                    break;
+                }
+                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while self.inbuf.len() - at >= MESSAGE_HEADER_LENGTH {
+            let header = MessageHeader::from(&self.inbuf[at..at + MESSAGE_HEADER_LENGTH]);
+            let len = header.length as usize;
+            if len > MESSAGE_LENGTH_MAX {
+                self.closed = true;
+                return Err(FrameTooLarge {
+                    stream_id: header.stream_id,
+                    len,
+                });
+            }
+            let end = at + MESSAGE_HEADER_LENGTH + len;
+            if self.inbuf.len() < end {
+                break;
+            }
+            frames.push(Frame {
+                stream_id: header.stream_id,
+                kind: header.type_,
+                payload: self.inbuf[at + MESSAGE_HEADER_LENGTH..end].to_vec(),
+            });
+            at = end;
+        }
+        self.inbuf.drain(..at);
+        Ok(frames)
+    }
+
+    /// Queues a frame and writes what the socket takes now.
+    pub fn send(&mut self, stream_id: u32, kind: u8, payload: &[u8]) {
+        self.outbuf
+            .extend_from_slice(&encode(stream_id, kind, payload));
+        self.flush();
+    }
+
+    /// Whether bytes wait to be written.
+    pub fn has_pending(&self) -> bool {
+        !self.outbuf.is_empty()
+    }
+
+    /// Writes buffered bytes until the socket would block.
+    pub fn flush(&mut self) {
+        while !self.outbuf.is_empty() && !self.closed {
+            match self.stream.write(&self.outbuf) {
+                Ok(0) => self.closed = true,
+                Ok(n) => {
+                    self.outbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => self.closed = true,
+            }
+        }
+    }
+}
+
+/// One blocking request on a fresh connection to the ttrpc server at `socket`: no thread, no
+/// connection kept. A zero `timeout` waits for ever (as a task `Wait` must). Errors are the
+/// `ttrpc` crate's, so callers tell a refusal (`RpcStatus`) from a dead peer (the rest); a
+/// socket with no listener fails at once (`ECONNREFUSED`), never after a dial timeout.
+pub fn call(
+    socket: &Path,
+    service: &str,
+    method: &str,
+    payload: Vec<u8>,
+    timeout: Duration,
+) -> ttrpc::Result<Vec<u8>> {
+    let sock_err = |what: &str, e: io::Error| {
+        ttrpc::Error::Socket(format!("{what} {}: {e}", socket.display()))
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|e| sock_err("connect to", e))?;
+    let limit = (!timeout.is_zero()).then_some(timeout);
+    stream
+        .set_read_timeout(limit)
+        .and_then(|()| stream.set_write_timeout(limit))
+        .map_err(|e| sock_err("set timeouts on", e))?;
+    let req = ttrpc::Request {
+        service: service.to_string(),
+        method: method.to_string(),
+        timeout_nano: timeout.as_nanos().min(i64::MAX as u128) as i64,
+        payload,
+        ..Default::default()
+    };
+    let bytes = req
+        .write_to_bytes()
+        .map_err(|e| ttrpc::Error::Others(format!("encode {method} request: {e}")))?;
+    stream
+        .write_all(&encode(1, MESSAGE_TYPE_REQUEST, &bytes))
+        .map_err(|e| sock_err("write to", e))?;
+    loop {
+        let mut header = [0u8; MESSAGE_HEADER_LENGTH];
+        read_exact(&mut stream, &mut header).map_err(|e| sock_err("read from", e))?;
+        let h = MessageHeader::from(&header[..]);
+        let len = h.length as usize;
+        if len > MESSAGE_LENGTH_MAX {
+            return Err(ttrpc::Error::Others(
+                FrameTooLarge {
+                    stream_id: h.stream_id,
+                    len,
+                }
+                .to_string(),
+            ));
+        }
+        let mut body = vec![0u8; len];
+        read_exact(&mut stream, &mut body).map_err(|e| sock_err("read from", e))?;
+        if h.stream_id != 1 || h.type_ != MESSAGE_TYPE_RESPONSE {
+            continue;
+        }
+        let resp = ttrpc::Response::parse_from_bytes(&body)
+            .map_err(|e| ttrpc::Error::Others(format!("decode {method} response: {e}")))?;
+        if let Some(status) = resp.status.as_ref() {
+            if status.code() != ttrpc::Code::OK {
+                return Err(ttrpc::Error::RpcStatus(status.clone()));
+            }
+        }
+        return Ok(resp.payload);
+    }
+}
+
+/// `read_exact` that reports a closed peer as `UnexpectedEof` and a timeout as `TimedOut`.
+fn read_exact(stream: &mut UnixStream, buf: &mut [u8]) -> io::Result<()> {
+    stream.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock => io::Error::new(io::ErrorKind::TimedOut, "no answer in time"),
+        _ => e,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_and_join_across_reads() {
+        let (a, b) = UnixStream::pair().expect("pair");
+        b.set_nonblocking(true).expect("nonblocking");
+        let mut tx = Conn::new(a);
+        let mut rx = Conn::new(b);
+        tx.send(1, MESSAGE_TYPE_REQUEST, b"hello");
+        tx.send(3, MESSAGE_TYPE_RESPONSE, b"");
+        let frames = rx.read_frames().expect("frames");
+        assert_eq!(frames.len(), 2);
+        assert_eq!(
+            (frames[0].stream_id, frames[0].kind, &frames[0].payload[..]),
+            (1, MESSAGE_TYPE_REQUEST, &b"hello"[..])
+        );
+        assert_eq!((frames[1].stream_id, frames[1].payload.len()), (3, 0));
+        // Half a header waits for the rest.
+        let bytes = encode(5, MESSAGE_TYPE_REQUEST, b"xy");
+        tx.stream.write_all(&bytes[..4]).expect("write");
+        assert!(rx.read_frames().expect("none yet").is_empty());
+        tx.stream.write_all(&bytes[4..]).expect("write");
+        assert_eq!(rx.read_frames().expect("one")[0].payload, b"xy");
+        drop(tx);
+        assert!(rx.read_frames().expect("eof").is_empty());
+        assert!(rx.closed);
+    }
+
+    #[test]
+    fn oversized_frames_are_refused() {
+        let (mut a, b) = UnixStream::pair().expect("pair");
+        b.set_nonblocking(true).expect("nonblocking");
+        let header: Vec<u8> = MessageHeader {
+            length: (MESSAGE_LENGTH_MAX + 1) as u32,
+            stream_id: 9,
+            type_: MESSAGE_TYPE_REQUEST,
+            flags: 0,
+        }
+        .into();
+        a.write_all(&header).expect("write");
+        let mut rx = Conn::new(b);
+        let e = rx.read_frames().expect_err("too large");
+        assert_eq!(e.stream_id, 9);
+        assert!(rx.closed);
+    }
+
+    #[test]
+    fn a_socket_with_no_listener_fails_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dead.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        let e = call(&path, "s", "m", Vec::new(), Duration::from_secs(30)).expect_err("dead");
+        assert!(
+            matches!(&e, ttrpc::Error::Socket(m) if m.contains("refused")),
+            "{e:?}"
+        );
+    }
+}
