@@ -170,7 +170,14 @@ impl Runtime {
                 .last_log_error()
                 .or_else(|| Some(stderr.trim().to_string()).filter(|s| !s.is_empty()))
                 .unwrap_or_else(|| format!("exit status {status}"));
-            return Err(ShimError::Runtime(format!("{what} failed: {why}")));
+            // runc logs its own "runc create failed: ..." line; do not say it twice.
+            let prefix = format!("{what} failed");
+            let message = if why.starts_with(&prefix) {
+                why
+            } else {
+                format!("{prefix}: {why}")
+            };
+            return Err(ShimError::Runtime(message));
         }
         Ok(read_all(&out))
     }

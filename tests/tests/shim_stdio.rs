@@ -125,3 +125,40 @@ fn log_uri_file_receives_stdout_and_stderr() {
     assert_eq!(lines, ["to-stderr", "to-stdout"], "log file: {text:?}");
     finish(cd);
 }
+
+#[test]
+fn log_uri_binary_hands_stdout_and_stderr_to_the_logger() {
+    use std::os::unix::fs::PermissionsExt;
+    let cd = Containerd::start();
+    let ctr = cd.ctr(&unique_id("ns"));
+    let dir = tempfile::tempdir().expect("tempdir for the logger");
+    // containerd's binary logging protocol: stdout on fd 3, stderr on fd 4, fd 5 closed once
+    // the logger is ready; the URI's query arrives as arguments (`out PATH`).
+    let logger = dir.path().join("logger.sh");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\nexec 5>&-\necho \"$CONTAINER_NAMESPACE/$CONTAINER_ID\" > \"$2.who\"\n\
+         cat <&3 > \"$2.out\" &\ncat <&4 > \"$2.err\" &\nwait\n",
+    )
+    .expect("write logger");
+    std::fs::set_permissions(&logger, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let base = dir.path().join("log");
+    let uri = format!("binary://{}?out={}", logger.display(), base.display());
+    let id = unique_id("c");
+    let out = tether_run_rm(&ctr, &id)
+        .flag("--log-uri")
+        .flag(&uri)
+        .args(&["/bin/sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 5"])
+        .output();
+    assert_eq!(out.code, 5, "{out}\n{}", cd.log_excerpt());
+    let read = |ext: &str| std::fs::read_to_string(base.with_extension(ext)).unwrap_or_default();
+    assert!(
+        wait_until(T, || read("out") == "to-stdout\n" && read("err") == "to-stderr\n"),
+        "logger got stdout {:?} and stderr {:?}\n{}",
+        read("out"),
+        read("err"),
+        cd.log_excerpt()
+    );
+    assert_eq!(read("who"), format!("{}/{id}\n", ctr.namespace()));
+    finish(cd);
+}
