@@ -8,7 +8,7 @@ use crate::error::{Result, ShimError};
 use crate::reaper::Reaper;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::service::delete_response;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tether_protocol::api::task::DeleteResponse;
 use tether_protocol::time::now_nanos;
 use tether_protocol::{store, validate_id, validate_namespace, ExitRecord};
@@ -28,11 +28,15 @@ pub fn delete(flags: &Flags) -> Result<DeleteResponse> {
         }
         Err(e) => return Err(e.into()),
     };
-    let runtime = Runtime::new(config, &bundle);
-    let mut reaper = Reaper::new()?;
     // The container may still exist (its shim was killed): the runtime removes it, killing it.
-    if let Err(e) = runtime.delete(&mut reaper, &flags.id, true) {
-        log::warn!("{e}");
+    // After a clean delete (containerd 1.6 runs this action after every task) its state
+    // directory is gone and a runtime exec would only cost time.
+    if Path::new(&config.root).join(&flags.id).exists() {
+        let runtime = Runtime::new(config, &bundle);
+        let mut reaper = Reaper::new()?;
+        if let Err(e) = runtime.delete(&mut reaper, &flags.id, true) {
+            log::warn!("{e}");
+        }
     }
     crate::mount::unmount_all(&bundle.join("rootfs"))?;
     let exit = match store::read::<ExitRecord>(&bundle.join(INIT_EXIT_FILE)) {
