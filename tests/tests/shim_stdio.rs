@@ -148,12 +148,17 @@ fn log_uri_binary_hands_stdout_and_stderr_to_the_logger() {
     let out = tether_run_rm(&ctr, &id)
         .flag("--log-uri")
         .flag(&uri)
-        .args(&["/bin/sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 5"])
+        .args(&[
+            "/bin/sh",
+            "-c",
+            "echo to-stdout; echo to-stderr >&2; exit 5",
+        ])
         .output();
     assert_eq!(out.code, 5, "{out}\n{}", cd.log_excerpt());
     let read = |ext: &str| std::fs::read_to_string(base.with_extension(ext)).unwrap_or_default();
     assert!(
-        wait_until(T, || read("out") == "to-stdout\n" && read("err") == "to-stderr\n"),
+        wait_until(T, || read("out") == "to-stdout\n"
+            && read("err") == "to-stderr\n"),
         "logger got stdout {:?} and stderr {:?}\n{}",
         read("out"),
         read("err"),
