@@ -147,18 +147,12 @@ impl Service {
         reply
     }
 
-    fn container(&self, id: &str) -> Result<&Container> {
-        validate_id(id)?;
-        self.containers
-            .get(id)
-            .ok_or_else(|| ShimError::NotFound(format!("container {id}: not found in this shim")))
+    fn container(&mut self, id: &str) -> Result<&Container> {
+        find(&mut self.containers, id).map(|c| &*c)
     }
 
     fn container_mut(&mut self, id: &str) -> Result<&mut Container> {
-        validate_id(id)?;
-        self.containers
-            .get_mut(id)
-            .ok_or_else(|| ShimError::NotFound(format!("container {id}: not found in this shim")))
+        find(&mut self.containers, id)
     }
 
     fn check_exec_id(exec_id: &str) -> Result<()> {
@@ -372,10 +366,7 @@ impl Service {
             return self.start_exec(req);
         }
         let reaper = &mut self.reaper;
-        let c = self
-            .containers
-            .get_mut(&req.id)
-            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        let c = find(&mut self.containers, &req.id)?;
         c.init.check_start()?;
         c.runtime.start(reaper, &c.id)?;
         let pid = c.init.pid;
@@ -442,11 +433,7 @@ impl Service {
     }
 
     fn start_exec(&mut self, req: StartRequest) -> Result<StartResponse> {
-        validate_id(&req.id)?;
-        let c = self
-            .containers
-            .get_mut(&req.id)
-            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        let c = find(&mut self.containers, &req.id)?;
         if c.init.is_stopped() {
             return Err(ShimError::FailedPrecondition(format!(
                 "container {}: cannot start exec {:?}: its init process has exited",
@@ -531,11 +518,7 @@ impl Service {
     fn kill(&mut self, req: KillRequest) -> Result<Empty> {
         Self::check_exec_id(&req.exec_id)?;
         let reaper = &mut self.reaper;
-        validate_id(&req.id)?;
-        let c = self
-            .containers
-            .get_mut(&req.id)
-            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        let c = find(&mut self.containers, &req.id)?;
         if req.signal == 0 || req.signal > 64 {
             return Err(ShimError::InvalidArgument(format!(
                 "container {}: invalid signal {}",
@@ -572,10 +555,7 @@ impl Service {
             let (status, at) = p.exit().unwrap_or((0, 0));
             return Ok(delete_response(p.pid, status, at));
         }
-        let c = self
-            .containers
-            .get_mut(&req.id)
-            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        let c = find(&mut self.containers, &req.id)?;
         c.init.check_delete()?;
         if !c.init.is_stopped() {
             // Created but never started: the runtime kills its init; its exit is real.
@@ -628,11 +608,7 @@ impl Service {
 
     fn pids(&mut self, req: PidsRequest) -> Result<PidsResponse> {
         let reaper = &mut self.reaper;
-        validate_id(&req.id)?;
-        let c = self
-            .containers
-            .get(&req.id)
-            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        let c = find(&mut self.containers, &req.id)?;
         let pids = c.runtime.ps(reaper, &c.id)?;
         let mut processes = Vec::with_capacity(pids.len());
         for pid in pids {
@@ -659,11 +635,7 @@ impl Service {
 
     fn pause(&mut self, req: PauseRequest) -> Result<Empty> {
         let reaper = &mut self.reaper;
-        validate_id(&req.id)?;
-        let c = self
-            .containers
-            .get_mut(&req.id)
-            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        let c = find(&mut self.containers, &req.id)?;
         c.init.check_pause()?;
         c.runtime.pause(reaper, &c.id)?;
         c.init.paused()?;
@@ -678,11 +650,7 @@ impl Service {
 
     fn resume(&mut self, req: ResumeRequest) -> Result<Empty> {
         let reaper = &mut self.reaper;
-        validate_id(&req.id)?;
-        let c = self
-            .containers
-            .get_mut(&req.id)
-            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        let c = find(&mut self.containers, &req.id)?;
         c.init.check_resume()?;
         c.runtime.resume(reaper, &c.id)?;
         c.init.resumed()?;
@@ -697,12 +665,8 @@ impl Service {
 
     fn close_io(&mut self, req: CloseIORequest) -> Result<Empty> {
         Self::check_exec_id(&req.exec_id)?;
-        validate_id(&req.id)?;
         let pumps = &mut self.pumps;
-        let c = self
-            .containers
-            .get_mut(&req.id)
-            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        let c = find(&mut self.containers, &req.id)?;
         let p = c.process_mut(&req.exec_id)?;
         if req.stdin {
             pumps.close_stdin(&mut p.io);
@@ -729,11 +693,7 @@ impl Service {
 
     fn update(&mut self, req: UpdateTaskRequest) -> Result<Empty> {
         let reaper = &mut self.reaper;
-        validate_id(&req.id)?;
-        let c = self
-            .containers
-            .get(&req.id)
-            .ok_or_else(|| ShimError::NotFound(format!("container {}: not found", req.id)))?;
+        let c = find(&mut self.containers, &req.id)?;
         let Some(res) = req.resources.as_ref() else {
             return Err(ShimError::InvalidArgument(
                 "update without resources".into(),
@@ -901,6 +861,17 @@ impl Service {
             ));
         }
     }
+}
+
+/// The container `id` names (validated first: ids come from outside).
+fn find<'a>(
+    containers: &'a mut BTreeMap<String, Container>,
+    id: &str,
+) -> Result<&'a mut Container> {
+    validate_id(id)?;
+    containers
+        .get_mut(id)
+        .ok_or_else(|| ShimError::NotFound(format!("container {id}: not found in this shim")))
 }
 
 /// Opens a process's stdio (pipes and FIFOs, or a terminal through a console socket) and runs
