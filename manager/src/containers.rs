@@ -6,9 +6,10 @@
 //! `Wait` stalls nobody else.
 
 use crate::error::{is_disconnected, Error, Result};
-use crate::events::Bus;
+use crate::events::{Bus, NewEvent};
 use crate::launcher::{self, ShimCommand};
 use crate::monitor::{Key, Monitor};
+use crate::shim_client::ShimClient;
 use protobuf::MessageFull;
 use protobuf::{Message, MessageField};
 use std::collections::HashMap;
@@ -20,7 +21,6 @@ use tether_protocol::api::events::TaskExit;
 use tether_protocol::api::task;
 use tether_protocol::api::Any;
 use tether_protocol::manager_api::manager as api;
-use tether_protocol::task_service::TaskCaller;
 use tether_protocol::time::{now_nanos, to_timestamp};
 use tether_protocol::{
     store, topics, validate_id, validate_namespace, ContainerRecord, ContainerStatus,
@@ -43,16 +43,16 @@ pub struct Config {
     pub debug: bool,
 }
 
-struct ShimConn {
-    task: TaskCaller,
-    pid: u32,
-    command: ShimCommand,
+pub struct ShimConn {
+    pub task: ShimClient,
+    pub pid: u32,
+    pub command: ShimCommand,
 }
 
 /// One container the daemon knows.
 pub struct Container {
-    key: Key,
-    dir: PathBuf,
+    pub key: Key,
+    pub dir: PathBuf,
     record: Mutex<ContainerRecord>,
     /// Notified whenever the record records an exit.
     exited: Condvar,
@@ -95,7 +95,7 @@ impl Container {
     }
 
     /// Records the init's exit unless one is recorded already.
-    fn record_exit(&self, status: u32, at: i64, reason: &str) {
+    pub fn record_exit(&self, status: u32, at: i64, reason: &str) {
         let r = self.update(|rec| {
             if rec.finished_at == 0 && rec.deleted_at == 0 {
                 rec.exit(status, at, reason)?;
@@ -153,6 +153,74 @@ impl Containers {
         })
     }
 
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The shim invocation for a container (its `delete` action, after a crash).
+    pub fn shim_command(&self, key: &Key, runtime: &str) -> Result<ShimCommand> {
+        Ok(ShimCommand {
+            binary: launcher::find_shim(runtime)?,
+            namespace: key.0.clone(),
+            id: key.1.clone(),
+            bundle: self.cfg.state.join(&key.0).join(&key.1),
+            address: self.cfg.socket.display().to_string(),
+            ttrpc_address: self.events_socket().display().to_string(),
+            debug: self.cfg.debug,
+        })
+    }
+
+    /// Where shims publish events (their `TTRPC_ADDRESS`).
+    pub fn events_socket(&self) -> PathBuf {
+        self.cfg.state.join(crate::event_server::SOCKET_NAME)
+    }
+
+    /// Takes a container found on disk after a restart into the table, with its live shim if
+    /// it has one (then watched).
+    pub fn adopt(
+        &self,
+        key: Key,
+        record: ContainerRecord,
+        shim: Option<ShimConn>,
+    ) -> Arc<Container> {
+        let dir = self.cfg.state.join(&key.0).join(&key.1);
+        let pid = shim.as_ref().map(|s| s.pid);
+        let c = Arc::new(Container {
+            key: key.clone(),
+            dir,
+            record: Mutex::new(record),
+            exited: Condvar::new(),
+            shim: Mutex::new(shim.map(Arc::new)),
+        });
+        lock(&self.table).insert(key.clone(), c.clone());
+        if let (Some(pid), Some(m)) = (pid, self.monitor()) {
+            m.watch_shim(key, pid);
+        }
+        c
+    }
+
+    /// Reports the init's exit on the bus (journaled; once, whoever reports it first).
+    pub fn publish_exit(&self, key: &Key, pid: u32, status: u32, at: i64, recovered: bool) {
+        let ev = TaskExit {
+            container_id: key.1.clone(),
+            id: key.1.clone(),
+            pid,
+            exit_status: status,
+            exited_at: MessageField::some(to_timestamp(at)),
+            ..Default::default()
+        };
+        if let Ok(value) = ev.write_to_bytes() {
+            self.bus.publish(NewEvent {
+                timestamp: now_nanos(),
+                namespace: key.0.clone(),
+                topic: topics::TASK_EXIT.into(),
+                type_url: TaskExit::descriptor().full_name().into(),
+                value,
+                recovered,
+            });
+        }
+    }
+
     pub fn set_monitor(&self, m: Monitor) {
         *lock(&self.monitor) = Some(m);
     }
@@ -184,6 +252,7 @@ impl Containers {
         crate::bundle::check_root(&spec)?;
 
         let dir = self.cfg.state.join(&key.0).join(&key.1);
+        let events = self.events_socket();
         let c = Arc::new(Container {
             key: key.clone(),
             dir: dir.clone(),
@@ -213,7 +282,7 @@ impl Containers {
             id: key.1.clone(),
             bundle: dir.clone(),
             address: self.cfg.socket.display().to_string(),
-            ttrpc_address: self.cfg.socket.display().to_string(),
+            ttrpc_address: events.display().to_string(),
             debug: self.cfg.debug,
         };
         match self.create_task(&c, &cmd, &spec, &req) {
@@ -246,6 +315,8 @@ impl Containers {
             .map_err(|e| Error::InvalidArgument(format!("cannot encode the spec: {e}")))?;
         std::fs::write(dir.join("config.json"), spec_json)
             .map_err(Error::io(format!("write {}/config.json", dir.display())))?;
+        // Not created yet (created_at 0): a restart that finds this cleans the attempt up.
+        store::write(&c.record_path(), &*lock(&c.record))?;
         self.open_log(c)?;
 
         let address = cmd.start(&[])?;
@@ -254,7 +325,7 @@ impl Containers {
             address.as_bytes(),
             store::Durability::Durable,
         )?;
-        let (task, connected) = TaskCaller::connect(&address, CALL_TIMEOUT)
+        let (task, connected) = ShimClient::connect(&address, CALL_TIMEOUT)
             .map_err(|e| Error::shim(&format!("connect to the shim at {address}"), e))?;
         let shim = Arc::new(ShimConn {
             task,
@@ -742,23 +813,7 @@ impl Containers {
         let already = lock(&c.record).finished_at != 0;
         c.record_exit(status, at, "shim died");
         if !already {
-            let ev = TaskExit {
-                container_id: key.1.clone(),
-                id: key.1.clone(),
-                pid,
-                exit_status: status,
-                exited_at: MessageField::some(to_timestamp(at)),
-                ..Default::default()
-            };
-            if let Ok(value) = ev.write_to_bytes() {
-                self.bus.publish(
-                    now_nanos(),
-                    &key.0,
-                    topics::TASK_EXIT,
-                    TaskExit::descriptor().full_name(),
-                    value,
-                );
-            }
+            self.publish_exit(&key, pid, status, at, false);
         }
     }
 
@@ -815,7 +870,7 @@ fn shutdown(shim: &ShimConn, id: &str) {
 
 /// Removes a container directory, refusing if anything is still mounted below it (removing
 /// would delete the mounted files).
-fn remove_dir(dir: &Path) -> Result<()> {
+pub fn remove_dir(dir: &Path) -> Result<()> {
     let mounted = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()

@@ -1,22 +1,30 @@
-//! `tether daemon`: state directories, the socket, the ttrpc server, the shim monitor, and
-//! waiting for SIGTERM/SIGINT. Shims outlive the daemon, as they outlive containerd.
+//! `tether daemon`: state directories, the event journal, rediscovery, the sockets (the CLI's
+//! ttrpc API; the shims' events endpoint on the monitor's loop), and waiting for
+//! SIGTERM/SIGINT. Shims outlive the daemon, as they outlive containerd.
+//!
+//! Threads: this one (signals), the monitor's loop, the janitor (cleans up after dead shims,
+//! which may take a while), and the ttrpc server's for the CLI. None per container.
 
 use crate::containers::{Config, Containers};
 use crate::error::{Error, Result};
 use crate::events::Bus;
-use crate::monitor::Monitor;
-use crate::service::{EventsService, ManagerService};
+use crate::journal::Journal;
+use crate::monitor::{Key, Monitor};
+use crate::service::{forward_sink, ManagerService};
 use nix::sys::signal::{SigSet, Signal};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
-use tether_protocol::api::events_ttrpc::create_events;
 use tether_protocol::api::ttrpc;
 use tether_protocol::manager_api::manager_ttrpc::create_manager;
 
 pub const DEFAULT_ROOT: &str = "/var/lib/tether";
 pub const DEFAULT_STATE: &str = "/run/tether";
 pub const DEFAULT_SOCKET: &str = "/run/tether/tether.sock";
+/// The event journal, in the state directory.
+pub const JOURNAL_NAME: &str = "events.journal";
+/// Events the journal keeps (and `--since` can replay).
+pub const JOURNAL_KEEP: usize = crate::events::CAPACITY;
 
 fn make_dir(dir: &Path, mode: u32) -> Result<()> {
     std::fs::DirBuilder::new()
@@ -58,34 +66,45 @@ pub fn run(cfg: Config) -> Result<()> {
     make_dir(&cfg.state, 0o711)?;
     prepare_socket(&cfg.socket)?;
 
-    // Block the stop signals before any thread starts, so every thread inherits the mask and
-    // only `sigwait` below sees them.
+    // Block the stop signals and SIGCHLD before any thread starts, so every thread inherits the
+    // mask: only `sigwait` below sees the former, the monitor's signalfd the latter.
     let mut stop = SigSet::empty();
     stop.add(Signal::SIGTERM);
     stop.add(Signal::SIGINT);
     stop.add(Signal::SIGHUP);
-    stop.thread_block()
+    let mut blocked = stop;
+    blocked.add(Signal::SIGCHLD);
+    blocked
+        .thread_block()
         .map_err(|e| Error::io("block signals")(e.into()))?;
     // Shims may go away while we write to them.
     // SAFETY: setting a signal disposition to ignore.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // Shims we start are reparented to us, and so are a killed shim's processes: we reap them.
+    crate::reaper::become_subreaper().map_err(Error::io("become a child subreaper"))?;
 
-    let bus = Arc::new(Bus::default());
+    let journal_path = cfg.state.join(JOURNAL_NAME);
+    let opened = Journal::open(&journal_path, JOURNAL_KEEP)?;
+    for w in &opened.warnings {
+        log::warn!("{w}");
+    }
+    let bus = Arc::new(Bus::with_journal(opened.journal, opened.entries));
     let containers = Containers::new(cfg.clone(), bus.clone());
-    let weak = Arc::downgrade(&containers);
-    let monitor = Monitor::start(Box::new(move |key| {
-        if let Some(c) = weak.upgrade() {
-            c.shim_died(key);
-        }
-    }))?;
+
+    let janitor = start_janitor(&containers)?;
+    let events_listener = crate::event_server::bind(&containers.events_socket())?;
+    let monitor = Monitor::start(crate::monitor::Setup {
+        events: events_listener,
+        sink: forward_sink(containers.clone(), bus.clone()),
+        on_death: Box::new(move |key| {
+            let _ = janitor.send(key);
+        }),
+    })?;
     containers.set_monitor(monitor);
+    crate::recovery::recover(&containers);
 
     let address = format!("unix://{}", cfg.socket.display());
-    let manager = Arc::new(ManagerService {
-        containers: containers.clone(),
-        bus: bus.clone(),
-    });
-    let events = Arc::new(EventsService { containers, bus });
+    let manager = Arc::new(ManagerService { containers, bus });
     let mut server = ttrpc::Server::new()
         .bind(&address)
         .map_err(|e| {
@@ -95,8 +114,7 @@ pub fn run(cfg: Config) -> Result<()> {
                 crate::error::ttrpc_message(&e)
             ))
         })?
-        .register_service(create_manager(manager))
-        .register_service(create_events(events));
+        .register_service(create_manager(manager));
     std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))
         .map_err(Error::io(format!("chmod 0600 {}", cfg.socket.display())))?;
     server.start().map_err(|e| {
@@ -119,4 +137,23 @@ pub fn run(cfg: Config) -> Result<()> {
     log::info!("{sig:?}: stopping; shims keep running");
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(())
+}
+
+/// The thread that handles shim deaths the monitor reports: the shim's `delete` action runs
+/// there, off the loop.
+fn start_janitor(containers: &Arc<Containers>) -> Result<std::sync::mpsc::Sender<Key>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Key>();
+    let weak = Arc::downgrade(containers);
+    std::thread::Builder::new()
+        .name("janitor".into())
+        .spawn(move || {
+            for key in rx {
+                match weak.upgrade() {
+                    Some(c) => c.shim_died(key),
+                    None => return,
+                }
+            }
+        })
+        .map_err(Error::io("spawn the janitor thread"))?;
+    Ok(tx)
 }

@@ -1,13 +1,17 @@
 //! The event bus: every event from every shim (and the manager's own synthetic ones) in one
-//! sequence. Each event gets the next sequence number; readers long-poll for events after the
-//! last number they saw, so none is lost or seen twice while it is in the buffer. A later durable
-//! journal can back the same numbers.
+//! sequence. Each event gets the next sequence number and is appended to the durable journal
+//! (when the bus has one) before anyone hears of it; readers long-poll for events after the last
+//! number they saw, so none is lost or seen twice, across daemon restarts too. An event already
+//! accepted (same [`dedup::Key`]) is dropped, so a shim's retry is never reported twice.
 
+use crate::dedup;
+use crate::error::Result;
 use crate::filter::{Fields, Filters};
+use crate::journal::{self, Entry, Journal};
 use protobuf::reflect::{MessageDescriptor, ReflectFieldRef, ReflectValueRef};
 use protobuf::MessageFull;
 use serde_json::{Map, Value};
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tether_protocol::api::events as ev;
@@ -29,6 +33,19 @@ pub struct Event {
     pub value: Vec<u8>,
     /// The decoded event's fields (an object; empty for unknown types).
     pub fields: Value,
+    /// Learned after a daemon restart (e.g. an exit that happened while it was down).
+    pub recovered: bool,
+}
+
+/// An event to put on the bus.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub timestamp: i64,
+    pub namespace: String,
+    pub topic: String,
+    pub type_url: String,
+    pub value: Vec<u8>,
+    pub recovered: bool,
 }
 
 impl Event {
@@ -41,6 +58,7 @@ impl Event {
             type_url: self.type_url.clone(),
             value: self.value.clone(),
             fields_json: self.fields.to_string(),
+            recovered: self.recovered,
             ..Default::default()
         }
     }
@@ -94,6 +112,42 @@ struct Ring {
     /// The last sequence number given out.
     last: u64,
     events: VecDeque<Arc<Event>>,
+    /// The key of every keyed event in `events`, with its sequence number.
+    seen: HashMap<dedup::Key, u64>,
+    journal: Option<Journal>,
+    capacity: usize,
+}
+
+impl Ring {
+    fn push(&mut self, e: Arc<Event>) {
+        if let Some(k) = dedup::key(&e.namespace, &e.topic, &e.fields) {
+            self.seen.insert(k, e.seq);
+        }
+        self.last = self.last.max(e.seq);
+        self.events.push_back(e);
+        while self.events.len() > self.capacity {
+            let Some(old) = self.events.pop_front() else {
+                break;
+            };
+            if let Some(k) = dedup::key(&old.namespace, &old.topic, &old.fields) {
+                if self.seen.get(&k) == Some(&old.seq) {
+                    self.seen.remove(&k);
+                }
+            }
+        }
+    }
+}
+
+fn entry_of(e: &Event) -> Entry {
+    Entry {
+        seq: e.seq,
+        timestamp: e.timestamp,
+        namespace: e.namespace.clone(),
+        topic: e.topic.clone(),
+        type_url: e.type_url.clone(),
+        value: journal::to_hex(&e.value),
+        recovered: e.recovered,
+    }
 }
 
 /// The bus. Cheap to share behind an `Arc`.
@@ -108,6 +162,9 @@ impl Default for Bus {
             ring: Mutex::new(Ring {
                 last: 0,
                 events: VecDeque::new(),
+                seen: HashMap::new(),
+                journal: None,
+                capacity: CAPACITY,
             }),
             arrived: Condvar::new(),
         }
@@ -125,34 +182,102 @@ pub struct Batch {
 }
 
 impl Bus {
-    /// Puts an event on the bus; returns its sequence number.
-    pub fn publish(
-        &self,
-        timestamp: i64,
-        namespace: &str,
-        topic: &str,
-        type_url: &str,
-        value: Vec<u8>,
-    ) -> u64 {
-        let fields = decode_fields(type_url, &value);
+    /// A bus backed by `journal`, holding what it retained (its newest events).
+    pub fn with_journal(journal: Journal, entries: Vec<Entry>) -> Bus {
+        let bus = Bus::default();
+        {
+            let mut ring = bus.ring.lock().unwrap_or_else(|p| p.into_inner());
+            ring.capacity = journal.keep();
+            for e in entries {
+                let Some(value) = journal::from_hex(&e.value) else {
+                    log::warn!(
+                        "journal {}: event {} has a value that is not hex; skipped",
+                        journal.path().display(),
+                        e.seq
+                    );
+                    ring.last = ring.last.max(e.seq);
+                    continue;
+                };
+                let fields = decode_fields(&e.type_url, &value);
+                ring.push(Arc::new(Event {
+                    seq: e.seq,
+                    timestamp: e.timestamp,
+                    namespace: e.namespace,
+                    topic: e.topic,
+                    type_url: e.type_url,
+                    value,
+                    fields,
+                    recovered: e.recovered,
+                }));
+            }
+            ring.journal = Some(journal);
+        }
+        bus
+    }
+
+    /// Puts events on the bus, in order: each gets the next sequence number and is journaled
+    /// (fsync'd) before any reader sees it. Returns, for each, its sequence number, or `None`
+    /// if the same event was accepted before. On a journal error nothing is accepted.
+    pub fn publish_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<Option<u64>>> {
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        ring.last += 1;
-        let seq = ring.last;
-        ring.events.push_back(Arc::new(Event {
-            seq,
-            timestamp,
-            namespace: namespace.to_string(),
-            topic: topic.to_string(),
-            type_url: type_url.to_string(),
-            value,
-            fields,
-        }));
-        while ring.events.len() > CAPACITY {
-            ring.events.pop_front();
+        let mut seqs = Vec::with_capacity(batch.len());
+        let mut fresh = Vec::new();
+        let mut keys = HashSet::new();
+        let mut next = ring.last;
+        for n in batch {
+            let fields = decode_fields(&n.type_url, &n.value);
+            if let Some(k) = dedup::key(&n.namespace, &n.topic, &fields) {
+                if ring.seen.contains_key(&k) || !keys.insert(k) {
+                    seqs.push(None);
+                    continue;
+                }
+            }
+            next += 1;
+            seqs.push(Some(next));
+            fresh.push(Arc::new(Event {
+                seq: next,
+                timestamp: n.timestamp,
+                namespace: n.namespace,
+                topic: n.topic,
+                type_url: n.type_url,
+                value: n.value,
+                fields,
+                recovered: n.recovered,
+            }));
+        }
+        if fresh.is_empty() {
+            return Ok(seqs);
+        }
+        if let Some(j) = ring.journal.as_mut() {
+            let entries: Vec<Entry> = fresh.iter().map(|e| entry_of(e)).collect();
+            j.append(&entries)?;
+        }
+        for e in fresh {
+            ring.push(e);
+        }
+        if ring.journal.as_ref().is_some_and(Journal::wants_compaction) {
+            let kept: Vec<Entry> = ring.events.iter().map(|e| entry_of(e)).collect();
+            if let Some(j) = ring.journal.as_mut() {
+                if let Err(e) = j.compact(&kept) {
+                    log::warn!("{e}");
+                }
+            }
         }
         drop(ring);
         self.arrived.notify_all();
-        seq
+        Ok(seqs)
+    }
+
+    /// Puts one event on the bus: its sequence number, or `None` if it was accepted before or
+    /// could not be journaled (logged).
+    pub fn publish(&self, event: NewEvent) -> Option<u64> {
+        match self.publish_batch(vec![event]) {
+            Ok(seqs) => seqs.into_iter().next().flatten(),
+            Err(e) => {
+                log::error!("event not accepted: {e}");
+                None
+            }
+        }
     }
 
     /// The last sequence number given out.
@@ -335,13 +460,14 @@ mod tests {
         let bus = Bus::default();
         for i in 0..10 {
             let ns = if i % 2 == 0 { "a" } else { "b" };
-            bus.publish(
-                i,
-                ns,
-                "/tasks/exit",
-                "containerd.events.TaskExit",
-                exit(&format!("c{i}")),
-            );
+            bus.publish(NewEvent {
+                timestamp: i,
+                namespace: ns.into(),
+                topic: "/tasks/exit".into(),
+                type_url: "containerd.events.TaskExit".into(),
+                value: exit(&format!("c{i}")),
+                recovered: false,
+            });
         }
         let only_a = Filters::parse(&["namespace==a"]).expect("filter");
         let b = bus.poll(0, &only_a, Duration::ZERO, 3);
@@ -362,5 +488,52 @@ mod tests {
         let b4 = bus.poll(0, &by_field, Duration::ZERO, 100);
         assert_eq!(b4.events.len(), 1);
         assert_eq!(b4.events[0].seq, 5);
+    }
+
+    fn exit_event(id: &str, recovered: bool) -> NewEvent {
+        NewEvent {
+            timestamp: 1,
+            namespace: "ns".into(),
+            topic: "/tasks/exit".into(),
+            type_url: "containerd.events.TaskExit".into(),
+            value: exit(id),
+            recovered,
+        }
+    }
+
+    #[test]
+    fn journaled_events_survive_a_restart_and_are_never_accepted_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("events.journal");
+        let o = Journal::open(&p, 100).expect("open");
+        let bus = Bus::with_journal(o.journal, o.entries);
+        let seqs = bus
+            .publish_batch(vec![
+                exit_event("c1", false),
+                exit_event("c1", false),
+                exit_event("c2", false),
+            ])
+            .expect("publish");
+        assert_eq!(seqs, vec![Some(1), None, Some(2)]);
+        drop(bus);
+        let o = Journal::open(&p, 100).expect("reopen");
+        let bus = Bus::with_journal(o.journal, o.entries);
+        assert_eq!(bus.last(), 2);
+        // A shim's retry, or the daemon's recovered exit, of an exit already accepted.
+        assert_eq!(bus.publish(exit_event("c2", true)), None);
+        assert_eq!(bus.publish(exit_event("c3", true)), Some(3));
+        let all = bus.poll(
+            0,
+            &Filters::parse(&[] as &[&str]).expect("none"),
+            Duration::ZERO,
+            100,
+        );
+        assert_eq!(
+            all.events
+                .iter()
+                .map(|e| (e.seq, e.recovered))
+                .collect::<Vec<_>>(),
+            vec![(1, false), (2, false), (3, true)]
+        );
     }
 }

@@ -137,7 +137,7 @@ impl ShimCommand {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::from(writer))
             .stderr(Stdio::from(writer2));
-        let mut child = cmd.spawn().map_err(Error::io(what.clone()))?;
+        let mut child = crate::reaper::spawn(&mut cmd).map_err(Error::io(what.clone()))?;
         // The writers now belong to the child only: EOF comes when it (and whatever it left
         // holding them) is done.
         drop(cmd);
@@ -146,7 +146,9 @@ impl ShimCommand {
         }
         let mut out = Vec::new();
         let read = std::fs::File::from(reader).read_to_end(&mut out);
-        let status = child.wait().map_err(Error::io(what.clone()))?;
+        let status = child.wait();
+        crate::reaper::release(child.id());
+        let status = status.map_err(Error::io(what.clone()))?;
         read.map_err(Error::io(what.clone()))?;
         let text = String::from_utf8_lossy(&out).trim().to_string();
         if !status.success() {
@@ -162,11 +164,15 @@ impl ShimCommand {
     /// Runs the shim's `delete` action (cleanup after a dead shim) and parses its answer.
     pub fn delete(&self) -> Result<DeleteResponse> {
         let what = format!("run {} delete", self.binary.display());
-        let out = self
-            .command("delete", true)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(Error::io(what.clone()))?;
+        let mut cmd = self.command("delete", true);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = crate::reaper::spawn(&mut cmd).map_err(Error::io(what.clone()))?;
+        let pid = child.id();
+        let out = child.wait_with_output();
+        crate::reaper::release(pid);
+        let out = out.map_err(Error::io(what.clone()))?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             return Err(Error::Shim(format!(

@@ -1,24 +1,35 @@
-//! One `mio` loop that watches every shim: a pidfd per shim process (readable when it dies) and
-//! the `log` FIFO of every bundle, drained into a per-container log file.
+//! One `mio` loop that watches every shim: a pidfd per shim process (readable when it dies),
+//! the shims' event connections (containerd's Events service, see [`crate::event_server`]),
+//! the `log` FIFO of every bundle (drained into a per-container log file), and `SIGCHLD` (a
+//! signalfd) to reap orphans. One thread, however many containers.
 //!
 //! Other threads hand it work through a channel and a `Waker`; it reports shim deaths to a
-//! callback, run on the loop thread.
+//! callback, run on the loop thread (which must not block: the daemon's posts them on).
 
 use crate::error::{Error, Result};
+use crate::event_server::{self, Incoming, Sink};
+use mio::net::UnixListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tether_protocol::api::forward::ForwardRequest;
 
 /// A container: (namespace, id).
 pub type Key = (String, String);
 
 const WAKER: Token = Token(0);
+const LISTENER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const FIRST_TOKEN: usize = 3;
+/// Orphans are reaped on SIGCHLD, and at least this often.
+const REAP_EVERY: Duration = Duration::from_secs(1);
 
 enum Cmd {
     WatchShim { key: Key, pid: u32 },
@@ -37,6 +48,8 @@ enum Watched {
         fifo: File,
         out: Option<File>,
     },
+    /// A shim's connection to our Events service.
+    Events(event_server::Conn),
 }
 
 /// The handle other threads use.
@@ -46,14 +59,46 @@ pub struct Monitor {
     waker: Arc<Waker>,
 }
 
-type OnDeath = Box<dyn Fn(Key) + Send>;
+pub type OnDeath = Box<dyn Fn(Key) + Send>;
+
+/// What the loop serves besides the shims' pidfds.
+pub struct Setup {
+    /// The bound events socket.
+    pub events: UnixListener,
+    /// Where forwarded events go.
+    pub sink: Sink,
+    /// Called (on the loop thread) when a watched shim dies.
+    pub on_death: OnDeath,
+}
 
 impl Monitor {
-    /// Starts the loop thread; `on_death` is called (on that thread) when a watched shim dies.
-    pub fn start(on_death: OnDeath) -> Result<Monitor> {
+    /// Starts the loop thread. `SIGCHLD` must be blocked in every thread already.
+    pub fn start(setup: Setup) -> Result<Monitor> {
+        let Setup {
+            mut events,
+            sink,
+            on_death,
+        } = setup;
         let poll = Poll::new().map_err(Error::io("create the epoll instance"))?;
         let waker =
             Arc::new(Waker::new(poll.registry(), WAKER).map_err(Error::io("create a waker"))?);
+        let mut mask = nix::sys::signal::SigSet::empty();
+        mask.add(nix::sys::signal::Signal::SIGCHLD);
+        let signals = nix::sys::signalfd::SignalFd::with_flags(
+            &mask,
+            nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+        )
+        .map_err(|e| Error::io("create a signalfd for SIGCHLD")(e.into()))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&signals.as_fd().as_raw_fd()),
+                SIGNALS,
+                Interest::READABLE,
+            )
+            .map_err(Error::io("watch SIGCHLD"))?;
+        poll.registry()
+            .register(&mut events, LISTENER, Interest::READABLE)
+            .map_err(Error::io("watch the events socket"))?;
         let (tx, rx) = channel();
         std::thread::Builder::new()
             .name("monitor".into())
@@ -62,8 +107,11 @@ impl Monitor {
                     poll,
                     rx,
                     on_death,
+                    sink,
+                    events,
+                    signals,
                     watched: HashMap::new(),
-                    next: 1,
+                    next: FIRST_TOKEN,
                 }
                 .run()
             })
@@ -112,6 +160,9 @@ struct Loop {
     poll: Poll,
     rx: Receiver<Cmd>,
     on_death: OnDeath,
+    sink: Sink,
+    events: UnixListener,
+    signals: nix::sys::signalfd::SignalFd,
     watched: HashMap<Token, Watched>,
     next: usize,
 }
@@ -119,18 +170,33 @@ struct Loop {
 impl Loop {
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
+        let mut reaped_at = Instant::now();
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            if let Err(e) = self.poll.poll(&mut events, Some(REAP_EVERY)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     log::error!("monitor: epoll_wait: {e}");
                 }
                 continue;
             }
+            let mut forwards = Vec::new();
+            let mut reap = reaped_at.elapsed() >= REAP_EVERY;
             for ev in events.iter() {
-                if ev.token() == WAKER {
-                    continue;
+                match ev.token() {
+                    WAKER => {}
+                    LISTENER => self.accept(),
+                    SIGNALS => {
+                        while let Ok(Some(_)) = self.signals.read_signal() {}
+                        reap = true;
+                    }
+                    t => reap |= self.ready(t, &mut forwards),
                 }
-                self.ready(ev.token());
+            }
+            if !forwards.is_empty() {
+                self.forward(forwards);
+            }
+            if reap {
+                crate::reaper::reap_orphans();
+                reaped_at = Instant::now();
             }
             loop {
                 match self.rx.try_recv() {
@@ -158,6 +224,7 @@ impl Loop {
         let fd = match &w {
             Watched::Shim { pidfd, .. } => pidfd.as_raw_fd(),
             Watched::Log { fifo, .. } => fifo.as_raw_fd(),
+            Watched::Events(conn) => conn.stream.as_raw_fd(),
         };
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         Some(w)
@@ -216,17 +283,104 @@ impl Loop {
         }
     }
 
-    fn ready(&mut self, token: Token) {
-        let is_shim = match self.watched.get(&token) {
-            Some(w) => matches!(w, Watched::Shim { .. }),
-            None => return,
-        };
-        if is_shim {
-            if let Some(Watched::Shim { key, .. }) = self.remove(token) {
-                (self.on_death)(key);
+    /// Handles readiness of `token`; true when a shim died (time to reap).
+    fn ready(&mut self, token: Token, forwards: &mut Vec<(Token, u32, ForwardRequest)>) -> bool {
+        match self.watched.get(&token) {
+            Some(Watched::Shim { .. }) => {
+                if let Some(Watched::Shim { key, .. }) = self.remove(token) {
+                    // Reap it first (if it is ours), so no zombie outlives the report.
+                    crate::reaper::reap_orphans();
+                    (self.on_death)(key);
+                }
+                true
             }
-        } else if self.drain(token) {
+            Some(Watched::Log { .. }) => {
+                if self.drain(token) {
+                    self.remove(token);
+                }
+                false
+            }
+            Some(Watched::Events(_)) => {
+                self.read_events(token, forwards);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Accepts every pending shim connection to the events socket.
+    fn accept(&mut self) {
+        loop {
+            match self.events.accept() {
+                Ok((mut stream, _)) => {
+                    let token = Token(self.next);
+                    self.next += 1;
+                    let r = self.poll.registry().register(
+                        &mut stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                    match r {
+                        Ok(()) => {
+                            self.watched
+                                .insert(token, Watched::Events(event_server::Conn::new(stream)));
+                            // Data may have arrived before registration.
+                            let mut none = Vec::new();
+                            self.read_events(token, &mut none);
+                            if !none.is_empty() {
+                                self.forward(none);
+                            }
+                        }
+                        Err(e) => log::error!("monitor: watch an events connection: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::error!("monitor: accept on the events socket: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads a shim's event connection: `Forward`s are collected, anything else answered.
+    fn read_events(&mut self, token: Token, forwards: &mut Vec<(Token, u32, ForwardRequest)>) {
+        let Some(Watched::Events(conn)) = self.watched.get_mut(&token) else {
+            return;
+        };
+        conn.flush();
+        match conn.read_frames() {
+            Ok(frames) => {
+                for f in &frames {
+                    match event_server::decode(f) {
+                        Incoming::Forward(id, req) => forwards.push((token, id, req)),
+                        Incoming::Refuse(id, status) => event_server::reply(conn, id, Err(status)),
+                        Incoming::Ignore => {}
+                    }
+                }
+            }
+            Err(e) => log::warn!("monitor: events connection: {e}; closing it"),
+        }
+        if conn.closed {
             self.remove(token);
+        }
+    }
+
+    /// Hands the turn's forwarded events to the sink (one journal fsync) and answers each.
+    fn forward(&mut self, forwards: Vec<(Token, u32, ForwardRequest)>) {
+        let (replies, reqs): (Vec<(Token, u32)>, Vec<ForwardRequest>) =
+            forwards.into_iter().map(|(t, id, r)| ((t, id), r)).unzip();
+        let results = (self.sink)(reqs);
+        for ((token, id), result) in replies.into_iter().zip(results) {
+            let Some(Watched::Events(conn)) = self.watched.get_mut(&token) else {
+                // The shim hung up: it sends the event again, and the journal knows it.
+                continue;
+            };
+            event_server::reply(conn, id, result.map_err(event_server::status_of));
+            if conn.closed {
+                self.remove(token);
+            }
         }
     }
 

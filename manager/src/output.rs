@@ -116,17 +116,19 @@ pub fn event_json(e: &api::Event) -> Value {
         "topic": e.topic,
         "type": e.type_url,
         "event": fields,
+        "recovered": e.recovered,
     })
 }
 
 pub fn event_text(e: &api::Event) -> String {
     format!(
-        "{} {} {} {} {}",
+        "{} {} {} {} {}{}",
         e.seq,
         time(e.timestamp),
         e.namespace,
         e.topic,
-        e.fields_json
+        e.fields_json,
+        if e.recovered { " (recovered)" } else { "" }
     )
 }
 

@@ -1,15 +1,15 @@
-//! The ttrpc services the daemon serves: our manager API, and containerd's Events service that
-//! shims publish to. Both are thin: the work is in [`crate::containers`] and [`crate::events`].
+//! What the daemon serves: our manager API (ttrpc, for the CLI), and the sink behind
+//! containerd's Events service that shims publish to (framed on the monitor's loop). Both are
+//! thin: the work is in [`crate::containers`] and [`crate::events`].
 
 use crate::containers::Containers;
-use crate::events::{Bus, MAX_BATCH};
+use crate::event_server::Sink;
+use crate::events::{Bus, NewEvent, MAX_BATCH};
 use crate::filter::Filters;
 use std::sync::Arc;
 use std::time::Duration;
-use tether_protocol::api::events_ttrpc::Events;
 use tether_protocol::api::forward::ForwardRequest;
 use tether_protocol::api::ttrpc::{self, TtrpcContext};
-use tether_protocol::api::Empty;
 use tether_protocol::manager_api::manager as api;
 use tether_protocol::manager_api::manager_ttrpc::Manager;
 
@@ -95,34 +95,52 @@ impl Manager for ManagerService {
     }
 }
 
-/// containerd's `Events` service: what shims publish lands on the bus.
-pub struct EventsService {
-    pub containers: Arc<Containers>,
-    pub bus: Arc<Bus>,
-}
-
-impl Events for EventsService {
-    fn forward(&self, _: &TtrpcContext, req: ForwardRequest) -> R<Empty> {
-        let Some(env) = req.envelope.as_ref() else {
-            return Err(
-                crate::error::Error::InvalidArgument("forward without an envelope".into()).into(),
-            );
-        };
-        let at = env
-            .timestamp
-            .as_ref()
-            .map(tether_protocol::time::from_timestamp)
-            .unwrap_or_else(tether_protocol::time::now_nanos);
-        let (type_url, value) = env
-            .event
-            .as_ref()
-            .map(|a| (a.type_url.clone(), a.value.clone()))
-            .unwrap_or_default();
-        if let Some(ev) = env.event.as_ref() {
-            self.containers.on_event(&env.namespace, &env.topic, ev);
+/// containerd's `Events/Forward`, served on the monitor's loop: what shims publish is
+/// journaled (one fsync per batch) and put on the bus before the shims hear "ok", then the
+/// container table learns from it (the init's exit).
+pub fn forward_sink(containers: Arc<Containers>, bus: Arc<Bus>) -> Sink {
+    Box::new(move |reqs: Vec<ForwardRequest>| {
+        let mut events = Vec::with_capacity(reqs.len());
+        for req in &reqs {
+            let env = req.envelope.clone().unwrap_or_default();
+            let timestamp = env
+                .timestamp
+                .as_ref()
+                .map(tether_protocol::time::from_timestamp)
+                .unwrap_or_else(tether_protocol::time::now_nanos);
+            let (type_url, value) = env
+                .event
+                .as_ref()
+                .map(|a| (a.type_url.clone(), a.value.clone()))
+                .unwrap_or_default();
+            events.push(NewEvent {
+                timestamp,
+                namespace: env.namespace,
+                topic: env.topic,
+                type_url,
+                value,
+                recovered: false,
+            });
         }
-        self.bus
-            .publish(at, &env.namespace, &env.topic, &type_url, value);
-        Ok(Empty::new())
-    }
+        match bus.publish_batch(events) {
+            Ok(_) => reqs
+                .iter()
+                .map(|req| {
+                    if let Some(env) = req.envelope.as_ref() {
+                        if let Some(ev) = env.event.as_ref() {
+                            containers.on_event(&env.namespace, &env.topic, ev);
+                        }
+                    }
+                    Ok(())
+                })
+                .collect(),
+            Err(e) => {
+                log::error!("events not accepted (the shims send them again): {e}");
+                let msg = format!("the daemon could not journal the event: {e}");
+                reqs.iter()
+                    .map(|_| Err(crate::error::Error::Unavailable(msg.clone())))
+                    .collect()
+            }
+        }
+    })
 }

@@ -1,0 +1,328 @@
+//! The durable event journal: every event the daemon accepts, one versioned JSON record per
+//! line (`{"version":"v1","seq":N,...}`), appended and fsync'd before the event is acknowledged.
+//!
+//! Retention is bounded: past `2 * keep` lines the file is rewritten (temp, fsync, rename) with
+//! the newest `keep`. On open, a torn last line (the daemon was killed mid-append) is truncated
+//! with a warning; a bad line elsewhere is reported (file and line) and skipped. Nothing in the
+//! file can stop the daemon from starting.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use tether_protocol::store;
+
+/// One journaled event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub seq: u64,
+    pub timestamp: i64,
+    pub namespace: String,
+    pub topic: String,
+    pub type_url: String,
+    /// The event's protobuf bytes, in hex.
+    pub value: String,
+    /// Learned after a restart (the exit happened while the daemon was down).
+    #[serde(default)]
+    pub recovered: bool,
+}
+
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    keep: usize,
+    /// Records in the file.
+    lines: usize,
+}
+
+/// What opening found: the retained entries (oldest first) and what was wrong with the file.
+pub struct Opened {
+    pub journal: Journal,
+    pub entries: Vec<Entry>,
+    pub warnings: Vec<String>,
+}
+
+fn io_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
+    Error::io(format!("{what} journal {}", path.display()))
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path`, keeping at least the newest `keep` events.
+    pub fn open(path: &Path, keep: usize) -> Result<Opened> {
+        let mut warnings = Vec::new();
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err(path, "read")(e)),
+        };
+        let mut entries: Vec<Entry> = Vec::new();
+        // The length of the good prefix: a torn tail is cut off there.
+        let mut good_len = 0usize;
+        let mut at = 0usize;
+        let mut line_no = 0usize;
+        while at < bytes.len() {
+            line_no += 1;
+            let (line, next, complete) = match bytes[at..].iter().position(|&b| b == b'\n') {
+                Some(n) => (&bytes[at..at + n], at + n + 1, true),
+                None => (&bytes[at..], bytes.len(), false),
+            };
+            let is_last = next >= bytes.len();
+            match store::decode::<Entry>(path, line) {
+                // A record without its newline was never acknowledged: cut it off too.
+                _ if !complete => warnings.push(format!(
+                    "{}: line {line_no}: torn record at the end (the daemon was killed while \
+                     writing it); truncated",
+                    path.display()
+                )),
+                Err(e) if is_last => warnings.push(format!(
+                    "{e} (line {line_no}, the last: torn while written); truncated"
+                )),
+                Err(e) => {
+                    warnings.push(format!("{e} (line {line_no}); skipped"));
+                    good_len = next;
+                }
+                Ok(e) if entries.last().is_some_and(|l| e.seq <= l.seq) => {
+                    warnings.push(format!(
+                        "{}: line {line_no}: sequence number {} is not after {}; skipped",
+                        path.display(),
+                        e.seq,
+                        entries.last().map(|l| l.seq).unwrap_or_default()
+                    ));
+                    good_len = next;
+                }
+                Ok(e) => {
+                    entries.push(e);
+                    good_len = next;
+                }
+            }
+            at = next;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_err(path, "open"))?;
+        if good_len < bytes.len() {
+            file.set_len(good_len as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(io_err(path, "truncate"))?;
+        }
+        if bytes.is_empty() {
+            file.sync_all().map_err(io_err(path, "fsync"))?;
+            sync_parent(path)?;
+        }
+        let lines = entries.len();
+        let mut journal = Journal {
+            path: path.to_path_buf(),
+            file,
+            keep: keep.max(1),
+            lines,
+        };
+        if entries.len() > journal.keep {
+            entries.drain(..entries.len() - journal.keep);
+            journal.compact(&entries)?;
+        }
+        Ok(Opened {
+            journal,
+            entries,
+            warnings,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn keep(&self) -> usize {
+        self.keep
+    }
+
+    /// Appends `entries` and fsyncs them: when this returns Ok they survive a crash.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for e in entries {
+            let line = store::encode(e).map_err(|e| {
+                Error::InvalidArgument(format!("cannot encode a journal record: {e}"))
+            })?;
+            buf.extend_from_slice(&line);
+            buf.push(b'\n');
+        }
+        self.file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data())
+            .map_err(io_err(&self.path, "append to"))?;
+        self.lines += entries.len();
+        Ok(())
+    }
+
+    /// Whether the file holds enough dropped events to be worth rewriting.
+    pub fn wants_compaction(&self) -> bool {
+        self.lines > 2 * self.keep
+    }
+
+    /// Rewrites the file with `retained` only (the newest events), atomically.
+    pub fn compact(&mut self, retained: &[Entry]) -> Result<()> {
+        let tmp = self.path.with_extension("compact.tmp");
+        let write = || -> std::io::Result<File> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            let mut buf = Vec::new();
+            for e in retained {
+                if let Ok(line) = store::encode(e) {
+                    buf.extend_from_slice(&line);
+                    buf.push(b'\n');
+                }
+            }
+            f.write_all(&buf)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            OpenOptions::new().append(true).open(&self.path)
+        };
+        match write() {
+            Ok(f) => {
+                self.file = f;
+                self.lines = retained.len();
+                sync_parent(&self.path)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(io_err(&self.path, "compact")(e))
+            }
+        }
+    }
+}
+
+fn sync_parent(path: &Path) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(format!("fsync directory {}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64) -> Entry {
+        Entry {
+            seq,
+            timestamp: seq as i64,
+            namespace: "ns".into(),
+            topic: "/tasks/exit".into(),
+            type_url: "containerd.events.TaskExit".into(),
+            value: to_hex(&[seq as u8, 0xab]),
+            recovered: seq.is_multiple_of(2),
+        }
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_garbage() {
+        let b: Vec<u8> = (0..=255).collect();
+        assert_eq!(from_hex(&to_hex(&b)).expect("hex"), b);
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("zz"), None);
+    }
+
+    #[test]
+    fn appended_entries_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("events.journal");
+        let mut o = Journal::open(&p, 100).expect("open");
+        assert!(o.entries.is_empty() && o.warnings.is_empty());
+        o.journal.append(&[entry(1), entry(2)]).expect("append");
+        o.journal.append(&[entry(3)]).expect("append");
+        drop(o);
+        let o = Journal::open(&p, 100).expect("reopen");
+        assert_eq!(o.entries, vec![entry(1), entry(2), entry(3)]);
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_truncated_and_bad_lines_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("events.journal");
+        let mut o = Journal::open(&p, 100).expect("open");
+        o.journal.append(&[entry(1), entry(2)]).expect("append");
+        drop(o);
+        let good = std::fs::read(&p).expect("read");
+        // A garbage line in the middle, then a record cut off mid-write.
+        let mut text = good.clone();
+        text.extend_from_slice(b"{not json}\n");
+        let mut third = store::encode(&entry(3)).expect("encode");
+        third.push(b'\n');
+        text.extend_from_slice(&third);
+        let fourth = store::encode(&entry(4)).expect("encode");
+        text.extend_from_slice(&fourth[..fourth.len() / 2]);
+        std::fs::write(&p, &text).expect("write");
+        let mut o = Journal::open(&p, 100).expect("reopen");
+        assert_eq!(o.entries, vec![entry(1), entry(2), entry(3)]);
+        assert_eq!(o.warnings.len(), 2, "{:?}", o.warnings);
+        assert!(o.warnings[0].contains("line 3"), "{:?}", o.warnings);
+        assert!(o.warnings[1].contains("truncated"), "{:?}", o.warnings);
+        // The torn tail is gone: the next append starts on a fresh line.
+        o.journal.append(&[entry(4)]).expect("append");
+        drop(o);
+        let o = Journal::open(&p, 100).expect("reopen");
+        assert_eq!(o.entries.last(), Some(&entry(4)));
+        assert_eq!(
+            o.warnings.len(),
+            1,
+            "only the garbage line: {:?}",
+            o.warnings
+        );
+    }
+
+    #[test]
+    fn retention_is_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("events.journal");
+        let mut o = Journal::open(&p, 3).expect("open");
+        let all: Vec<Entry> = (1..=7).map(entry).collect();
+        o.journal.append(&all).expect("append");
+        assert!(o.journal.wants_compaction());
+        o.journal.compact(&all[4..]).expect("compact");
+        assert!(!o.journal.wants_compaction());
+        o.journal.append(&[entry(8)]).expect("append");
+        drop(o);
+        let o = Journal::open(&p, 3).expect("reopen");
+        assert_eq!(
+            o.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![6, 7, 8]
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+}

@@ -1,0 +1,309 @@
+//! Rediscovery: on start the daemon rebuilds its table from the state root, from what the shims
+//! and the disk say.
+//!
+//! Every `<state>/<namespace>/<id>` with a `record.json` is a container. Its shim is probed at
+//! the address it left: a live one answers `Connect` and is watched again (and asked whether
+//! the init exited while we were away); a dead one refuses the connection at once (a unix
+//! socket with no listener answers `ECONNREFUSED`: no dial timeout), its `delete` action
+//! cleans up and gives the exit, which is journaled once, marked as recovered. Interrupted
+//! creates and deletes are finished. A corrupt record is reported (file and reason) and skipped.
+//! Containers are probed by a few threads at once, which end when rediscovery does.
+
+use crate::containers::{remove_dir, Containers, ShimConn};
+use crate::monitor::Key;
+use crate::shim_client::ShimClient;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tether_protocol::api::task::{self, Status};
+use tether_protocol::time::{from_timestamp, now_nanos};
+use tether_protocol::{store, validate_id, validate_namespace, ContainerRecord};
+
+/// How long a shim that accepts the connection may take to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Threads probing at once.
+const WORKERS: usize = 8;
+
+/// Why a container ended while the daemon could not see it.
+pub const REASON_SHIM_GONE: &str = "shim died while the daemon was down";
+
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Containers whose shim answered.
+    pub live: usize,
+    /// Containers whose shim was gone: resolved through its `delete` action.
+    pub dead: usize,
+    /// Exits learned now that happened while the daemon was down.
+    pub exits: usize,
+    /// Interrupted creates and deletes finished.
+    pub cleaned: usize,
+    /// Entries that could not be read (each with its path and reason).
+    pub skipped: Vec<String>,
+}
+
+enum Outcome {
+    Live { exited: bool },
+    Dead { exited: bool },
+    Cleaned,
+    Skipped(String),
+}
+
+/// Rebuilds the table from the state root.
+pub fn recover(containers: &Arc<Containers>) -> Report {
+    let started = Instant::now();
+    let mut report = Report::default();
+    let keys = scan(&containers.config().state, &mut report.skipped);
+    let queue = Mutex::new(keys);
+    let outcomes = Mutex::new(Vec::new());
+    let workers = WORKERS.min(queue.lock().map(|q| q.len()).unwrap_or(0));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let next = queue.lock().ok().and_then(|mut q| q.pop());
+                let Some(key) = next else { break };
+                let o = recover_one(containers, key);
+                if let Ok(mut out) = outcomes.lock() {
+                    out.push(o);
+                }
+            });
+        }
+    });
+    for o in outcomes.into_inner().unwrap_or_default() {
+        match o {
+            Outcome::Live { exited } => {
+                report.live += 1;
+                report.exits += usize::from(exited);
+            }
+            Outcome::Dead { exited } => {
+                report.dead += 1;
+                report.exits += usize::from(exited);
+            }
+            Outcome::Cleaned => report.cleaned += 1,
+            Outcome::Skipped(why) => report.skipped.push(why),
+        }
+    }
+    for why in &report.skipped {
+        log::warn!("rediscovery: skipped {why}");
+    }
+    log::info!(
+        "rediscovery: {} live shims, {} dead, {} exits while down, {} interrupted operations \
+         finished, {} skipped, in {} ms",
+        report.live,
+        report.dead,
+        report.exits,
+        report.cleaned,
+        report.skipped.len(),
+        started.elapsed().as_millis()
+    );
+    report
+}
+
+/// Every `(namespace, id)` directory under the state root.
+fn scan(state: &Path, skipped: &mut Vec<String>) -> Vec<Key> {
+    let mut keys = Vec::new();
+    let Ok(namespaces) = std::fs::read_dir(state) else {
+        return keys;
+    };
+    for ns in namespaces.flatten() {
+        if !ns.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let ns_name = ns.file_name().to_string_lossy().into_owned();
+        if let Err(e) = validate_namespace(&ns_name) {
+            skipped.push(format!("{}: {e}", ns.path().display()));
+            continue;
+        }
+        let Ok(ids) = std::fs::read_dir(ns.path()) else {
+            continue;
+        };
+        for c in ids.flatten() {
+            if !c.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let id = c.file_name().to_string_lossy().into_owned();
+            match validate_id(&id) {
+                Ok(()) => keys.push((ns_name.clone(), id)),
+                Err(e) => skipped.push(format!("{}: {e}", c.path().display())),
+            }
+        }
+    }
+    keys
+}
+
+/// The shim's address: ours (`shim-address`), else the one the shim wrote (`address`).
+fn shim_address(dir: &Path) -> Option<String> {
+    ["shim-address", "address"].iter().find_map(|f| {
+        let text = std::fs::read_to_string(dir.join(f)).ok()?;
+        let t = text.trim();
+        (!t.is_empty()).then(|| crate::launcher::normalize_address(t))
+    })
+}
+
+/// Connects to the shim if it is alive; `None` at once if its socket refuses.
+fn probe(dir: &Path, key: &Key) -> Option<(ShimClient, task::ConnectResponse)> {
+    let address = shim_address(dir)?;
+    match ShimClient::connect(&address, PROBE_TIMEOUT) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::debug!(
+                "container {}/{}: shim at {address} is gone: {}",
+                key.0,
+                key.1,
+                crate::error::ttrpc_message(&e)
+            );
+            None
+        }
+    }
+}
+
+fn recover_one(containers: &Arc<Containers>, key: Key) -> Outcome {
+    let dir = containers.config().state.join(&key.0).join(&key.1);
+    let record: ContainerRecord = match store::read(&dir.join("record.json")) {
+        Ok(r) => r,
+        Err(e) if e.is_not_found() => {
+            return Outcome::Skipped(format!("{}: no record.json: not ours", dir.display()))
+        }
+        Err(e) => return Outcome::Skipped(e.to_string()),
+    };
+    if record.namespace != key.0 || record.id != key.1 {
+        return Outcome::Skipped(format!(
+            "{}: record.json names {}/{}",
+            dir.join("record.json").display(),
+            record.namespace,
+            record.id
+        ));
+    }
+    let shim = probe(&dir, &key);
+    if record.created_at == 0 || record.deleted_at != 0 {
+        finish_interrupted(containers, &key, &dir, &record, shim);
+        return Outcome::Cleaned;
+    }
+    let command = match containers.shim_command(&key, &record.runtime) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Skipped(format!("container {}/{}: {e}", key.0, key.1)),
+    };
+    let known = record.finished_at != 0;
+    match shim {
+        Some((client, connected)) => {
+            let conn = ShimConn {
+                task: client.clone(),
+                pid: connected.shim_pid,
+                command,
+            };
+            let c = containers.adopt(key.clone(), record, Some(conn));
+            if known {
+                return Outcome::Live { exited: false };
+            }
+            let req = task::StateRequest {
+                id: key.1.clone(),
+                ..Default::default()
+            };
+            match client.call::<_, task::StateResponse>("State", &req, PROBE_TIMEOUT) {
+                Ok(st) if st.status.enum_value() == Ok(Status::STOPPED) => {
+                    let at = st
+                        .exited_at
+                        .as_ref()
+                        .map(from_timestamp)
+                        .unwrap_or_else(now_nanos);
+                    c.record_exit(st.exit_status, at, "");
+                    containers.publish_exit(&key, st.pid, st.exit_status, at, true);
+                    Outcome::Live { exited: true }
+                }
+                Ok(_) => Outcome::Live { exited: false },
+                Err(e) => {
+                    log::warn!(
+                        "container {}/{}: state after the restart: {}",
+                        key.0,
+                        key.1,
+                        crate::error::ttrpc_message(&e)
+                    );
+                    Outcome::Live { exited: false }
+                }
+            }
+        }
+        None => {
+            // Its leftovers (mounts, runtime state) go with the delete action in any case.
+            let deleted = command.delete();
+            let c = containers.adopt(key.clone(), record.clone(), None);
+            if known {
+                if let Err(e) = deleted {
+                    log::warn!("container {}/{}: {e}", key.0, key.1);
+                }
+                return Outcome::Dead { exited: false };
+            }
+            let (status, at, pid, reason) = match deleted {
+                Ok(d) => (
+                    d.exit_status,
+                    d.exited_at
+                        .as_ref()
+                        .map(from_timestamp)
+                        .unwrap_or_else(now_nanos),
+                    if d.pid != 0 { d.pid } else { record.pid },
+                    REASON_SHIM_GONE.to_string(),
+                ),
+                Err(e) => (
+                    128 + libc::SIGKILL as u32,
+                    now_nanos(),
+                    record.pid,
+                    format!("{REASON_SHIM_GONE}; its cleanup failed: {e}"),
+                ),
+            };
+            c.record_exit(status, at, &reason);
+            containers.publish_exit(&key, pid, status, at, true);
+            Outcome::Dead { exited: true }
+        }
+    }
+}
+
+/// A create or delete the daemon did not finish: stop the shim, clean up, forget it.
+fn finish_interrupted(
+    containers: &Containers,
+    key: &Key,
+    dir: &Path,
+    record: &ContainerRecord,
+    shim: Option<(ShimClient, task::ConnectResponse)>,
+) {
+    log::info!(
+        "container {}/{}: finishing an interrupted {}",
+        key.0,
+        key.1,
+        if record.created_at == 0 {
+            "create"
+        } else {
+            "delete"
+        }
+    );
+    if let Some((client, _)) = shim {
+        let _ = client.call::<_, task::DeleteResponse>(
+            "Delete",
+            &task::DeleteRequest {
+                id: key.1.clone(),
+                ..Default::default()
+            },
+            PROBE_TIMEOUT,
+        );
+        let _ = client.call::<_, tether_protocol::api::Empty>(
+            "Shutdown",
+            &task::ShutdownRequest {
+                id: key.1.clone(),
+                ..Default::default()
+            },
+            PROBE_TIMEOUT,
+        );
+    }
+    if !record.runtime.is_empty() {
+        match containers
+            .shim_command(key, &record.runtime)
+            .and_then(|c| c.delete())
+        {
+            Ok(_) => {}
+            Err(e) => log::warn!("container {}/{}: {e}", key.0, key.1),
+        }
+    }
+    if let Err(e) = store::remove(&dir.join("record.json")) {
+        log::warn!("{e}");
+    }
+    if let Err(e) = remove_dir(dir) {
+        log::warn!("{e}");
+    }
+}

@@ -1,0 +1,68 @@
+//! Calls from the daemon to a shim's task service: one connection per call over our own
+//! framing (`tether_protocol::wire::call`), so the daemon keeps no client, and no client
+//! thread, per container. The shim answers under `containerd.task.v2.Task` or `v3`; which one
+//! is learned once, at `Connect`.
+
+use protobuf::Message;
+use std::path::PathBuf;
+use std::time::Duration;
+use tether_protocol::api::task::{ConnectRequest, ConnectResponse};
+use tether_protocol::api::ttrpc::{self, Code};
+use tether_protocol::task_service::{TASK_SERVICE_V2, TASK_SERVICE_V3};
+use tether_protocol::wire;
+
+#[derive(Debug, Clone)]
+pub struct ShimClient {
+    socket: PathBuf,
+    service: &'static str,
+}
+
+/// Go's ttrpc answers an unknown service `Unimplemented`, Rust's `InvalidArgument "... does not
+/// exist"`.
+fn is_unknown_service(e: &ttrpc::Error) -> bool {
+    match e {
+        ttrpc::Error::RpcStatus(s) => {
+            s.code() == Code::UNIMPLEMENTED
+                || (s.code() == Code::INVALID_ARGUMENT && s.message().ends_with("does not exist"))
+        }
+        _ => false,
+    }
+}
+
+impl ShimClient {
+    /// Calls `Connect` on the shim at `address` (`unix:///path` or a path), v2 first.
+    pub fn connect(address: &str, timeout: Duration) -> ttrpc::Result<(Self, ConnectResponse)> {
+        let socket = tether_protocol::socket::from_address(address).ok_or_else(|| {
+            ttrpc::Error::Others(format!("{address:?} is not a unix socket address"))
+        })?;
+        let mut client = ShimClient {
+            socket,
+            service: TASK_SERVICE_V2,
+        };
+        let req = ConnectRequest::default();
+        match client.call("Connect", &req, timeout) {
+            Ok(resp) => Ok((client, resp)),
+            Err(e) if is_unknown_service(&e) => {
+                client.service = TASK_SERVICE_V3;
+                let resp = client.call("Connect", &req, timeout)?;
+                Ok((client, resp))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Calls `method`; a zero timeout waits for ever (as `Wait` must).
+    pub fn call<Req: Message, Resp: Message>(
+        &self,
+        method: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> ttrpc::Result<Resp> {
+        let payload = req
+            .write_to_bytes()
+            .map_err(|e| ttrpc::Error::Others(format!("encode {method} request: {e}")))?;
+        let answer = wire::call(&self.socket, self.service, method, payload, timeout)?;
+        Resp::parse_from_bytes(&answer)
+            .map_err(|e| ttrpc::Error::Others(format!("decode {method} response: {e}")))
+    }
+}
