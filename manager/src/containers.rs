@@ -107,6 +107,19 @@ impl Container {
         }
     }
 
+    /// Records a start the daemon did not see (it was down): the shim says the init runs.
+    pub fn record_started(&self, pid: u32) {
+        let r = self.update(|rec| {
+            if rec.started_at == 0 && rec.finished_at == 0 {
+                rec.start(pid, now_nanos())?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            log::warn!("container {}/{}: record start: {e}", self.key.0, self.key.1);
+        }
+    }
+
     fn info(&self) -> api::Container {
         to_api(&lock(&self.record))
     }
@@ -796,7 +809,9 @@ impl Containers {
             return;
         };
         log::warn!("container {}/{}: shim {} died", key.0, key.1, shim.pid);
-        let (status, at, pid) = match shim.command.delete() {
+        let deleted = shim.command.delete();
+        crate::shim_client::remove_dead_socket(shim.task.socket());
+        let (status, at, pid) = match deleted {
             Ok(d) => (
                 d.exit_status,
                 d.exited_at

@@ -10,6 +10,7 @@ use protobuf::Message;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use tether_protocol::api::task::DeleteResponse;
@@ -122,6 +123,17 @@ impl ShimCommand {
             .env("GRPC_ADDRESS", &self.address)
             .env("NAMESPACE", &self.namespace)
             .env("PATH", shim_env_path());
+        // The daemon blocks SIGCHLD and the stop signals (it takes them through a signalfd and
+        // sigwait); a shim must not inherit that mask, or it would never see its children exit.
+        // SAFETY: only pthread_sigmask (async-signal-safe) runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+                libc::sigemptyset(empty.as_mut_ptr());
+                libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+                Ok(())
+            });
+        }
         cmd
     }
 

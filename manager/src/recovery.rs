@@ -209,7 +209,16 @@ fn recover_one(containers: &Arc<Containers>, key: Key) -> Outcome {
                     containers.publish_exit(&key, st.pid, st.exit_status, at, true);
                     Outcome::Live { exited: true }
                 }
-                Ok(_) => Outcome::Live { exited: false },
+                Ok(st) => {
+                    let running = matches!(
+                        st.status.enum_value(),
+                        Ok(Status::RUNNING | Status::PAUSED | Status::PAUSING)
+                    );
+                    if running {
+                        c.record_started(st.pid);
+                    }
+                    Outcome::Live { exited: false }
+                }
                 Err(e) => {
                     log::warn!(
                         "container {}/{}: state after the restart: {}",
@@ -224,6 +233,12 @@ fn recover_one(containers: &Arc<Containers>, key: Key) -> Outcome {
         None => {
             // Its leftovers (mounts, runtime state) go with the delete action in any case.
             let deleted = command.delete();
+            if let Some(socket) = shim_address(&dir)
+                .as_deref()
+                .and_then(tether_protocol::socket::from_address)
+            {
+                crate::shim_client::remove_dead_socket(&socket);
+            }
             let c = containers.adopt(key.clone(), record.clone(), None);
             if known {
                 if let Err(e) = deleted {

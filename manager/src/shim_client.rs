@@ -4,7 +4,7 @@
 //! is learned once, at `Connect`.
 
 use protobuf::Message;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tether_protocol::api::task::{ConnectRequest, ConnectResponse};
 use tether_protocol::api::ttrpc::{self, Code};
@@ -51,6 +51,10 @@ impl ShimClient {
         }
     }
 
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// Calls `method`; a zero timeout waits for ever (as `Wait` must).
     pub fn call<Req: Message, Resp: Message>(
         &self,
@@ -64,5 +68,19 @@ impl ShimClient {
         let answer = wire::call(&self.socket, self.service, method, payload, timeout)?;
         Resp::parse_from_bytes(&answer)
             .map_err(|e| ttrpc::Error::Others(format!("decode {method} response: {e}")))
+    }
+}
+
+/// Removes a dead shim's socket file (containerd's Go shim leaves it behind when it is
+/// killed): only if nothing listens on it any more.
+pub fn remove_dead_socket(socket: &Path) {
+    if let Err(e) = std::os::unix::net::UnixStream::connect(socket) {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            match std::fs::remove_file(socket) {
+                Ok(()) => log::debug!("removed dead shim socket {}", socket.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("remove dead shim socket {}: {e}", socket.display()),
+            }
+        }
     }
 }

@@ -7,7 +7,6 @@
 
 use crate::cmd::{self, CmdOutput};
 use crate::{cgroups, mounts, procs, wait_until};
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,12 +36,24 @@ impl Daemon {
             .prefix("tether-mgr-")
             .tempdir()
             .expect("create the daemon's temp dir");
-        let log = File::create(dir.path().join("daemon.log")).expect("create daemon.log");
         let mut d = Daemon {
             dir,
             child: None,
             namespaces: Mutex::new(Vec::new()),
         };
+        d.spawn();
+        d
+    }
+
+    /// Runs `tether daemon` on this daemon's directories (its log appended to `daemon.log`)
+    /// and waits until it answers: after rediscovery, which comes before the socket.
+    fn spawn(&mut self) {
+        let d = self;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.dir().join("daemon.log"))
+            .expect("open daemon.log");
         let child = Command::new(crate::tether_binary())
             .arg("daemon")
             .arg("--root")
@@ -59,11 +70,30 @@ impl Daemon {
             .expect("start tether daemon");
         d.child = Some(child);
         let socket = d.socket();
-        let up = wait_until(Duration::from_secs(20), || {
+        let up = wait_until(Duration::from_secs(60), || {
             std::os::unix::net::UnixStream::connect(&socket).is_ok()
         });
         assert!(up, "tether daemon did not come up; log:\n{}", d.log());
-        d
+    }
+
+    /// SIGKILLs the daemon (its shims live on) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same state (after [`Daemon::kill9`] or
+    /// [`Daemon::stop`]) and waits until it serves.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart: the daemon is still running");
+        self.spawn();
+    }
+
+    /// The daemon's event journal.
+    pub fn journal(&self) -> PathBuf {
+        self.state().join("events.journal")
     }
 
     pub fn dir(&self) -> &Path {
@@ -169,6 +199,8 @@ impl Drop for Daemon {
             procs::signal(s, libc::SIGKILL);
         }
         procs::wait_gone(&shims, Duration::from_secs(10));
+        // After a restart, shims (and a killed shim's processes) may be the test's orphans.
+        procs::reap_orphans();
         let mut namespaces = self
             .namespaces
             .lock()
