@@ -170,6 +170,40 @@ pub fn describe(pid: i32) -> String {
     }
 }
 
+/// Makes the test process a child subreaper: shims orphaned by a SIGKILLed daemon (and their
+/// processes) are reparented to it rather than to PID 1, which may not reap them here.
+pub fn become_subreaper() {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(
+        r,
+        0,
+        "PR_SET_CHILD_SUBREAPER: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Reaps the test process's zombie children that are orphans it adopted as a subreaper: shims
+/// (`containerd-shim*`) and container processes, never a child a `std::process::Child` of the
+/// harness waits for (those run `tether`, `ctr`, `containerd`, ...). Returns the pids reaped.
+pub fn reap_orphans() -> Vec<i32> {
+    const OURS: &[&str] = &["tether", "ctr", "containerd", "runc", "mount", "umount"];
+    let me = std::process::id() as i32;
+    let mut reaped = Vec::new();
+    for pid in zombie_children(me) {
+        let Some(s) = stat(pid) else { continue };
+        if OURS.contains(&s.comm.as_str()) {
+            continue;
+        }
+        let mut status = 0;
+        // SAFETY: waitpid on one specific zombie child, WNOHANG.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            reaped.push(pid);
+        }
+    }
+    reaped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,38 +254,4 @@ mod tests {
         let ctr: Vec<String> = ["ctr", "--address", "/a/c.sock"].map(String::from).to_vec();
         assert!(!is_shim_of(&ctr, "/a/c.sock"));
     }
-}
-
-/// Makes the test process a child subreaper: shims orphaned by a SIGKILLed daemon (and their
-/// processes) are reparented to it rather than to PID 1, which may not reap them here.
-pub fn become_subreaper() {
-    // SAFETY: prctl with integer arguments only.
-    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    assert_eq!(
-        r,
-        0,
-        "PR_SET_CHILD_SUBREAPER: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
-/// Reaps the test process's zombie children that are orphans it adopted as a subreaper: shims
-/// (`containerd-shim*`) and container processes, never a child a `std::process::Child` of the
-/// harness waits for (those run `tether`, `ctr`, `containerd`, ...). Returns the pids reaped.
-pub fn reap_orphans() -> Vec<i32> {
-    const OURS: &[&str] = &["tether", "ctr", "containerd", "runc", "mount", "umount"];
-    let me = std::process::id() as i32;
-    let mut reaped = Vec::new();
-    for pid in zombie_children(me) {
-        let Some(s) = stat(pid) else { continue };
-        if OURS.contains(&s.comm.as_str()) {
-            continue;
-        }
-        let mut status = 0;
-        // SAFETY: waitpid on one specific zombie child, WNOHANG.
-        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-            reaped.push(pid);
-        }
-    }
-    reaped
 }
