@@ -187,11 +187,11 @@ fn oom_event_while_the_container_survives() {
     finish(cd, &[&id]);
 }
 
-/// Reported as ignored, not passed: the shim watches OOM through cgroup v1 only (v2's
-/// `memory.events` watcher is not written), and hosts like ours are hybrid, where v2 has no
-/// controllers. On a cgroup v2 host, run it with `--ignored` once the v2 watcher exists.
+/// Reported as ignored, not passed: hosts like ours are hybrid, where v2 has no controllers, so
+/// the shim's `memory.events` watcher cannot be exercised. On a cgroup v2 host, run it with
+/// `--ignored`.
 #[test]
-#[ignore = "cgroup v2 OOM: no v2 watcher in the shim yet, and this host's v2 hierarchy has no controllers"]
+#[ignore = "cgroup v2 OOM: this host's v2 hierarchy has no controllers (hybrid cgroups)"]
 fn oom_event_before_exit_137_cgroup_v2() {
     let controllers =
         std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
