@@ -66,6 +66,14 @@ fn main() -> ExitCode {
 /// The long-lived shim: serves on the socket `start` handed over as fd 3.
 fn serve(flags: &cli::Flags) -> error::Result<()> {
     logging::init(flags.debug, &flags.id);
+    // A parent may have left signals blocked; SIGCHLD must arrive, and the runtime and the
+    // container inherit our mask.
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+    .map_err(error::ShimError::nix("sigprocmask"))?;
     let st =
         nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(start::LISTENER_FD) })
             .map_err(error::ShimError::nix(
