@@ -234,6 +234,11 @@ impl Containers {
         }
     }
 
+    /// Ignores the late events of an aborted create's init (see [`Bus::suppress`]).
+    pub fn suppress_events(&self, key: &Key, pid: u32) {
+        self.bus.suppress(&key.0, &key.1, pid);
+    }
+
     pub fn set_monitor(&self, m: Monitor) {
         *lock(&self.monitor) = Some(m);
     }
@@ -847,6 +852,11 @@ impl Containers {
         let Some(c) = lock(&self.table).get(&key).cloned() else {
             return;
         };
+        let pid = lock(&c.record).pid;
+        if pid != 0 && exit.pid != 0 && exit.pid != pid {
+            // The exit of another init of the same name (an aborted create's).
+            return;
+        }
         let at = exit
             .exited_at
             .as_ref()

@@ -268,6 +268,27 @@ impl Bus {
         Ok(seqs)
     }
 
+    /// Drops, from now on, the one-time events of process `pid` of `container` (an aborted
+    /// create the daemon never acknowledged: its shim's late exit and delete are noise).
+    pub fn suppress(&self, namespace: &str, container: &str, pid: u32) {
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        for topic in [
+            tether_protocol::topics::TASK_START,
+            tether_protocol::topics::TASK_EXIT,
+            tether_protocol::topics::TASK_DELETE,
+        ] {
+            let key = dedup::Key {
+                namespace: namespace.to_string(),
+                container: container.to_string(),
+                exec_id: String::new(),
+                pid: u64::from(pid),
+                topic: topic.to_string(),
+            };
+            // Sequence 0: never matched by an event leaving the ring, so it stays.
+            ring.seen.entry(key).or_insert(0);
+        }
+    }
+
     /// Puts one event on the bus: its sequence number, or `None` if it was accepted before or
     /// could not be journaled (logged).
     pub fn publish(&self, event: NewEvent) -> Option<u64> {

@@ -289,6 +289,18 @@ fn finish_interrupted(
         }
     );
     if let Some((client, _)) = shim {
+        if record.created_at == 0 {
+            // The create was never acknowledged: what its shim says of that init is noise.
+            let req = task::StateRequest {
+                id: key.1.clone(),
+                ..Default::default()
+            };
+            if let Ok(st) = client.call::<_, task::StateResponse>("State", &req, PROBE_TIMEOUT) {
+                if st.pid != 0 {
+                    containers.suppress_events(key, st.pid);
+                }
+            }
+        }
         let _ = client.call::<_, task::DeleteResponse>(
             "Delete",
             &task::DeleteRequest {

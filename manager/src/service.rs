@@ -123,10 +123,12 @@ pub fn forward_sink(containers: Arc<Containers>, bus: Arc<Bus>) -> Sink {
             });
         }
         match bus.publish_batch(events) {
-            Ok(_) => reqs
+            Ok(seqs) => reqs
                 .iter()
-                .map(|req| {
-                    if let Some(env) = req.envelope.as_ref() {
+                .zip(seqs)
+                .map(|(req, seq)| {
+                    // A duplicate (or a suppressed event) taught us nothing new.
+                    if let (Some(env), Some(_)) = (req.envelope.as_ref(), seq) {
                         if let Some(ev) = env.event.as_ref() {
                             containers.on_event(&env.namespace, &env.topic, ev);
                         }

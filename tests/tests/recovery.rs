@@ -256,7 +256,9 @@ fn manager_sigkills_lose_no_exit_and_report_none_twice() {
         assert_eq!(
             by_id.get(id).map(Vec::as_slice),
             Some(&[codes[i]][..]),
-            "{id}: journaled exits (seed {seed})"
+            "{id}: journaled exits (seed {seed}): {:?}\n{}",
+            exits.iter().filter(|e| e.0 == *id).collect::<Vec<_>>(),
+            d.log()
         );
     }
     assert_eq!(exits.len(), N, "no other exits (seed {seed})");
