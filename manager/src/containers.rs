@@ -30,6 +30,8 @@ use tether_protocol::{
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// `Create` runs the OCI runtime and may take longer on a loaded machine.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a shim asked to exit may take: it flushes its events for up to 3 s.
+const SHIM_EXIT_WAIT: Duration = Duration::from_millis(3500);
 /// The type URLs containerd gives OCI JSON in an `Any`.
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
@@ -239,6 +241,106 @@ impl Containers {
         self.bus.suppress(&key.0, &key.1, pid);
     }
 
+    /// Drops every event of the container until [`Containers::unmute_events`] (see
+    /// [`Bus::mute`]).
+    pub fn mute_events(&self, key: &Key) {
+        self.bus.mute(&key.0, &key.1);
+    }
+
+    pub fn unmute_events(&self, key: &Key) {
+        self.bus.unmute(&key.0, &key.1);
+    }
+
+    /// Undoes, in its shim, a create the daemon never acknowledged, and makes sure that shim is
+    /// gone when this returns (the caller muted the container's events first, and runs the
+    /// shim's `delete` action after): its init is deleted, even one whose `Create` the shim
+    /// only handles now (sent before a crash, still queued on the old connection), and the
+    /// shim is asked to exit. A shim that still runs after its flush time is SIGKILLed if it
+    /// still holds the container; else it serves other containers of its group and stays.
+    pub fn stop_aborted_shim(&self, key: &Key, client: &ShimClient, shim_pid: u32, t: Duration) {
+        let process = match crate::shim_client::ShimProcess::open(shim_pid) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log::debug!("container {}/{}: shim {shim_pid}: {e}", key.0, key.1);
+                None
+            }
+        };
+        let state = || {
+            client.call::<_, task::StateResponse>(
+                "State",
+                &task::StateRequest {
+                    id: key.1.clone(),
+                    ..Default::default()
+                },
+                t,
+            )
+        };
+        if let Ok(st) = state() {
+            log::debug!(
+                "container {}/{}: the aborted create's init is pid {} (shim {shim_pid})",
+                key.0,
+                key.1,
+                st.pid
+            );
+            if st.pid != 0 {
+                self.suppress_events(key, st.pid);
+            }
+        }
+        let _ = client.call::<_, task::DeleteResponse>(
+            "Delete",
+            &task::DeleteRequest {
+                id: key.1.clone(),
+                ..Default::default()
+            },
+            t,
+        );
+        let _ = client.call::<_, tether_protocol::api::Empty>(
+            "Shutdown",
+            &task::ShutdownRequest {
+                id: key.1.clone(),
+                ..Default::default()
+            },
+            t,
+        );
+        let Some(process) = process else { return };
+        if process.wait_exit(SHIM_EXIT_WAIT) {
+            return;
+        }
+        if state().is_ok() {
+            log::warn!(
+                "container {}/{}: shim {} did not let the aborted create go: killing it",
+                key.0,
+                key.1,
+                process.pid()
+            );
+            process.kill();
+            if !process.wait_exit(SHIM_EXIT_WAIT) {
+                log::warn!(
+                    "container {}/{}: shim {} survives SIGKILL",
+                    key.0,
+                    key.1,
+                    process.pid()
+                );
+            }
+        } else {
+            log::info!(
+                "container {}/{}: shim {} serves on (other containers of its group)",
+                key.0,
+                key.1,
+                process.pid()
+            );
+        }
+    }
+
+    /// For logs: whether a container is in the table, and its init's pid.
+    pub fn describe_pid(&self, namespace: &str, id: &str) -> String {
+        let key = (namespace.to_string(), id.to_string());
+        match lock(&self.table).get(&key) {
+            Some(c) => format!("known, init pid {}", lock(&c.record).pid),
+            None => "unknown".to_string(),
+        }
+    }
+
     pub fn set_monitor(&self, m: Monitor) {
         *lock(&self.monitor) = Some(m);
     }
@@ -399,15 +501,9 @@ impl Containers {
         }
         let shim = lock(&c.shim).take();
         if let Some(shim) = shim {
-            let _ = shim.task.call::<_, task::DeleteResponse>(
-                "Delete",
-                &task::DeleteRequest {
-                    id: c.key.1.clone(),
-                    ..Default::default()
-                },
-                CALL_TIMEOUT,
-            );
-            shutdown(&shim, &c.key.1);
+            // Never acknowledged: nothing its shim says of it is reported.
+            self.mute_events(&c.key);
+            self.stop_aborted_shim(&c.key, &shim.task, shim.pid, CALL_TIMEOUT);
             if let Err(e) = shim.command.delete() {
                 log::warn!("container {}/{}: shim delete: {e}", c.key.0, c.key.1);
             }
@@ -418,6 +514,7 @@ impl Containers {
         if let Err(e) = remove_dir(&c.dir) {
             log::warn!("{e}");
         }
+        self.unmute_events(&c.key);
         lock(&self.table).remove(&c.key);
     }
 

@@ -91,6 +91,8 @@ pub fn run(cfg: Config) -> Result<()> {
     let bus = Arc::new(Bus::with_journal(opened.journal, opened.entries));
     let containers = Containers::new(cfg.clone(), bus.clone());
 
+    // Before any shim can reach us: aborted creates are muted before their shims speak.
+    let found = crate::recovery::scan_state(&containers);
     let janitor = start_janitor(&containers)?;
     let events_listener = crate::event_server::bind(&containers.events_socket())?;
     let monitor = Monitor::start(crate::monitor::Setup {
@@ -101,7 +103,7 @@ pub fn run(cfg: Config) -> Result<()> {
         }),
     })?;
     containers.set_monitor(monitor);
-    crate::recovery::recover(&containers);
+    crate::recovery::recover(&containers, found);
 
     let address = format!("unix://{}", cfg.socket.display());
     let manager = Arc::new(ManagerService { containers, bus });

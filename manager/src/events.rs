@@ -116,6 +116,8 @@ struct Ring {
     seen: HashMap<dedup::Key, u64>,
     journal: Option<Journal>,
     capacity: usize,
+    /// Containers whose events are dropped, whatever they are: aborted creates being undone.
+    muted: HashSet<(String, String)>,
 }
 
 impl Ring {
@@ -165,6 +167,7 @@ impl Default for Bus {
                 seen: HashMap::new(),
                 journal: None,
                 capacity: CAPACITY,
+                muted: HashSet::new(),
             }),
             arrived: Condvar::new(),
         }
@@ -226,6 +229,20 @@ impl Bus {
         let mut next = ring.last;
         for n in batch {
             let fields = decode_fields(&n.type_url, &n.value);
+            if !ring.muted.is_empty() {
+                let container = fields.get("container_id").and_then(Value::as_str);
+                if let Some(c) = container {
+                    if ring.muted.contains(&(n.namespace.clone(), c.to_string())) {
+                        log::debug!(
+                            "dropped {} of {}/{c}: an aborted create's",
+                            n.topic,
+                            n.namespace
+                        );
+                        seqs.push(None);
+                        continue;
+                    }
+                }
+            }
             if let Some(k) = dedup::key(&n.namespace, &n.topic, &fields) {
                 if ring.seen.contains_key(&k) || !keys.insert(k) {
                     seqs.push(None);
@@ -287,6 +304,22 @@ impl Bus {
             // Sequence 0: never matched by an event leaving the ring, so it stays.
             ring.seen.entry(key).or_insert(0);
         }
+    }
+
+    /// Drops every event of `container` until [`Bus::unmute`]: a create the daemon never
+    /// acknowledged is being undone, and nothing its shim says of it may be reported. Set before
+    /// the shim is touched (and, after a restart, before any shim can reach the daemon).
+    pub fn mute(&self, namespace: &str, container: &str) {
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.muted
+            .insert((namespace.to_string(), container.to_string()));
+    }
+
+    /// Lifts [`Bus::mute`]: the aborted create's shim is gone.
+    pub fn unmute(&self, namespace: &str, container: &str) {
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.muted
+            .remove(&(namespace.to_string(), container.to_string()));
     }
 
     /// Puts one event on the bus: its sequence number, or `None` if it was accepted before or
@@ -520,6 +553,16 @@ mod tests {
             value: exit(id),
             recovered,
         }
+    }
+
+    #[test]
+    fn muted_containers_events_are_dropped_until_unmuted() {
+        let bus = Bus::default();
+        bus.mute("ns", "c1");
+        assert_eq!(bus.publish(exit_event("c1", false)), None);
+        assert_eq!(bus.publish(exit_event("c2", false)), Some(1));
+        bus.unmute("ns", "c1");
+        assert_eq!(bus.publish(exit_event("c1", false)), Some(2));
     }
 
     #[test]

@@ -146,7 +146,7 @@ impl Monitor {
 }
 
 /// `pidfd_open(2)`: an fd that becomes readable when `pid` exits.
-fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: a plain system call; the fd it returns is owned by nobody else.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {

@@ -48,20 +48,79 @@ enum Outcome {
     Skipped(String),
 }
 
-/// Rebuilds the table from the state root.
-pub fn recover(containers: &Arc<Containers>) -> Report {
+/// What is on disk, read before any shim can reach the daemon.
+pub struct Found {
+    started: Instant,
+    containers: Vec<(Key, Read)>,
+    skipped: Vec<String>,
+}
+
+type Read = std::result::Result<ContainerRecord, String>;
+
+/// Reads every record, and mutes the events of every create the daemon never acknowledged
+/// (see [`Bus::mute`](crate::events::Bus::mute)): its shim may still report that init (its
+/// exit when it is undone, or a retry of an event sent before the crash), and must be silenced
+/// before the events endpoint opens. Call before the events endpoint is bound.
+pub fn scan_state(containers: &Containers) -> Found {
     let started = Instant::now();
-    let mut report = Report::default();
-    let keys = scan(&containers.config().state, &mut report.skipped);
-    let queue = Mutex::new(keys);
+    let mut skipped = Vec::new();
+    let keys = scan(&containers.config().state, &mut skipped);
+    let mut found = Vec::with_capacity(keys.len());
+    for key in keys {
+        let read = read_record(containers, &key);
+        if let Ok(r) = &read {
+            if r.created_at == 0 {
+                containers.mute_events(&key);
+            }
+        }
+        found.push((key, read));
+    }
+    Found {
+        started,
+        containers: found,
+        skipped,
+    }
+}
+
+fn read_record(containers: &Containers, key: &Key) -> Read {
+    let dir = containers.config().state.join(&key.0).join(&key.1);
+    let record: ContainerRecord = match store::read(&dir.join("record.json")) {
+        Ok(r) => r,
+        Err(e) if e.is_not_found() => {
+            return Err(format!("{}: no record.json: not ours", dir.display()))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    if record.namespace != key.0 || record.id != key.1 {
+        return Err(format!(
+            "{}: record.json names {}/{}",
+            dir.join("record.json").display(),
+            record.namespace,
+            record.id
+        ));
+    }
+    Ok(record)
+}
+
+/// Rebuilds the table from what [`scan_state`] found.
+pub fn recover(containers: &Arc<Containers>, found: Found) -> Report {
+    let started = found.started;
+    let mut report = Report {
+        skipped: found.skipped,
+        ..Default::default()
+    };
+    let queue = Mutex::new(found.containers);
     let outcomes = Mutex::new(Vec::new());
     let workers = WORKERS.min(queue.lock().map(|q| q.len()).unwrap_or(0));
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
                 let next = queue.lock().ok().and_then(|mut q| q.pop());
-                let Some(key) = next else { break };
-                let o = recover_one(containers, key);
+                let Some((key, read)) = next else { break };
+                let o = match read {
+                    Ok(record) => recover_one(containers, key, record),
+                    Err(why) => Outcome::Skipped(why),
+                };
                 if let Ok(mut out) = outcomes.lock() {
                     out.push(o);
                 }
@@ -156,23 +215,8 @@ fn probe(dir: &Path, key: &Key) -> Option<(ShimClient, task::ConnectResponse)> {
     }
 }
 
-fn recover_one(containers: &Arc<Containers>, key: Key) -> Outcome {
+fn recover_one(containers: &Arc<Containers>, key: Key, record: ContainerRecord) -> Outcome {
     let dir = containers.config().state.join(&key.0).join(&key.1);
-    let record: ContainerRecord = match store::read(&dir.join("record.json")) {
-        Ok(r) => r,
-        Err(e) if e.is_not_found() => {
-            return Outcome::Skipped(format!("{}: no record.json: not ours", dir.display()))
-        }
-        Err(e) => return Outcome::Skipped(e.to_string()),
-    };
-    if record.namespace != key.0 || record.id != key.1 {
-        return Outcome::Skipped(format!(
-            "{}: record.json names {}/{}",
-            dir.join("record.json").display(),
-            record.namespace,
-            record.id
-        ));
-    }
     let shim = probe(&dir, &key);
     if record.created_at == 0 || record.deleted_at != 0 {
         finish_interrupted(containers, &key, &dir, &record, shim);
@@ -271,6 +315,10 @@ fn recover_one(containers: &Arc<Containers>, key: Key) -> Outcome {
 }
 
 /// A create or delete the daemon did not finish: stop the shim, clean up, forget it.
+///
+/// An aborted create's events were muted by [`scan_state`]; its shim is gone (it exited, or was
+/// killed) before they are unmuted, so nothing of that init can be reported later, nor can a
+/// new create of the same id be grouped into that shim.
 fn finish_interrupted(
     containers: &Containers,
     key: &Key,
@@ -278,45 +326,34 @@ fn finish_interrupted(
     record: &ContainerRecord,
     shim: Option<(ShimClient, task::ConnectResponse)>,
 ) {
+    let create = record.created_at == 0;
     log::info!(
         "container {}/{}: finishing an interrupted {}",
         key.0,
         key.1,
-        if record.created_at == 0 {
-            "create"
-        } else {
-            "delete"
-        }
+        if create { "create" } else { "delete" }
     );
-    if let Some((client, _)) = shim {
-        if record.created_at == 0 {
-            // The create was never acknowledged: what its shim says of that init is noise.
-            let req = task::StateRequest {
-                id: key.1.clone(),
-                ..Default::default()
-            };
-            if let Ok(st) = client.call::<_, task::StateResponse>("State", &req, PROBE_TIMEOUT) {
-                if st.pid != 0 {
-                    containers.suppress_events(key, st.pid);
-                }
-            }
+    if let Some((client, connected)) = shim {
+        if create {
+            containers.stop_aborted_shim(key, &client, connected.shim_pid, PROBE_TIMEOUT);
+        } else {
+            let _ = client.call::<_, task::DeleteResponse>(
+                "Delete",
+                &task::DeleteRequest {
+                    id: key.1.clone(),
+                    ..Default::default()
+                },
+                PROBE_TIMEOUT,
+            );
+            let _ = client.call::<_, tether_protocol::api::Empty>(
+                "Shutdown",
+                &task::ShutdownRequest {
+                    id: key.1.clone(),
+                    ..Default::default()
+                },
+                PROBE_TIMEOUT,
+            );
         }
-        let _ = client.call::<_, task::DeleteResponse>(
-            "Delete",
-            &task::DeleteRequest {
-                id: key.1.clone(),
-                ..Default::default()
-            },
-            PROBE_TIMEOUT,
-        );
-        let _ = client.call::<_, tether_protocol::api::Empty>(
-            "Shutdown",
-            &task::ShutdownRequest {
-                id: key.1.clone(),
-                ..Default::default()
-            },
-            PROBE_TIMEOUT,
-        );
     }
     if !record.runtime.is_empty() {
         match containers
@@ -332,5 +369,8 @@ fn finish_interrupted(
     }
     if let Err(e) = remove_dir(dir) {
         log::warn!("{e}");
+    }
+    if create {
+        containers.unmute_events(key);
     }
 }

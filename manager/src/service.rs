@@ -8,8 +8,10 @@ use crate::events::{Bus, NewEvent, MAX_BATCH};
 use crate::filter::Filters;
 use std::sync::Arc;
 use std::time::Duration;
+use tether_protocol::api::events::TaskExit;
 use tether_protocol::api::forward::ForwardRequest;
 use tether_protocol::api::ttrpc::{self, TtrpcContext};
+use tether_protocol::api::Any;
 use tether_protocol::manager_api::manager as api;
 use tether_protocol::manager_api::manager_ttrpc::Manager;
 
@@ -128,8 +130,9 @@ pub fn forward_sink(containers: Arc<Containers>, bus: Arc<Bus>) -> Sink {
                 .zip(seqs)
                 .map(|(req, seq)| {
                     // A duplicate (or a suppressed event) taught us nothing new.
-                    if let (Some(env), Some(_)) = (req.envelope.as_ref(), seq) {
+                    if let (Some(env), Some(seq)) = (req.envelope.as_ref(), seq) {
                         if let Some(ev) = env.event.as_ref() {
+                            log_exit(&containers, seq, &env.namespace, &env.topic, ev);
                             containers.on_event(&env.namespace, &env.topic, ev);
                         }
                     }
@@ -145,4 +148,23 @@ pub fn forward_sink(containers: Arc<Containers>, bus: Arc<Bus>) -> Sink {
             }
         }
     })
+}
+
+/// Which exit a shim reported, from which process, and whether its container is in the table.
+fn log_exit(containers: &Containers, seq: u64, namespace: &str, topic: &str, ev: &Any) {
+    if topic != tether_protocol::topics::TASK_EXIT {
+        return;
+    }
+    use protobuf::Message;
+    if let Ok(e) = TaskExit::parse_from_bytes(&ev.value) {
+        log::debug!(
+            "event {seq}: /tasks/exit of {namespace}/{} ({}) pid {} status {} from a shim \
+             (container {})",
+            e.container_id,
+            e.id,
+            e.pid,
+            e.exit_status,
+            containers.describe_pid(namespace, &e.container_id)
+        );
+    }
 }

@@ -67,8 +67,8 @@ fn state_json(socket: &Path, ns: &str, id: &str) -> Result<Value, cmd::CmdOutput
 }
 
 /// The `/tasks/exit` events of namespace `ns` in the journal file: (container, status, at,
-/// recovered) per event.
-fn journaled_exits(journal: &Path, ns: &str) -> Vec<(String, u32, i64, bool)> {
+/// recovered, pid) per event.
+fn journaled_exits(journal: &Path, ns: &str) -> Vec<(String, u32, i64, bool, u32)> {
     let text = std::fs::read_to_string(journal).expect("read the journal");
     let mut out = Vec::new();
     for line in text.lines() {
@@ -92,6 +92,7 @@ fn journaled_exits(journal: &Path, ns: &str) -> Vec<(String, u32, i64, bool)> {
             e.exit_status,
             at,
             v["recovered"].as_bool().unwrap_or(false),
+            e.pid,
         ));
     }
     out
@@ -249,7 +250,7 @@ fn manager_sigkills_lose_no_exit_and_report_none_twice() {
     // The journal: every exit exactly once, with its code.
     let exits = journaled_exits(&d.journal(), &ns);
     let mut by_id: HashMap<String, Vec<u32>> = HashMap::new();
-    for (id, status, _, _) in &exits {
+    for (id, status, _, _, _) in &exits {
         by_id.entry(id.clone()).or_default().push(*status);
     }
     for (i, id) in ids.iter().enumerate() {
@@ -381,7 +382,7 @@ fn exit_while_the_daemon_is_down_is_reported_after_the_restart() {
     thread::sleep(Duration::from_secs(6));
     let exits = journaled_exits(&d.journal(), &ns);
     assert_eq!(exits.len(), 1, "{exits:?}\n{}", d.log());
-    let (cid, status, at, recovered) = exits[0].clone();
+    let (cid, status, at, recovered, _) = exits[0].clone();
     assert_eq!((cid.as_str(), status), (id.as_str(), 42));
     assert!(recovered, "{exits:?}");
     assert!(
@@ -542,4 +543,66 @@ fn corrupt_records_are_reported_and_skipped() {
     d.ok(&["--namespace", &ns, "delete", "-f", &id]);
     std::fs::remove_dir_all(&bad).expect("rm");
     std::fs::remove_dir_all(&future).expect("rm");
+}
+
+/// A create the daemon never acknowledged (SIGKILLed before it recorded it) is undone after the
+/// restart without a trace: its init's exit is not reported, its shim is gone before the daemon
+/// serves (so a new create of the same id cannot land in it), and the new container's exit is
+/// the only one journaled.
+#[test]
+fn interrupted_create_is_undone_silently_and_leaves_no_shim() {
+    procs::become_subreaper();
+    let mut d = Daemon::start();
+    let ns = unique_id("ns");
+    let id = unique_id("c");
+    let rootfs = rootfs();
+    let create = |d: &Daemon, verb: &str, script: &str| {
+        let mut args = vec!["--namespace", &ns, verb];
+        if verb == "run" {
+            args.push("-d");
+        }
+        args.extend([
+            "--runtime",
+            TETHER_RUNTIME,
+            "--rootfs",
+            &rootfs,
+            &id,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        d.ok(&args);
+    };
+    create(&d, "create", "exit 5");
+    let sockets = shim_sockets(&d, &ns);
+    d.kill9();
+    // As if the daemon died before recording the create: the shim holds a created init.
+    let record = d.state().join(&ns).join(&id).join("record.json");
+    let mut v: Value =
+        serde_json::from_slice(&std::fs::read(&record).expect("read record")).expect("JSON");
+    v["created_at"] = Value::from(0);
+    std::fs::write(&record, serde_json::to_vec(&v).expect("encode")).expect("write record");
+    d.restart();
+    assert!(
+        d.log().contains("finishing an interrupted create"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.shim_pids(), Vec::<i32>::new(), "{}", d.log());
+    let out = d.run(&["--namespace", &ns, "state", &id]);
+    assert!(out.stderr.contains("not found"), "{out}");
+    create(&d, "run", "exit 7");
+    let w = d.run(&["--namespace", &ns, "wait", &id]);
+    assert_eq!(w.code, 7, "{w}\n{}", d.log());
+    // Anything the old shim still had to say would have arrived by now.
+    thread::sleep(Duration::from_secs(4));
+    let exits: Vec<(String, u32, u32)> = journaled_exits(&d.journal(), &ns)
+        .into_iter()
+        .map(|e| (e.0, e.1, e.4))
+        .collect();
+    assert_eq!(exits.len(), 1, "{exits:?}\n{}", d.log());
+    assert_eq!((exits[0].0.as_str(), exits[0].1), (id.as_str(), 7));
+    d.ok(&["--namespace", &ns, "delete", &id]);
+    assert_no_leftovers(&d, &ns, sockets);
 }
