@@ -17,7 +17,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
-use tether_protocol::api::events::TaskExit;
+use tether_protocol::api::events::{TaskDelete, TaskExit, TaskStart};
 use tether_protocol::api::task;
 use tether_protocol::api::Any;
 use tether_protocol::manager_api::manager as api;
@@ -932,6 +932,36 @@ impl Containers {
         if !already {
             self.publish_exit(&key, pid, status, at, false);
         }
+    }
+
+    /// Whether an init's one-time event (start, exit, delete) names a pid other than that of
+    /// the init the daemon knows for that container: another incarnation's (an aborted
+    /// create's), which must not be reported as this container's.
+    pub fn is_other_init(&self, namespace: &str, topic: &str, event: &Any) -> bool {
+        let (container, id, pid) = match topic {
+            topics::TASK_EXIT => match TaskExit::parse_from_bytes(&event.value) {
+                Ok(e) => (e.container_id, e.id, e.pid),
+                Err(_) => return false,
+            },
+            topics::TASK_DELETE => match TaskDelete::parse_from_bytes(&event.value) {
+                Ok(e) => (e.container_id, e.id, e.pid),
+                Err(_) => return false,
+            },
+            topics::TASK_START => match TaskStart::parse_from_bytes(&event.value) {
+                Ok(e) => (e.container_id, String::new(), e.pid),
+                Err(_) => return false,
+            },
+            _ => return false,
+        };
+        if pid == 0 || !(id.is_empty() || id == container) {
+            return false;
+        }
+        let key = (namespace.to_string(), container);
+        let Some(c) = lock(&self.table).get(&key).cloned() else {
+            return false;
+        };
+        let known = lock(&c.record).pid;
+        known != 0 && known != pid
     }
 
     /// Learns from an event a shim published (the init's exit).

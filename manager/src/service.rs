@@ -103,8 +103,20 @@ impl Manager for ManagerService {
 pub fn forward_sink(containers: Arc<Containers>, bus: Arc<Bus>) -> Sink {
     Box::new(move |reqs: Vec<ForwardRequest>| {
         let mut events = Vec::with_capacity(reqs.len());
-        for req in &reqs {
+        // Which request each event to publish comes from: another init's are dropped.
+        let mut from = Vec::with_capacity(reqs.len());
+        for (i, req) in reqs.iter().enumerate() {
             let env = req.envelope.clone().unwrap_or_default();
+            if let Some(ev) = env.event.as_ref() {
+                if containers.is_other_init(&env.namespace, &env.topic, ev) {
+                    log::debug!(
+                        "dropped {} of {}: not the init the daemon knows",
+                        env.topic,
+                        env.namespace
+                    );
+                    continue;
+                }
+            }
             let timestamp = env
                 .timestamp
                 .as_ref()
@@ -123,22 +135,28 @@ pub fn forward_sink(containers: Arc<Containers>, bus: Arc<Bus>) -> Sink {
                 value,
                 recovered: false,
             });
+            from.push(i);
         }
         match bus.publish_batch(events) {
-            Ok(seqs) => reqs
-                .iter()
-                .zip(seqs)
-                .map(|(req, seq)| {
-                    // A duplicate (or a suppressed event) taught us nothing new.
-                    if let (Some(env), Some(seq)) = (req.envelope.as_ref(), seq) {
-                        if let Some(ev) = env.event.as_ref() {
-                            log_exit(&containers, seq, &env.namespace, &env.topic, ev);
-                            containers.on_event(&env.namespace, &env.topic, ev);
+            Ok(published) => {
+                let mut seqs = vec![None; reqs.len()];
+                for (i, seq) in from.into_iter().zip(published) {
+                    seqs[i] = seq;
+                }
+                reqs.iter()
+                    .zip(seqs)
+                    .map(|(req, seq)| {
+                        // A duplicate (or a suppressed event) taught us nothing new.
+                        if let (Some(env), Some(seq)) = (req.envelope.as_ref(), seq) {
+                            if let Some(ev) = env.event.as_ref() {
+                                log_exit(&containers, seq, &env.namespace, &env.topic, ev);
+                                containers.on_event(&env.namespace, &env.topic, ev);
+                            }
                         }
-                    }
-                    Ok(())
-                })
-                .collect(),
+                        Ok(())
+                    })
+                    .collect()
+            }
             Err(e) => {
                 log::error!("events not accepted (the shims send them again): {e}");
                 let msg = format!("the daemon could not journal the event: {e}");
