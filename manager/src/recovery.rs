@@ -8,6 +8,10 @@
 //! cleans up and gives the exit, which is journaled once, marked as recovered. Interrupted
 //! creates and deletes are finished. A corrupt record is reported (file and reason) and skipped.
 //! Containers are probed by a few threads at once, which end when rediscovery does.
+//!
+//! Records are read first ([`scan_state`]), before the events endpoint opens: a create that was
+//! never acknowledged (`created_at` 0 on disk, so this holds across any number of crashes) has
+//! its events muted before its shim can deliver any, and unmuted only once that shim is gone.
 
 use crate::containers::{remove_dir, Containers, ShimConn};
 use crate::monitor::Key;
