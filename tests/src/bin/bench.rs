@@ -355,8 +355,13 @@ fn bench_runtime(cd: &Containerd, ctr: &Ctr, runtime: &str, a: &Args) -> Figures
     f
 }
 
-/// The host pipe ceiling: dd into a pipe read by this process.
+/// The host pipe ceiling: dd into a 1 MiB pipe (the size the shim gives its pipes) read by this
+/// process, best of three.
 fn host_pipe_mibs(mib: usize) -> f64 {
+    (0..3).map(|_| host_pipe_once(mib)).fold(0.0, f64::max)
+}
+
+fn host_pipe_once(mib: usize) -> f64 {
     let mut child = Command::new("/bin/busybox")
         .args(["dd", "if=/dev/zero", "bs=1M", &format!("count={mib}")])
         .stdout(Stdio::piped())
@@ -364,6 +369,7 @@ fn host_pipe_mibs(mib: usize) -> f64 {
         .spawn()
         .expect("dd");
     let mut out = child.stdout.take().expect("stdout");
+    let _ = nix::fcntl::fcntl(&out, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
     let t0 = Instant::now();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0usize;
@@ -499,7 +505,7 @@ fn render(a: &Args, host: f64, go: &Figures, ours: &Figures) -> String {
     );
     let _ = writeln!(
         s,
-        "\nHost pipe ceiling (busybox dd into a pipe read by the bench): {host:.0} MiB/s.\n"
+        "\nHost pipe ceiling (busybox dd into a 1 MiB pipe read by the bench, best of 3): {host:.0} MiB/s.\n"
     );
     let _ = writeln!(
         s,
