@@ -37,6 +37,8 @@ struct Restart {
     dead: usize,
     ms: f64,
     threads: usize,
+    /// The daemon's own account of the rediscovery (its log line), where the time went.
+    rediscovery: String,
 }
 
 fn args() -> Args {
@@ -589,6 +591,12 @@ fn bench_restart(live: usize, dead: usize) -> Restart {
         "restart did not resolve every container:\n{}",
         d.log()
     );
+    let rediscovery = d
+        .log()
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("rediscovery: ").map(|(_, r)| r.to_string()))
+        .unwrap_or_default();
     for i in 0..total {
         d.ok(&["--namespace", &ns, "delete", "-f", &format!("c{i:03}")]);
     }
@@ -599,6 +607,7 @@ fn bench_restart(live: usize, dead: usize) -> Restart {
         dead,
         ms,
         threads,
+        rediscovery,
     }
 }
 
@@ -611,12 +620,13 @@ fn render_restart(r: &Restart) -> String {
          The restart includes rediscovery (each live shim answers `Connect` and `State`; each \
          dead one refuses its socket at once, and its `delete` action cleans up and gives the \
          exit), the journal load, and the first `tether ps`. containerd waits up to 100 s per \
-         dead shim.\n",
+         dead shim. The daemon's log of that rediscovery: `{}`.\n",
         r.live,
         r.dead,
         r.live + r.dead,
         r.ms,
         r.live + r.dead,
-        r.threads
+        r.threads,
+        r.rediscovery
     )
 }
