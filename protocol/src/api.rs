@@ -55,6 +55,7 @@ type_urls! {
     events::TaskCheckpointed => "containerd.events.TaskCheckpointed",
     runc_options::Options => "containerd.runc.v1.Options",
     runc_options::ProcessDetails => "containerd.runc.v1.ProcessDetails",
+    runc_options::CheckpointOptions => "containerd.runc.v1.CheckpointOptions",
     cgroups_v1::Metrics => "io.containerd.cgroups.v1.Metrics",
     cgroups_v2::Metrics => "io.containerd.cgroups.v2.Metrics",
 }

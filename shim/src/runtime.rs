@@ -274,6 +274,47 @@ impl Runtime {
             .map(drop)
     }
 
+    /// `checkpoint`: dumps the container with CRIU into `image` (`work` for CRIU's logs).
+    pub fn checkpoint(
+        &self,
+        reaper: &mut Reaper,
+        id: &str,
+        image: &Path,
+        work: &Path,
+        opts: &tether_protocol::api::runc_options::CheckpointOptions,
+    ) -> Result<()> {
+        let image = image.display().to_string();
+        let work = work.display().to_string();
+        let mut args = vec!["checkpoint", "--image-path", &image, "--work-path", &work];
+        if !opts.exit {
+            args.push("--leave-running");
+        }
+        for (on, flag) in [
+            (opts.open_tcp, "--tcp-established"),
+            (opts.external_unix_sockets, "--ext-unix-sk"),
+            (opts.terminal, "--shell-job"),
+            (opts.file_locks, "--file-locks"),
+        ] {
+            if on {
+                args.push(flag);
+            }
+        }
+        let manage;
+        if !opts.cgroups_mode.is_empty() {
+            manage = opts.cgroups_mode.clone();
+            args.extend(["--manage-cgroups-mode", &manage]);
+        }
+        let empty: Vec<String> = opts
+            .empty_namespaces
+            .iter()
+            .map(|ns| format!("--empty-ns={ns}"))
+            .collect();
+        args.extend(empty.iter().map(String::as_str));
+        args.push(id);
+        self.run(reaper, "checkpoint", &args, ProcessStdio::default())
+            .map(drop)
+    }
+
     pub fn update(&self, reaper: &mut Reaper, id: &str, resources: &Path) -> Result<()> {
         let r = resources.display().to_string();
         self.run(

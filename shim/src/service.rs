@@ -21,9 +21,11 @@ use protobuf::{Message, MessageField};
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use tether_protocol::api::events::{
+    TaskCheckpointed, TaskExecAdded, TaskExecStarted, TaskPaused, TaskResumed,
+};
 use tether_protocol::api::events::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart};
-use tether_protocol::api::events::{TaskExecAdded, TaskExecStarted, TaskPaused, TaskResumed};
-use tether_protocol::api::runc_options::{Options, ProcessDetails};
+use tether_protocol::api::runc_options::{CheckpointOptions, Options, ProcessDetails};
 use tether_protocol::api::task::*;
 use tether_protocol::api::{pack_any, type_url, Empty};
 use tether_protocol::time::to_timestamp;
@@ -135,9 +137,7 @@ impl Service {
             "Exec" => call!(exec),
             "ResizePty" => call!(resize_pty),
             "Stats" => call!(stats),
-            "Checkpoint" => Reply::Now(Err(ShimError::Unimplemented(format!(
-                "{method} is not implemented by this shim yet"
-            )))),
+            "Checkpoint" => call!(checkpoint),
             _ => Reply::Now(Err(ShimError::Unimplemented(format!(
                 "unknown task method {method:?}"
             )))),
@@ -343,6 +343,64 @@ impl Service {
                 let _ = self.registry.deregister(&mut SourceFd(&w.fd()));
             }
         }
+    }
+
+    /// `Checkpoint` through the runtime and CRIU. The image goes to `path`; CRIU's own logs
+    /// to the options' work path, else beside the image, so a failure can be read afterwards.
+    fn checkpoint(&mut self, req: CheckpointTaskRequest) -> Result<Empty> {
+        let opts = match req.options.as_ref() {
+            Some(any) if !any.value.is_empty() || !any.type_url.is_empty() => {
+                let want = type_url::<CheckpointOptions>();
+                if any.type_url.trim_start_matches("type.googleapis.com/") != want {
+                    return Err(ShimError::InvalidArgument(format!(
+                        "checkpoint options of type {:?} are not supported (want {want})",
+                        any.type_url
+                    )));
+                }
+                CheckpointOptions::parse_from_bytes(&any.value).map_err(|e| {
+                    ShimError::InvalidArgument(format!("malformed checkpoint options: {e}"))
+                })?
+            }
+            _ => CheckpointOptions::default(),
+        };
+        let image = if opts.image_path.is_empty() {
+            PathBuf::from(&req.path)
+        } else {
+            PathBuf::from(&opts.image_path)
+        };
+        if !image.is_absolute() {
+            return Err(ShimError::InvalidArgument(format!(
+                "container {}: checkpoint path {:?} is not absolute",
+                req.id,
+                image.display()
+            )));
+        }
+        let work = if opts.work_path.is_empty() {
+            image.clone()
+        } else {
+            PathBuf::from(&opts.work_path)
+        };
+        let c = find(&mut self.containers, &req.id)?;
+        if c.init.status() != Status::RUNNING {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {}: only a running container can be checkpointed",
+                req.id
+            )));
+        }
+        for dir in [&image, &work] {
+            std::fs::create_dir_all(dir)
+                .map_err(ShimError::io(format!("create {}", dir.display())))?;
+        }
+        c.runtime
+            .checkpoint(&mut self.reaper, &c.id, &image, &work, &opts)?;
+        let ev = TaskCheckpointed {
+            container_id: req.id,
+            checkpoint: image.display().to_string(),
+            ..Default::default()
+        };
+        self.publisher
+            .publish(&self.registry, topics::TASK_CHECKPOINTED, &ev);
+        Ok(Empty::new())
     }
 
     fn stats(&mut self, req: StatsRequest) -> Result<StatsResponse> {
