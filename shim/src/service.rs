@@ -27,7 +27,7 @@ use tether_protocol::api::events::{
 use tether_protocol::api::events::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart};
 use tether_protocol::api::runc_options::{CheckpointOptions, Options, ProcessDetails};
 use tether_protocol::api::task::*;
-use tether_protocol::api::{pack_any, type_url, Empty};
+use tether_protocol::api::{pack_any, type_url, Empty, TypeUrl};
 use tether_protocol::time::to_timestamp;
 use tether_protocol::{store, topics, validate_id};
 
@@ -348,21 +348,7 @@ impl Service {
     /// `Checkpoint` through the runtime and CRIU. The image goes to `path`; CRIU's own logs
     /// to the options' work path, else beside the image, so a failure can be read afterwards.
     fn checkpoint(&mut self, req: CheckpointTaskRequest) -> Result<Empty> {
-        let opts = match req.options.as_ref() {
-            Some(any) if !any.value.is_empty() || !any.type_url.is_empty() => {
-                let want = type_url::<CheckpointOptions>();
-                if any.type_url.trim_start_matches("type.googleapis.com/") != want {
-                    return Err(ShimError::InvalidArgument(format!(
-                        "checkpoint options of type {:?} are not supported (want {want})",
-                        any.type_url
-                    )));
-                }
-                CheckpointOptions::parse_from_bytes(&any.value).map_err(|e| {
-                    ShimError::InvalidArgument(format!("malformed checkpoint options: {e}"))
-                })?
-            }
-            _ => CheckpointOptions::default(),
-        };
+        let opts: CheckpointOptions = options(&req.options, "checkpoint")?;
         let image = if opts.image_path.is_empty() {
             PathBuf::from(&req.path)
         } else {
@@ -979,19 +965,28 @@ pub fn delete_response(pid: u32, status: u32, at: i64) -> DeleteResponse {
 
 /// containerd's runc options from the request's `Any`; none gives the defaults.
 pub fn runtime_options(any: &MessageField<tether_protocol::api::Any>) -> Result<Options> {
+    options(any, "runtime")
+}
+
+/// Options of type `M` from a request's `Any` (`what` names them in errors); an absent or empty
+/// `Any` gives the defaults, another type or bad bytes are refused.
+fn options<M: TypeUrl + Default>(
+    any: &MessageField<tether_protocol::api::Any>,
+    what: &str,
+) -> Result<M> {
     let Some(any) = any.as_ref() else {
-        return Ok(Options::default());
+        return Ok(M::default());
     };
     if any.type_url.is_empty() && any.value.is_empty() {
-        return Ok(Options::default());
+        return Ok(M::default());
     }
-    let want = type_url::<Options>();
+    let want = type_url::<M>();
     if any.type_url.trim_start_matches("type.googleapis.com/") != want {
         return Err(ShimError::InvalidArgument(format!(
-            "runtime options of type {:?} are not supported (want {want})",
+            "{what} options of type {:?} are not supported (want {want})",
             any.type_url
         )));
     }
-    Options::parse_from_bytes(&any.value)
-        .map_err(|e| ShimError::InvalidArgument(format!("malformed runtime options: {e}")))
+    M::parse_from_bytes(&any.value)
+        .map_err(|e| ShimError::InvalidArgument(format!("malformed {what} options: {e}")))
 }
