@@ -123,6 +123,11 @@ impl<S: Read + Write> Conn<S> {
         !self.outbuf.is_empty()
     }
 
+    /// How many bytes wait to be written (the peer has not read them).
+    pub fn pending_bytes(&self) -> usize {
+        self.outbuf.len()
+    }
+
     /// Writes buffered bytes until the socket would block.
     pub fn flush(&mut self) {
         while !self.outbuf.is_empty() && !self.closed {

@@ -5,13 +5,15 @@
 use crate::cli::Flags;
 use crate::container::{INIT_EXIT_FILE, INIT_PID_FILE, RUNTIME_FILE};
 use crate::error::{Result, ShimError};
-use crate::reaper::Reaper;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::service::delete_response;
 use std::path::{Path, PathBuf};
 use tether_protocol::api::task::DeleteResponse;
 use tether_protocol::time::now_nanos;
 use tether_protocol::{store, validate_id, validate_namespace, ExitRecord};
+
+/// How long the runtime may take to remove a container here.
+const DELETE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub fn delete(flags: &Flags) -> Result<DeleteResponse> {
     validate_namespace(&flags.namespace)?;
@@ -33,8 +35,10 @@ pub fn delete(flags: &Flags) -> Result<DeleteResponse> {
     // directory is gone and a runtime exec would only cost time.
     if Path::new(&config.root).join(&flags.id).exists() {
         let runtime = Runtime::new(config, &bundle);
-        let mut reaper = Reaper::new()?;
-        if let Err(e) = runtime.delete(&mut reaper, &flags.id, true) {
+        let deleted = runtime
+            .delete(&flags.id, true)
+            .and_then(|call| call.wait_blocking(DELETE_TIMEOUT));
+        if let Err(e) = deleted {
             log::warn!("{e}");
         }
     }

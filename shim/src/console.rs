@@ -10,7 +10,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 /// Console sockets live in a root-only directory beside the shim sockets.
 fn console_dir() -> PathBuf {
@@ -42,32 +41,21 @@ impl ConsoleSocket {
         Ok(ConsoleSocket { listener, path })
     }
 
-    /// Takes the pty master the runtime sent. The runtime has exited by now (its connection
-    /// and message wait in the socket's queue), so this only waits a little.
+    /// Takes the pty master the runtime sent. Called once the runtime command has exited: by
+    /// then its connection and message wait in the socket's queue, so nothing here waits; a
+    /// runtime that exited without sending one is an error, not a reason to block the loop.
     pub fn receive_master(&self) -> Result<OwnedFd> {
         let fail = |why: String| ShimError::Runtime(format!("console socket: {why}"));
         self.listener
             .set_nonblocking(true)
             .map_err(ShimError::io("console socket O_NONBLOCK"))?;
-        let stream = {
-            let mut tries = 0;
-            loop {
-                match self.listener.accept() {
-                    Ok((s, _)) => break s,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 500 => {
-                        tries += 1;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err(e) => return Err(fail(format!("the runtime never connected: {e}"))),
-                }
-            }
-        };
+        let (stream, _) = self
+            .listener
+            .accept()
+            .map_err(|e| fail(format!("the runtime never connected: {e}")))?;
         stream
-            .set_nonblocking(false)
-            .map_err(ShimError::io("console stream blocking"))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(ShimError::io("console stream timeout"))?;
+            .set_nonblocking(true)
+            .map_err(ShimError::io("console stream O_NONBLOCK"))?;
         let mut name = [0u8; 4096];
         let mut iov = [IoSliceMut::new(&mut name)];
         let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);

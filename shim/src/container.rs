@@ -1,6 +1,7 @@
 //! One container the shim holds: its bundle, runtime, init process and execs.
 
 use crate::error::{Result, ShimError};
+use crate::pid::Pid;
 use crate::process::Process;
 use crate::runtime::{Runtime, RuntimeConfig};
 use std::collections::BTreeMap;
@@ -20,8 +21,16 @@ pub struct Container {
     pub rootfs_mounted: bool,
     pub init: Process,
     pub execs: BTreeMap<String, Process>,
-    /// The init exited while execs still ran: its exit event waits for theirs.
+    /// The init exited but its exit event waits: for the execs' exits, or for the kill of the
+    /// container's other processes.
     pub init_exit_held: bool,
+    /// The container shares a PID namespace (the host's, a pod's, another container's): when
+    /// its init exits, the rest of its processes are killed before the exit is published.
+    pub kill_all_on_exit: bool,
+    /// That kill is in flight: the init's exit event waits for it.
+    pub killing_all: bool,
+    /// `runc start` of the init is in flight: an exit of the init waits for the start event.
+    pub starting: bool,
 }
 
 impl Container {
@@ -34,6 +43,9 @@ impl Container {
             init,
             execs: BTreeMap::new(),
             init_exit_held: false,
+            kill_all_on_exit: false,
+            killing_all: false,
+            starting: false,
         }
     }
 
@@ -62,48 +74,117 @@ impl Container {
     }
 
     /// Which process of this container has `pid`, as its exec id ("" for init).
-    pub fn exec_id_of(&self, pid: u32) -> Option<String> {
-        if pid == 0 {
-            return None;
-        }
-        if self.init.pid == pid && !self.init.is_stopped() {
+    pub fn exec_id_of(&self, pid: Pid) -> Option<String> {
+        if self.init.pid == Some(pid) && !self.init.is_stopped() {
             return Some(String::new());
         }
         self.execs
             .iter()
-            .find(|(_, p)| p.pid == pid && !p.is_stopped())
+            .find(|(_, p)| p.pid == Some(pid) && !p.is_stopped())
             .map(|(id, _)| id.clone())
     }
 
     pub fn running_execs(&self) -> impl Iterator<Item = &Process> {
         self.execs
             .values()
-            .filter(|p| p.pid != 0 && !p.is_stopped())
+            .filter(|p| p.pid.is_some() && !p.is_stopped())
     }
 
-    /// Persists the init's exit before it is published, for `shim delete` and restarts.
-    pub fn persist_init_exit(&self) -> Result<()> {
-        let Some((status, at)) = self.init.exit() else {
+    /// Where the exit of `exec_id` ("" for the init) is persisted.
+    pub fn exit_file(&self, exec_id: &str) -> PathBuf {
+        if exec_id.is_empty() {
+            self.bundle.join(INIT_EXIT_FILE)
+        } else {
+            self.bundle.join(format!("exec-{exec_id}-exit.json"))
+        }
+    }
+
+    /// Persists a process's exit before it is published, for `shim delete` and restarts.
+    pub fn persist_exit(&self, exec_id: &str) -> Result<()> {
+        let p = self.process(exec_id)?;
+        let Some((status, at)) = p.exit() else {
             return Ok(());
         };
         let rec = ExitRecord {
             id: self.id.clone(),
-            exec_id: String::new(),
-            pid: self.init.pid,
+            exec_id: exec_id.to_string(),
+            pid: p.wire_pid(),
             exit_status: status,
             exited_at: at,
         };
         // The bundle is runtime state under /run: atomic is what matters, not power-loss safety.
-        store::write_with(&self.bundle.join(INIT_EXIT_FILE), &rec, Durability::Atomic)?;
+        store::write_with(&self.exit_file(exec_id), &rec, Durability::Atomic)?;
         Ok(())
     }
 }
 
 /// Reads a pid file the runtime wrote.
-pub fn read_pid_file(path: &Path) -> Result<u32> {
+pub fn read_pid_file(path: &Path) -> Result<Pid> {
     let text = std::fs::read_to_string(path)
         .map_err(ShimError::io(format!("read pid file {}", path.display())))?;
-    text.trim()
-        .parse::<u32>()
-        .map_err(|e| ShimError::Runtime(format!("pid file {}: {text:?}: {e}", path.display())))
+    let raw = text
+        .trim()
+        .parse::<i64>()
+        .map_err(|e| ShimError::Runtime(format!("pid file {}: {text:?}: {e}", path.display())))?;
+    Pid::new(raw).ok_or_else(|| {
+        ShimError::Runtime(format!(
+            "pid file {}: {raw} is not a process id",
+            path.display()
+        ))
+    })
+}
+
+/// Whether a container must have its other processes killed when its init exits: it does not
+/// own a PID namespace (no `pid` namespace in its spec: the host's; or one with a path: a pod's
+/// or another container's), as containerd's runc shim decides. An unreadable spec says no.
+pub fn shares_pid_namespace(config_json: &Path) -> bool {
+    let Ok(text) = std::fs::read(config_json) else {
+        return false;
+    };
+    let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let Some(namespaces) = spec.pointer("/linux/namespaces").and_then(|n| n.as_array()) else {
+        return true;
+    };
+    !namespaces.iter().any(|ns| {
+        ns.get("type").and_then(|t| t.as_str()) == Some("pid")
+            && ns
+                .get("path")
+                .and_then(|p| p.as_str())
+                .is_none_or(str::is_empty)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_namespace_ownership_from_the_spec() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.json");
+        let cases = [
+            (
+                r#"{"linux":{"namespaces":[{"type":"pid"},{"type":"mount"}]}}"#,
+                false,
+            ),
+            (
+                r#"{"linux":{"namespaces":[{"type":"pid","path":""}]}}"#,
+                false,
+            ),
+            (
+                r#"{"linux":{"namespaces":[{"type":"pid","path":"/proc/9/ns/pid"}]}}"#,
+                true,
+            ),
+            (r#"{"linux":{"namespaces":[{"type":"mount"}]}}"#, true),
+            (r#"{"linux":{}}"#, true),
+            ("not json", false),
+        ];
+        for (spec, shared) in cases {
+            std::fs::write(&path, spec).expect("write");
+            assert_eq!(shares_pid_namespace(&path), shared, "{spec}");
+        }
+        assert!(!shares_pid_namespace(&dir.path().join("missing.json")));
+    }
 }

@@ -16,6 +16,12 @@ pub enum ShimError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unimplemented(String),
+    /// The request's deadline passed (its runtime call, if any, was killed).
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// A bound was reached (parked waits, queued requests).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The OCI runtime refused or failed; the message is its own last error.
     #[error("{0}")]
     Runtime(String),
@@ -55,6 +61,8 @@ impl ShimError {
             ShimError::AlreadyExists(_) => Code::ALREADY_EXISTS,
             ShimError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
+            ShimError::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
+            ShimError::ResourceExhausted(_) => Code::RESOURCE_EXHAUSTED,
             ShimError::Runtime(_) => Code::UNKNOWN,
             ShimError::Io { .. } | ShimError::Store(_) => Code::INTERNAL,
         }

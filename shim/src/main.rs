@@ -9,6 +9,8 @@ mod events;
 mod logging;
 mod mount;
 mod oom;
+mod ops;
+mod pid;
 mod process;
 mod reaper;
 mod runtime;

@@ -4,6 +4,7 @@
 //! never, say, start a stopped process or pause an exec.
 
 use crate::error::{Result, ShimError};
+use crate::pid::Pid;
 use crate::stdio::{ProcessIo, StdioPaths};
 use tether_protocol::api::task::Status;
 
@@ -23,7 +24,8 @@ pub enum State {
 pub struct Process {
     /// Empty for the init process.
     pub exec_id: String,
-    pub pid: u32,
+    /// Known once the runtime created it (init) or started it (exec); never a placeholder.
+    pub pid: Option<Pid>,
     pub state: State,
     pub stdio: StdioPaths,
     pub io: ProcessIo,
@@ -35,7 +37,7 @@ impl Process {
     pub fn new(exec_id: &str, stdio: StdioPaths) -> Self {
         Process {
             exec_id: exec_id.to_string(),
-            pid: 0,
+            pid: None,
             state: State::Created,
             stdio,
             io: ProcessIo::default(),
@@ -78,9 +80,9 @@ impl Process {
         }
     }
 
-    pub fn started(&mut self, pid: u32) -> Result<()> {
+    pub fn started(&mut self, pid: Pid) -> Result<()> {
         self.check_start()?;
-        self.pid = pid;
+        self.pid = Some(pid);
         self.state = State::Running;
         Ok(())
     }
@@ -141,15 +143,31 @@ impl Process {
         }
     }
 
-    /// Signals can reach a process that runs (or is paused, or created: runc can kill those).
-    pub fn check_kill(&self) -> Result<()> {
+    /// Signals can reach a process that runs (or is paused, or created by the runtime: runc can
+    /// kill those), never one that has no pid yet.
+    pub fn check_kill(&self) -> Result<Pid> {
         match self.state {
             State::Stopped { .. } => Err(ShimError::NotFound(format!(
                 "{} has already exited",
                 self.name()
             ))),
-            _ => Ok(()),
+            _ => self.require_pid("signal"),
         }
+    }
+
+    /// The pid, or FailedPrecondition for a process that has not been started.
+    pub fn require_pid(&self, action: &str) -> Result<Pid> {
+        self.pid.ok_or_else(|| {
+            ShimError::FailedPrecondition(format!(
+                "cannot {action} {}: it has not been started",
+                self.name()
+            ))
+        })
+    }
+
+    /// The wire form of the pid (0 before the process exists).
+    pub fn wire_pid(&self) -> u32 {
+        crate::pid::wire(self.pid)
     }
 }
 
@@ -162,8 +180,11 @@ mod tests {
         let mut p = Process::new("", StdioPaths::default());
         assert_eq!(p.status(), Status::CREATED);
         assert!(p.paused().is_err());
-        p.started(10).unwrap();
-        assert!(p.started(11).is_err());
+        assert!(p.check_kill().is_err(), "no pid, no signal");
+        let pid = |n| Pid::new(n).unwrap();
+        p.started(pid(10)).unwrap();
+        assert_eq!(p.check_kill().unwrap(), pid(10));
+        assert!(p.started(pid(11)).is_err());
         assert!(p.check_delete().is_err());
         p.paused().unwrap();
         assert_eq!(p.status(), Status::PAUSED);

@@ -2,25 +2,22 @@
 //!
 //! The shim is a child subreaper, so every descendant's exit comes here: the container's
 //! processes (reparented when `runc create`/`exec` exit) and the runtime commands the shim runs
-//! itself. A command's exit is taken from the same `waitpid(-1)` loop; exits of other pids met
-//! meanwhile are kept in `pending` and handled in order afterwards, so none is ever lost or taken
-//! twice.
+//! itself. Nothing else calls `waitpid`: the service takes the exits in the order they were
+//! reaped and hands each to its owner (a runtime call, a container process), so none is lost or
+//! taken twice, and nothing ever waits for one.
 
 use crate::error::{Result, ShimError};
+use crate::pid::Pid;
 use nix::fcntl::OFlag;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{pipe2, read, Pid};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use nix::unistd::{pipe2, read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use tether_protocol::time::now_nanos;
 
 /// A reaped process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit {
-    pub pid: i32,
+    pub pid: Pid,
     /// The exit code, or 128+N for death by signal N.
     pub status: u32,
     /// When it was reaped, in nanoseconds since the epoch.
@@ -67,9 +64,12 @@ impl Reaper {
         }
     }
 
-    fn push(&mut self, pid: Pid, status: u32) {
+    fn push(&mut self, pid: nix::unistd::Pid, status: u32) {
+        let Some(pid) = Pid::from_nix(pid) else {
+            return;
+        };
         self.pending.push(Exit {
-            pid: pid.as_raw(),
+            pid,
             status,
             at: now_nanos(),
         });
@@ -78,40 +78,5 @@ impl Reaper {
     /// Takes the exits reaped so far, oldest first.
     pub fn take_exits(&mut self) -> Vec<Exit> {
         std::mem::take(&mut self.pending)
-    }
-
-    /// Spawns `cmd` and waits for its exit through the reaper. Returns the exit status.
-    pub fn run(&mut self, cmd: &mut Command, what: &str, timeout: Duration) -> Result<u32> {
-        let child = cmd.spawn().map_err(|e| ShimError::Io {
-            context: format!("{what}: cannot execute {:?}", cmd.get_program()),
-            source: e,
-        })?;
-        self.wait_pid(child.id() as i32, what, timeout)
-    }
-
-    /// Waits for `pid` (a child) to exit, killing it at the deadline.
-    pub fn wait_pid(&mut self, pid: i32, what: &str, timeout: Duration) -> Result<u32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.reap();
-            if let Some(i) = self.pending.iter().position(|e| e.pid == pid) {
-                return Ok(self.pending.remove(i).status);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                return Err(ShimError::Runtime(format!(
-                    "{what}: timed out after {timeout:?}; killed pid {pid}"
-                )));
-            }
-            self.poll_sigchld(left.min(Duration::from_secs(1)));
-        }
-    }
-
-    /// Sleeps until a SIGCHLD arrives or `timeout` passes.
-    pub fn poll_sigchld(&self, timeout: Duration) {
-        let ms = timeout.as_millis().clamp(1, 60_000) as u16;
-        let mut fds = [PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, PollTimeout::from(ms));
     }
 }

@@ -1,10 +1,12 @@
 //! Driving the OCI runtime CLI (runc by default; crun or another through `binary_name`).
 //!
-//! Every command runs through the reaper (see `reaper.rs`). The runtime logs JSON to
+//! A command is spawned, never waited for here: it is a [`RuntimeCall`] whose exit the reaper
+//! collects on the event loop (see `reaper.rs`), so a slow or hung runtime stops nothing else.
+//! Its stdout and stderr go to memfds, read once it has exited. The runtime logs JSON to
 //! `<bundle>/log.json`; when a command fails, its last error there is what the caller sees.
 
 use crate::error::{Result, ShimError};
-use crate::reaper::Reaper;
+use crate::pid::Pid;
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -14,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// How long a runtime command may take before it is killed.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a runtime command may take when the request names no deadline.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The runtime options the shim keeps per container (from containerd's `runc.v1.Options`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -74,6 +76,17 @@ pub struct Runtime {
     log: PathBuf,
 }
 
+/// A runtime command in flight. Its exit comes from the reaper; [`RuntimeCall::finish`] turns
+/// it into the command's stdout or the runtime's own error.
+pub struct RuntimeCall {
+    pub pid: Pid,
+    /// "runc create", for messages.
+    pub what: String,
+    out: File,
+    err: File,
+    log: PathBuf,
+}
+
 /// One line of the runtime's JSON log.
 #[derive(Deserialize)]
 struct LogLine {
@@ -111,87 +124,68 @@ impl Runtime {
         if self.config.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
         }
+        if !self.config.criu_path.is_empty() {
+            cmd.arg("--criu").arg(&self.config.criu_path);
+        }
         cmd
     }
 
-    /// The last error the runtime logged, if any.
-    fn last_log_error(&self) -> Option<String> {
-        let text = std::fs::read_to_string(&self.log).ok()?;
-        text.lines()
-            .rev()
-            .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
-            .find(|l| l.level == "error" || l.level == "fatal")
-            .map(|l| l.msg)
-    }
-
-    /// Runs the runtime with `args`; returns its stdout. On failure the error carries the
-    /// runtime's own last error (log, then stderr).
-    fn run(
-        &self,
-        reaper: &mut Reaper,
-        op: &str,
-        args: &[&str],
-        stdio: ProcessStdio,
-    ) -> Result<String> {
+    /// Starts the runtime with `args`. The caller owns the returned call until its exit.
+    fn spawn(&self, op: &str, args: &[&str], stdio: ProcessStdio) -> Result<RuntimeCall> {
         let out = memfd("runtime-stdout")?;
         let err = memfd("runtime-stderr")?;
         let mut cmd = self.command();
         cmd.args(args);
-        let to_stdio = |fd: Option<OwnedFd>| fd.map(Stdio::from);
-        cmd.stdin(to_stdio(stdio.stdin).unwrap_or_else(Stdio::null));
-        match stdio.stdout {
-            Some(fd) => cmd.stdout(Stdio::from(fd)),
-            None => cmd.stdout(Stdio::from(
-                out.try_clone().map_err(ShimError::io("dup memfd"))?,
-            )),
+        let dup = |f: &File| {
+            f.try_clone()
+                .map(Stdio::from)
+                .map_err(ShimError::io("dup memfd"))
         };
-        match stdio.stderr {
-            Some(fd) => cmd.stderr(Stdio::from(fd)),
-            None => cmd.stderr(Stdio::from(
-                err.try_clone().map_err(ShimError::io("dup memfd"))?,
-            )),
-        };
+        cmd.stdin(stdio.stdin.map(Stdio::from).unwrap_or_else(Stdio::null));
+        cmd.stdout(match stdio.stdout {
+            Some(fd) => Stdio::from(fd),
+            None => dup(&out)?,
+        });
+        cmd.stderr(match stdio.stderr {
+            Some(fd) => Stdio::from(fd),
+            None => dup(&err)?,
+        });
         let what = format!("{} {op}", self.config.binary);
-        let status = reaper
-            .run(&mut cmd, &what, COMMAND_TIMEOUT)
-            .map_err(|e| match e {
-                ShimError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                    ShimError::Runtime(format!(
-                        "runtime binary {:?} not found (on PATH or as a path): {source}",
-                        self.config.binary
-                    ))
-                }
-                other => other,
-            })?;
-        drop(cmd);
-        if status != 0 {
-            let stderr = read_all(&err);
-            let why = self
-                .last_log_error()
-                .or_else(|| Some(stderr.trim().to_string()).filter(|s| !s.is_empty()))
-                .unwrap_or_else(|| format!("exit status {status}"));
-            // runc logs its own "runc create failed: ..." line; do not say it twice.
-            let prefix = format!("{what} failed");
-            let message = if why.starts_with(&prefix) {
-                why
+        let child = cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ShimError::Runtime(format!(
+                    "runtime binary {:?} not found (on PATH or as a path): {e}",
+                    self.config.binary
+                ))
             } else {
-                format!("{prefix}: {why}")
-            };
-            return Err(ShimError::Runtime(message));
-        }
-        Ok(read_all(&out))
+                ShimError::Io {
+                    context: format!("{what}: cannot execute {:?}", self.config.binary),
+                    source: e,
+                }
+            }
+        })?;
+        // The child is reaped by the reaper (waitpid(-1)); `Child` is dropped without a wait.
+        let pid = Pid::new(child.id() as i64).ok_or_else(|| {
+            ShimError::Runtime(format!("{what}: the kernel gave pid {}", child.id()))
+        })?;
+        Ok(RuntimeCall {
+            pid,
+            what,
+            out,
+            err,
+            log: self.log.clone(),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
-        reaper: &mut Reaper,
         id: &str,
         bundle: &Path,
         pid_file: &Path,
         console_socket: Option<&Path>,
         stdio: ProcessStdio,
-    ) -> Result<()> {
+    ) -> Result<RuntimeCall> {
         let bundle = bundle.display().to_string();
         let pid_file = pid_file.display().to_string();
         let mut args = vec!["create", "--bundle", &bundle, "--pid-file", &pid_file];
@@ -207,23 +201,21 @@ impl Runtime {
             args.push("--no-new-keyring");
         }
         args.push(id);
-        self.run(reaper, "create", &args, stdio).map(drop)
+        self.spawn("create", &args, stdio)
     }
 
-    pub fn start(&self, reaper: &mut Reaper, id: &str) -> Result<()> {
-        self.run(reaper, "start", &["start", id], ProcessStdio::default())
-            .map(drop)
+    pub fn start(&self, id: &str) -> Result<RuntimeCall> {
+        self.spawn("start", &["start", id], ProcessStdio::default())
     }
 
     pub fn exec(
         &self,
-        reaper: &mut Reaper,
         id: &str,
         spec: &Path,
         pid_file: &Path,
         console_socket: Option<&Path>,
         stdio: ProcessStdio,
-    ) -> Result<()> {
+    ) -> Result<RuntimeCall> {
         let spec = spec.display().to_string();
         let pid_file = pid_file.display().to_string();
         let mut args = vec![
@@ -240,49 +232,44 @@ impl Runtime {
             args.extend(["--console-socket", &console]);
         }
         args.push(id);
-        self.run(reaper, "exec", &args, stdio).map(drop)
+        self.spawn("exec", &args, stdio)
     }
 
-    pub fn kill(&self, reaper: &mut Reaper, id: &str, signal: u32, all: bool) -> Result<()> {
+    pub fn kill(&self, id: &str, signal: u32, all: bool) -> Result<RuntimeCall> {
         let sig = signal.to_string();
         let mut args = vec!["kill"];
         if all {
             args.push("--all");
         }
         args.extend([id, &sig]);
-        self.run(reaper, "kill", &args, ProcessStdio::default())
-            .map(drop)
+        self.spawn("kill", &args, ProcessStdio::default())
     }
 
-    pub fn delete(&self, reaper: &mut Reaper, id: &str, force: bool) -> Result<()> {
+    pub fn delete(&self, id: &str, force: bool) -> Result<RuntimeCall> {
         let mut args = vec!["delete"];
         if force {
             args.push("--force");
         }
         args.push(id);
-        self.run(reaper, "delete", &args, ProcessStdio::default())
-            .map(drop)
+        self.spawn("delete", &args, ProcessStdio::default())
     }
 
-    pub fn pause(&self, reaper: &mut Reaper, id: &str) -> Result<()> {
-        self.run(reaper, "pause", &["pause", id], ProcessStdio::default())
-            .map(drop)
+    pub fn pause(&self, id: &str) -> Result<RuntimeCall> {
+        self.spawn("pause", &["pause", id], ProcessStdio::default())
     }
 
-    pub fn resume(&self, reaper: &mut Reaper, id: &str) -> Result<()> {
-        self.run(reaper, "resume", &["resume", id], ProcessStdio::default())
-            .map(drop)
+    pub fn resume(&self, id: &str) -> Result<RuntimeCall> {
+        self.spawn("resume", &["resume", id], ProcessStdio::default())
     }
 
     /// `checkpoint`: dumps the container with CRIU into `image` (`work` for CRIU's logs).
     pub fn checkpoint(
         &self,
-        reaper: &mut Reaper,
         id: &str,
         image: &Path,
         work: &Path,
         opts: &tether_protocol::api::runc_options::CheckpointOptions,
-    ) -> Result<()> {
+    ) -> Result<RuntimeCall> {
         let image = image.display().to_string();
         let work = work.display().to_string();
         let mut args = vec!["checkpoint", "--image-path", &image, "--work-path", &work];
@@ -311,38 +298,96 @@ impl Runtime {
             .collect();
         args.extend(empty.iter().map(String::as_str));
         args.push(id);
-        self.run(reaper, "checkpoint", &args, ProcessStdio::default())
-            .map(drop)
+        self.spawn("checkpoint", &args, ProcessStdio::default())
     }
 
-    pub fn update(&self, reaper: &mut Reaper, id: &str, resources: &Path) -> Result<()> {
+    pub fn update(&self, id: &str, resources: &Path) -> Result<RuntimeCall> {
         let r = resources.display().to_string();
-        self.run(
-            reaper,
+        self.spawn(
             "update",
             &["update", "--resources", &r, id],
             ProcessStdio::default(),
         )
-        .map(drop)
     }
 
-    /// The pids in the container (`ps --format json`).
-    pub fn ps(&self, reaper: &mut Reaper, id: &str) -> Result<Vec<u32>> {
-        let out = self.run(
-            reaper,
+    /// The pids in the container (`ps --format json`); [`parse_ps`] reads the output.
+    pub fn ps(&self, id: &str) -> Result<RuntimeCall> {
+        self.spawn(
             "ps",
             &["ps", "--format", "json", id],
             ProcessStdio::default(),
-        )?;
-        let out = out.trim();
-        if out.is_empty() || out == "null" {
-            return Ok(Vec::new());
-        }
-        serde_json::from_str(out).map_err(|e| {
-            ShimError::Runtime(format!(
-                "{} ps: unreadable output {out:?}: {e}",
-                self.config.binary
-            ))
-        })
+        )
     }
+}
+
+impl RuntimeCall {
+    /// The command's stdout after it exited with `status`; on failure, the runtime's own last
+    /// error (its log, then its stderr).
+    pub fn finish(self, status: u32) -> Result<String> {
+        if status != 0 {
+            let why = last_log_error(&self.log)
+                .or_else(|| Some(read_all(&self.err).trim().to_string()).filter(|s| !s.is_empty()))
+                .unwrap_or_else(|| format!("exit status {status}"));
+            // runc logs its own "runc create failed: ..." line; do not say it twice.
+            let prefix = format!("{} failed", self.what);
+            let message = if why.starts_with(&prefix) {
+                why
+            } else {
+                format!("{prefix}: {why}")
+            };
+            return Err(ShimError::Runtime(message));
+        }
+        Ok(read_all(&self.out))
+    }
+
+    /// Ends a call that ran past its deadline; its exit still comes through the reaper.
+    pub fn kill(&self) {
+        let _ = self.pid.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    /// Waits for the call here, for the short-lived `delete` action only (not the event loop,
+    /// which never waits): polls `waitpid` on this pid until `timeout`, then kills it.
+    pub fn wait_blocking(self, timeout: Duration) -> Result<String> {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        let pid = nix::unistd::Pid::from_raw(self.pid.raw());
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return self.finish(code as u32),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return self.finish(128 + sig as u32),
+                Ok(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Ok(_) => {
+                    self.kill();
+                    let _ = waitpid(pid, None);
+                    return Err(ShimError::DeadlineExceeded(format!(
+                        "{}: still running after {timeout:?}; killed pid {}",
+                        self.what, self.pid
+                    )));
+                }
+                Err(e) => return Err(ShimError::nix(format!("waitpid {}", self.what))(e)),
+            }
+        }
+    }
+}
+
+/// The last error the runtime logged, if any.
+fn last_log_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
+        .find(|l| l.level == "error" || l.level == "fatal")
+        .map(|l| l.msg)
+}
+
+/// `ps --format json` output: a JSON array of pids (or `null`).
+pub fn parse_ps(binary: &str, out: &str) -> Result<Vec<u32>> {
+    let out = out.trim();
+    if out.is_empty() || out == "null" {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(out)
+        .map_err(|e| ShimError::Runtime(format!("{binary} ps: unreadable output {out:?}: {e}")))
 }

@@ -24,6 +24,13 @@ const SIGNALS: Token = Token(1);
 const SIGCHLD: Token = Token(2);
 const EVENTS: Token = Token(3);
 const FIRST_CONN: usize = 16;
+/// Client connections at once; past this a new one is closed at once (containerd keeps one or
+/// two per shim).
+pub const MAX_CONNS: usize = 4096;
+/// Replies a client has not read; a peer that sends and never reads is disconnected here.
+pub const MAX_UNREAD_REPLIES: usize = 16 << 20;
+/// The descriptors the shim wants: connections, stdio, OOM watchers.
+const WANT_NOFILE: u64 = 16_384;
 const FIRST_PUMP: usize = 1 << 20;
 /// How long a shutting-down shim keeps trying to deliver its last events.
 const FLUSH_EVENTS_FOR: Duration = Duration::from_secs(3);
@@ -45,6 +52,7 @@ impl Server {
         namespace: &str,
         ttrpc_address: Option<&str>,
     ) -> Result<Self> {
+        raise_nofile();
         let poll = Poll::new().map_err(ShimError::io("epoll_create"))?;
         let registry = poll.registry();
         listener
@@ -93,10 +101,14 @@ impl Server {
                     return Ok(());
                 }
             }
-            let deadline = [self.service.publisher.deadline(), stop_by]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                self.service.publisher.deadline(),
+                self.service.next_deadline(),
+                stop_by,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = deadline.map(|d| d.saturating_duration_since(now));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -117,6 +129,7 @@ impl Server {
                     t => self.on_conn(t),
                 }
             }
+            self.service.on_timers(Instant::now());
             self.service.handle_exits();
             self.send_outbox();
             self.service.publisher.kick(self.poll.registry());
@@ -142,15 +155,30 @@ impl Server {
         }
     }
 
+    /// A token no live connection has (tokens wrap after ~500,000 connections).
+    fn next_token(&mut self) -> Token {
+        loop {
+            let token = Token(self.next_conn);
+            self.next_conn += 1;
+            if self.next_conn >= FIRST_OOM {
+                self.next_conn = FIRST_CONN;
+            }
+            if !self.conns.contains_key(&token) {
+                return token;
+            }
+        }
+    }
+
     fn accept(&mut self) {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
-                    let token = Token(self.next_conn);
-                    self.next_conn += 1;
-                    if self.next_conn >= FIRST_OOM {
-                        self.next_conn = FIRST_CONN;
+                    if self.conns.len() >= MAX_CONNS {
+                        log::warn!("{MAX_CONNS} connections already open: closing a new one");
+                        drop(stream);
+                        continue;
                     }
+                    let token = self.next_token();
                     if let Err(e) = self.poll.registry().register(
                         &mut stream,
                         token,
@@ -197,7 +225,10 @@ impl Server {
                     "malformed ttrpc request: {e}"
                 )))),
                 Ok(req) => match task_method(&req.service, &req.method) {
-                    Some(m) => self.service.dispatch(m, &req.payload, to),
+                    Some(m) => {
+                        let deadline = request_deadline(req.timeout_nano);
+                        self.service.dispatch(m, &req.payload, to, deadline)
+                    }
                     None => Reply::Now(Err(ShimError::Unimplemented(format!(
                         "service {} is not served here (method {})",
                         req.service, req.method
@@ -210,7 +241,23 @@ impl Server {
                 }
             }
         }
-        if self.conns.get(&token).is_some_and(|c| c.closed) {
+        self.close_if_done(token);
+    }
+
+    /// Drops a connection its peer closed, or one whose unread replies passed the bound.
+    fn close_if_done(&mut self, token: Token) {
+        let Some(conn) = self.conns.get(&token) else {
+            return;
+        };
+        if conn.pending_bytes() > MAX_UNREAD_REPLIES {
+            log::warn!(
+                "a client left {} bytes of replies unread: disconnected",
+                conn.pending_bytes()
+            );
+        } else if !conn.closed {
+            return;
+        }
+        {
             if let Some(mut c) = self.conns.remove(&token) {
                 let _ = self.poll.registry().deregister(&mut c.stream);
             }
@@ -222,6 +269,33 @@ impl Server {
         for (to, r) in std::mem::take(&mut self.service.outbox) {
             if let Some(conn) = self.conns.get_mut(&to.token) {
                 send_response(conn, to.stream_id, r.map_err(|e| e.to_status()));
+                self.close_if_done(to.token);
+            }
+        }
+    }
+}
+
+/// When a request must be answered: the caller's `timeout_nano`, else the runtime's default.
+fn request_deadline(timeout_nano: i64) -> Instant {
+    let timeout = if timeout_nano > 0 {
+        Duration::from_nanos(timeout_nano as u64)
+    } else {
+        crate::runtime::DEFAULT_TIMEOUT
+    };
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// Raises the soft descriptor limit toward the hard one (no privilege needed), so the
+/// connection bound is ours and not the default 1,024.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let want = WANT_NOFILE.min(hard);
+        if soft < want {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+                log::debug!("raise RLIMIT_NOFILE to {want}: {e}");
             }
         }
     }

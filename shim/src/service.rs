@@ -1,35 +1,39 @@
 //! The task API: each request is decoded, checked against the process state machine, carried out
-//! through the runtime, and turned into events and replies.
+//! (through the runtime, see `ops.rs`), and turned into events and replies.
 //!
 //! Data flows one way: request -> state machine -> effect (runtime, stdio) -> event. Exits come
-//! from the reaper and take the same path. `Wait` never blocks: it parks a reply that is sent
-//! when the exit arrives.
+//! from the reaper and take the same path. Nothing here waits: a request that needs the runtime
+//! parks until the runtime's exit arrives (or its deadline passes), `Wait` parks until the
+//! process's exit, and requests that change a container queue behind that container's operation
+//! in flight, so one container's requests keep their order while everything else goes on.
 
-use crate::console::ConsoleSocket;
-use crate::container::{read_pid_file, Container, INIT_PID_FILE, RUNTIME_FILE};
 use crate::error::{Result, ShimError};
 use crate::events::Publisher;
 use crate::oom::OomWatcher;
-use crate::process::Process;
+use crate::ops::{Ctx, Flow, Parked};
+use crate::pid::Pid;
 use crate::reaper::{Exit, Reaper};
-use crate::runtime::ProcessStdio;
-use crate::runtime::RuntimeConfig;
-use crate::stdio::{ProcessIo, Pumps, StdioPaths, Who};
+use crate::stdio::{Pumps, StdioPaths};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use protobuf::{Message, MessageField};
-use std::collections::BTreeMap;
-use std::collections::HashMap;
-use std::path::PathBuf;
-use tether_protocol::api::events::{
-    TaskCheckpointed, TaskExecAdded, TaskExecStarted, TaskPaused, TaskResumed,
-};
-use tether_protocol::api::events::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart};
-use tether_protocol::api::runc_options::{CheckpointOptions, Options, ProcessDetails};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::Instant;
+use tether_protocol::api::events::{TaskExecAdded, TaskExit, TaskOOM};
 use tether_protocol::api::task::*;
-use tether_protocol::api::{pack_any, type_url, Empty, TypeUrl};
+use tether_protocol::api::Empty;
 use tether_protocol::time::to_timestamp;
-use tether_protocol::{store, topics, validate_id};
+use tether_protocol::{topics, validate_id};
+
+use crate::container::Container;
+use crate::process::Process;
+
+/// Parked `Wait`s across all clients.
+pub const MAX_WAITERS: usize = 4096;
+/// Requests queued behind one container's operation in flight.
+pub const MAX_QUEUED_PER_CONTAINER: usize = 128;
+/// Exits nobody has claimed yet, kept while a create, start or exec may still claim them.
+const MAX_UNCLAIMED: usize = 4096;
 
 /// A reply owed to a client: which connection and stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +45,7 @@ pub struct ReplyTo {
 /// What a request produced.
 pub enum Reply {
     Now(Result<Vec<u8>>),
-    /// A `Wait`: the reply comes with the exit.
+    /// The reply comes later, through `outbox`.
     Parked,
 }
 
@@ -51,27 +55,43 @@ struct Waiter {
     exec_id: String,
 }
 
+/// A request waiting for its container's operation in flight to end.
+struct Queued {
+    method: String,
+    payload: Vec<u8>,
+    from: ReplyTo,
+    deadline: Instant,
+}
+
 pub struct Service {
     pub namespace: String,
-    containers: BTreeMap<String, Container>,
+    pub(crate) containers: BTreeMap<String, Container>,
     pub reaper: Reaper,
     pub pumps: Pumps,
     pub publisher: Publisher,
-    registry: Registry,
+    pub(crate) registry: Registry,
     waiters: Vec<Waiter>,
-    /// Replies to parked waits, for the loop to send.
+    /// Replies to parked requests, for the loop to send.
     pub outbox: Vec<(ReplyTo, Result<Vec<u8>>)>,
     /// Set by `Shutdown` once no container is left.
     pub shutdown: bool,
     /// OOM watchers by token, with their container.
     ooms: HashMap<Token, (String, OomWatcher)>,
     next_oom: usize,
+    /// Runtime commands in flight, by the command's pid.
+    pub(crate) calls: HashMap<Pid, Parked>,
+    /// Containers with an operation in flight, and the requests queued behind it.
+    busy: HashMap<String, VecDeque<Queued>>,
+    /// Ids whose `Create` is in flight (not yet in `containers`).
+    pub(crate) creating: HashSet<String>,
+    /// Exits of pids no process owns yet.
+    unclaimed: Vec<Exit>,
 }
 
 /// Tokens of OOM watchers start here (below the stdio pumps' range).
 pub const FIRST_OOM: usize = 1 << 19;
 
-fn encode<M: Message>(m: &M) -> Result<Vec<u8>> {
+pub(crate) fn encode<M: Message>(m: &M) -> Result<Vec<u8>> {
     m.write_to_bytes()
         .map_err(|e| ShimError::InvalidArgument(format!("encode reply: {e}")))
 }
@@ -79,6 +99,25 @@ fn encode<M: Message>(m: &M) -> Result<Vec<u8>> {
 fn decode<M: Message>(method: &str, payload: &[u8]) -> Result<M> {
     M::parse_from_bytes(payload)
         .map_err(|e| ShimError::InvalidArgument(format!("malformed {method} request: {e}")))
+}
+
+/// The container a request of an ordered method is about (`None`: not an ordered method).
+fn ordered_id(method: &str, payload: &[u8]) -> Option<Result<String>> {
+    macro_rules! id_of {
+        ($t:ty) => {
+            decode::<$t>(method, payload).map(|r| r.id)
+        };
+    }
+    Some(match method {
+        "Create" => id_of!(CreateTaskRequest),
+        "Start" => id_of!(StartRequest),
+        "Delete" => id_of!(DeleteRequest),
+        "Pause" => id_of!(PauseRequest),
+        "Resume" => id_of!(ResumeRequest),
+        "Update" => id_of!(UpdateTaskRequest),
+        "Checkpoint" => id_of!(CheckpointTaskRequest),
+        _ => return None,
+    })
 }
 
 impl Service {
@@ -101,11 +140,128 @@ impl Service {
             shutdown: false,
             ooms: HashMap::new(),
             next_oom: FIRST_OOM,
+            calls: HashMap::new(),
+            busy: HashMap::new(),
+            creating: HashSet::new(),
+            unclaimed: Vec::new(),
         }
     }
 
-    /// Handles one task API call.
-    pub fn dispatch(&mut self, method: &str, payload: &[u8], from: ReplyTo) -> Reply {
+    /// Handles one task API call; `deadline` is the caller's (or the default).
+    pub fn dispatch(
+        &mut self,
+        method: &str,
+        payload: &[u8],
+        from: ReplyTo,
+        deadline: Instant,
+    ) -> Reply {
+        let reply = match ordered_id(method, payload) {
+            Some(Err(e)) => Reply::Now(Err(e)),
+            Some(Ok(id)) => self.ordered(id, method, payload, from, deadline),
+            None => self.unordered(method, payload, from, deadline),
+        };
+        self.handle_exits();
+        reply
+    }
+
+    /// A request that changes a container: run now if nothing is in flight for it, else queue.
+    fn ordered(
+        &mut self,
+        id: String,
+        method: &str,
+        payload: &[u8],
+        from: ReplyTo,
+        deadline: Instant,
+    ) -> Reply {
+        if let Err(e) = validate_id(&id) {
+            return Reply::Now(Err(e.into()));
+        }
+        if method != "Create" && !self.containers.contains_key(&id) && !self.creating.contains(&id)
+        {
+            return Reply::Now(Err(not_found(&id)));
+        }
+        if let Some(queue) = self.busy.get_mut(&id) {
+            if queue.len() >= MAX_QUEUED_PER_CONTAINER {
+                return Reply::Now(Err(ShimError::ResourceExhausted(format!(
+                    "container {id}: {MAX_QUEUED_PER_CONTAINER} requests already wait for it"
+                ))));
+            }
+            queue.push_back(Queued {
+                method: method.to_string(),
+                payload: payload.to_vec(),
+                from,
+                deadline,
+            });
+            return Reply::Parked;
+        }
+        self.busy.insert(id.clone(), VecDeque::new());
+        let ctx = Ctx {
+            reply: Some(from),
+            deadline,
+            holds: Some(id.clone()),
+        };
+        match self.run_ordered(method, payload, ctx) {
+            Flow::Parked => Reply::Parked,
+            Flow::Done(r) => {
+                self.release(&id);
+                Reply::Now(r)
+            }
+        }
+    }
+
+    fn run_ordered(&mut self, method: &str, payload: &[u8], ctx: Ctx) -> Flow {
+        macro_rules! op {
+            ($handler:ident) => {
+                match decode(method, payload) {
+                    Ok(r) => self.$handler(r, ctx),
+                    Err(e) => Flow::Done(Err(e)),
+                }
+            };
+        }
+        match method {
+            "Create" => op!(create),
+            "Start" => op!(start),
+            "Delete" => op!(delete),
+            "Pause" => op!(pause),
+            "Resume" => op!(resume_task),
+            "Update" => op!(update),
+            "Checkpoint" => op!(checkpoint),
+            _ => Flow::Done(Err(ShimError::Unimplemented(format!(
+                "unknown task method {method:?}"
+            )))),
+        }
+    }
+
+    /// The operation holding container `id` ended: run what queued behind it, in order.
+    pub(crate) fn release(&mut self, id: &str) {
+        loop {
+            let Some(q) = self.busy.get_mut(id).and_then(VecDeque::pop_front) else {
+                self.busy.remove(id);
+                return;
+            };
+            if q.deadline <= Instant::now() {
+                self.answer(Some(q.from), Err(queued_too_long(id, &q.method)));
+                continue;
+            }
+            let ctx = Ctx {
+                reply: Some(q.from),
+                deadline: q.deadline,
+                holds: Some(id.to_string()),
+            };
+            match self.run_ordered(&q.method, &q.payload, ctx) {
+                Flow::Parked => return,
+                Flow::Done(r) => self.answer(Some(q.from), r),
+            }
+        }
+    }
+
+    fn unordered(
+        &mut self,
+        method: &str,
+        payload: &[u8],
+        from: ReplyTo,
+        deadline: Instant,
+    ) -> Reply {
         macro_rules! call {
             ($handler:ident) => {
                 Reply::Now(
@@ -115,17 +271,27 @@ impl Service {
                 )
             };
         }
-        let reply = match method {
-            "Create" => call!(create),
-            "Start" => call!(start),
+        let ctx = Ctx {
+            reply: Some(from),
+            deadline,
+            holds: None,
+        };
+        macro_rules! op {
+            ($handler:ident) => {
+                match decode(method, payload) {
+                    Ok(r) => match self.$handler(r, ctx) {
+                        Flow::Parked => Reply::Parked,
+                        Flow::Done(r) => Reply::Now(r),
+                    },
+                    Err(e) => Reply::Now(Err(e)),
+                }
+            };
+        }
+        match method {
             "State" => call!(state),
-            "Kill" => call!(kill),
-            "Delete" => call!(delete),
-            "Pids" => call!(pids),
-            "Pause" => call!(pause),
-            "Resume" => call!(resume),
+            "Kill" => op!(kill),
+            "Pids" => op!(pids),
             "CloseIO" => call!(close_io),
-            "Update" => call!(update),
             "Connect" => call!(connect),
             "Shutdown" => call!(shutdown_req),
             "Wait" => match decode::<WaitRequest>(method, payload).and_then(|r| self.wait(r, from))
@@ -137,25 +303,28 @@ impl Service {
             "Exec" => call!(exec),
             "ResizePty" => call!(resize_pty),
             "Stats" => call!(stats),
-            "Checkpoint" => call!(checkpoint),
             _ => Reply::Now(Err(ShimError::Unimplemented(format!(
                 "unknown task method {method:?}"
             )))),
-        };
-        // Exits met while the runtime ran are handled now, after the request's own events.
-        self.handle_exits();
-        reply
+        }
     }
 
-    fn container(&mut self, id: &str) -> Result<&Container> {
+    /// Sends a parked request's reply (none if its client or deadline already went).
+    pub(crate) fn answer(&mut self, to: Option<ReplyTo>, r: Result<Vec<u8>>) {
+        if let Some(to) = to {
+            self.outbox.push((to, r));
+        }
+    }
+
+    pub(crate) fn container(&mut self, id: &str) -> Result<&Container> {
         find(&mut self.containers, id).map(|c| &*c)
     }
 
-    fn container_mut(&mut self, id: &str) -> Result<&mut Container> {
+    pub(crate) fn container_mut(&mut self, id: &str) -> Result<&mut Container> {
         find(&mut self.containers, id)
     }
 
-    fn check_exec_id(exec_id: &str) -> Result<()> {
+    pub(crate) fn check_exec_id(exec_id: &str) -> Result<()> {
         if exec_id.is_empty() {
             Ok(())
         } else {
@@ -163,126 +332,56 @@ impl Service {
         }
     }
 
-    fn create(&mut self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
-        validate_id(&req.id)?;
-        if self.containers.contains_key(&req.id) {
-            return Err(ShimError::AlreadyExists(format!(
-                "container {}: already exists",
-                req.id
-            )));
-        }
-        let bundle = PathBuf::from(&req.bundle);
-        if !bundle.is_absolute() {
-            return Err(ShimError::InvalidArgument(format!(
-                "container {}: bundle {:?} is not an absolute path",
-                req.id, req.bundle
-            )));
-        }
-        let config_json = bundle.join("config.json");
-        if !config_json.is_file() {
-            return Err(ShimError::InvalidArgument(format!(
-                "container {}: {} does not exist: the bundle has no OCI config",
-                req.id,
-                config_json.display()
-            )));
-        }
-        if !req.checkpoint.is_empty() {
-            return Err(ShimError::Unimplemented(format!(
-                "container {}: restore from a checkpoint is not implemented",
-                req.id
-            )));
-        }
-        let opts = runtime_options(&req.options)?;
-        let config = RuntimeConfig::from_options(&opts, &self.namespace);
-        store::write_with(
-            &bundle.join(RUNTIME_FILE),
-            &config,
-            store::Durability::Atomic,
-        )?;
-
-        let stdio = StdioPaths {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        let mut c = Container::new(&req.id, &bundle, config, Process::new("", stdio.clone()));
-        if !req.rootfs.is_empty() {
-            let rootfs = c.rootfs();
-            std::fs::create_dir_all(&rootfs)
-                .map_err(ShimError::io(format!("create {}", rootfs.display())))?;
-            crate::mount::mount_rootfs(&req.rootfs, &rootfs)?;
-            c.rootfs_mounted = true;
-        }
-        let result = self.create_init(&mut c, &stdio);
-        if let Err(e) = result {
-            self.pumps.close(&mut c.init.io);
-            if c.rootfs_mounted {
-                let _ = crate::mount::unmount_all(&c.rootfs());
-            }
-            return Err(e);
-        }
-        let pid = c.init.pid;
-        self.publisher.publish(
-            &self.registry,
-            topics::TASK_CREATE,
-            &TaskCreate {
-                container_id: req.id.clone(),
-                bundle: req.bundle.clone(),
-                rootfs: req.rootfs.clone(),
-                io: MessageField::some(TaskIO {
-                    stdin: req.stdin,
-                    stdout: req.stdout,
-                    stderr: req.stderr,
-                    terminal: req.terminal,
-                    ..Default::default()
-                }),
-                checkpoint: req.checkpoint,
-                pid,
-                ..Default::default()
-            },
-        );
-        log::info!("container {}: created, init pid {pid}", req.id);
-        self.watch_oom(&req.id, pid);
-        self.containers.insert(req.id, c);
-        Ok(CreateTaskResponse {
-            pid,
-            ..Default::default()
-        })
+    /// When the loop must wake for a deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let calls = self
+            .calls
+            .values()
+            .filter(|p| !p.expired)
+            .map(|p| p.ctx.deadline);
+        let queued = self.busy.values().flatten().map(|q| q.deadline);
+        calls.chain(queued).min()
     }
 
-    fn create_init(&mut self, c: &mut Container, stdio: &StdioPaths) -> Result<()> {
-        let pid_file = c.bundle.join(INIT_PID_FILE);
-        let runtime = &c.runtime;
-        let (id, bundle) = (c.id.clone(), c.bundle.clone());
-        let launched = spawn_process(
-            &mut self.pumps,
-            &mut self.reaper,
-            stdio,
-            &Who {
-                namespace: &self.namespace,
-                id: &c.id,
-            },
-            |reaper, console, runtime_stdio| {
-                runtime.create(reaper, &id, &bundle, &pid_file, console, runtime_stdio)
-            },
-        );
-        match launched {
-            Ok((io, console)) => {
-                c.init.io = io;
-                c.init.console = console;
-            }
-            Err(e) => {
-                let _ = c.runtime.delete(&mut self.reaper, &c.id, true);
-                return Err(e);
+    /// Requests past their deadline: a runtime still running is killed (its exit still comes
+    /// through the reaper and finishes the operation's clean-up), the client is answered
+    /// DeadlineExceeded; a request still queued is answered the same.
+    pub fn on_timers(&mut self, now: Instant) {
+        let mut late = Vec::new();
+        for p in self.calls.values_mut() {
+            if !p.expired && p.ctx.deadline <= now {
+                p.expired = true;
+                p.call.kill();
+                log::warn!(
+                    "{} (pid {}) ran past its deadline: killed",
+                    p.call.what,
+                    p.call.pid
+                );
+                late.push((
+                    p.ctx.reply.take(),
+                    ShimError::DeadlineExceeded(format!(
+                        "{}: no answer before the request's deadline; the runtime was killed",
+                        p.call.what
+                    )),
+                ));
             }
         }
-        c.init.pid = read_pid_file(&pid_file)?;
-        Ok(())
+        for (id, queue) in self.busy.iter_mut() {
+            queue.retain(|q| {
+                let keep = q.deadline > now;
+                if !keep {
+                    late.push((Some(q.from), queued_too_long(id, &q.method)));
+                }
+                keep
+            });
+        }
+        for (to, e) in late {
+            self.answer(to, Err(e));
+        }
     }
 
-    fn watch_oom(&mut self, id: &str, pid: u32) {
-        let watcher = match OomWatcher::new(pid) {
+    pub(crate) fn watch_oom(&mut self, id: &str, pid: Pid) {
+        let watcher = match OomWatcher::new(pid.as_u32()) {
             Ok(w) => w,
             Err(e) => {
                 log::warn!("container {id}: no OOM notifications: {e}");
@@ -331,7 +430,7 @@ impl Service {
         }
     }
 
-    fn unwatch_oom(&mut self, id: &str) {
+    pub(crate) fn unwatch_oom(&mut self, id: &str) {
         let tokens: Vec<Token> = self
             .ooms
             .iter()
@@ -345,50 +444,6 @@ impl Service {
         }
     }
 
-    /// `Checkpoint` through the runtime and CRIU. The image goes to `path`; CRIU's own logs
-    /// to the options' work path, else beside the image, so a failure can be read afterwards.
-    fn checkpoint(&mut self, req: CheckpointTaskRequest) -> Result<Empty> {
-        let opts: CheckpointOptions = options(&req.options, "checkpoint")?;
-        let image = if opts.image_path.is_empty() {
-            PathBuf::from(&req.path)
-        } else {
-            PathBuf::from(&opts.image_path)
-        };
-        if !image.is_absolute() {
-            return Err(ShimError::InvalidArgument(format!(
-                "container {}: checkpoint path {:?} is not absolute",
-                req.id,
-                image.display()
-            )));
-        }
-        let work = if opts.work_path.is_empty() {
-            image.clone()
-        } else {
-            PathBuf::from(&opts.work_path)
-        };
-        let c = find(&mut self.containers, &req.id)?;
-        if c.init.status() != Status::RUNNING {
-            return Err(ShimError::FailedPrecondition(format!(
-                "container {}: only a running container can be checkpointed",
-                req.id
-            )));
-        }
-        for dir in [&image, &work] {
-            std::fs::create_dir_all(dir)
-                .map_err(ShimError::io(format!("create {}", dir.display())))?;
-        }
-        c.runtime
-            .checkpoint(&mut self.reaper, &c.id, &image, &work, &opts)?;
-        let ev = TaskCheckpointed {
-            container_id: req.id,
-            checkpoint: image.display().to_string(),
-            ..Default::default()
-        };
-        self.publisher
-            .publish(&self.registry, topics::TASK_CHECKPOINTED, &ev);
-        Ok(Empty::new())
-    }
-
     fn stats(&mut self, req: StatsRequest) -> Result<StatsResponse> {
         let c = self.container(&req.id)?;
         if c.init.is_stopped() {
@@ -397,39 +452,15 @@ impl Service {
                 req.id
             )));
         }
-        let stats = crate::stats::collect(c.init.pid)?;
+        let pid = c.init.require_pid("read the metrics of")?;
+        let stats = crate::stats::collect(pid.as_u32())?;
         Ok(StatsResponse {
             stats: MessageField::some(stats),
             ..Default::default()
         })
     }
 
-    fn start(&mut self, req: StartRequest) -> Result<StartResponse> {
-        Self::check_exec_id(&req.exec_id)?;
-        if !req.exec_id.is_empty() {
-            return self.start_exec(req);
-        }
-        let reaper = &mut self.reaper;
-        let c = find(&mut self.containers, &req.id)?;
-        c.init.check_start()?;
-        c.runtime.start(reaper, &c.id)?;
-        let pid = c.init.pid;
-        c.init.started(pid)?;
-        self.publisher.publish(
-            &self.registry,
-            topics::TASK_START,
-            &TaskStart {
-                container_id: req.id.clone(),
-                pid,
-                ..Default::default()
-            },
-        );
-        Ok(StartResponse {
-            pid,
-            ..Default::default()
-        })
-    }
-
+    /// `Exec` only adds the process (its `Start` runs it): nothing here touches the runtime.
     fn exec(&mut self, req: ExecProcessRequest) -> Result<Empty> {
         tether_protocol::id::validate("exec id", &req.exec_id)?;
         let c = self.container_mut(&req.id)?;
@@ -439,7 +470,7 @@ impl Service {
                 req.id, req.exec_id
             )));
         }
-        if c.init.is_stopped() || c.init.pid == 0 {
+        if c.init.is_stopped() || c.init.pid.is_none() {
             return Err(ShimError::FailedPrecondition(format!(
                 "container {}: cannot exec: its init process is not running",
                 req.id
@@ -450,14 +481,22 @@ impl Service {
             .as_ref()
             .map(|a| a.value.as_slice())
             .unwrap_or_default();
-        serde_json::from_slice::<oci_spec::runtime::Process>(spec).map_err(|e| {
+        let invalid = |e: serde_json::Error| {
             ShimError::InvalidArgument(format!(
                 "container {}: exec {:?}: the process spec is not a valid OCI process: {e}",
                 req.id, req.exec_id
             ))
-        })?;
-        let path = exec_spec_path(&c.bundle, &req.exec_id);
-        std::fs::write(&path, spec).map_err(ShimError::io(format!("write {}", path.display())))?;
+        };
+        serde_json::from_slice::<oci_spec::runtime::Process>(spec).map_err(invalid)?;
+        // The request decides whether the process gets a terminal, as containerd's shim does:
+        // a spec saying otherwise would make the runtime refuse the console socket.
+        let mut spec: serde_json::Value = serde_json::from_slice(spec).map_err(invalid)?;
+        if let Some(obj) = spec.as_object_mut() {
+            obj.insert("terminal".into(), serde_json::Value::Bool(req.terminal));
+        }
+        let bytes = serde_json::to_vec(&spec).map_err(invalid)?;
+        let path = crate::ops::exec_spec_path(&c.bundle, &req.exec_id);
+        std::fs::write(&path, bytes).map_err(ShimError::io(format!("write {}", path.display())))?;
         let stdio = StdioPaths {
             stdin: req.stdin,
             stdout: req.stdout,
@@ -476,61 +515,6 @@ impl Service {
         Ok(Empty::new())
     }
 
-    fn start_exec(&mut self, req: StartRequest) -> Result<StartResponse> {
-        let c = find(&mut self.containers, &req.id)?;
-        if c.init.is_stopped() {
-            return Err(ShimError::FailedPrecondition(format!(
-                "container {}: cannot start exec {:?}: its init process has exited",
-                req.id, req.exec_id
-            )));
-        }
-        let p = c.process_mut(&req.exec_id)?;
-        p.check_start()?;
-        let stdio = p.stdio.clone();
-        let spec = exec_spec_path(&c.bundle, &req.exec_id);
-        let pid_file = c.bundle.join(format!("exec-{}.pid", req.exec_id));
-        let runtime = &c.runtime;
-        let launched = spawn_process(
-            &mut self.pumps,
-            &mut self.reaper,
-            &stdio,
-            &Who {
-                namespace: &self.namespace,
-                id: &req.id,
-            },
-            |reaper, console, runtime_stdio| {
-                runtime.exec(reaper, &req.id, &spec, &pid_file, console, runtime_stdio)
-            },
-        );
-        let pid = launched.and_then(|(io, console)| {
-            let pid = read_pid_file(&pid_file);
-            let p = c.process_mut(&req.exec_id)?;
-            p.io = io;
-            p.console = console;
-            if pid.is_err() {
-                self.pumps.close(&mut p.io);
-                p.console = None;
-            }
-            pid
-        });
-        let _ = std::fs::remove_file(&pid_file);
-        let pid = pid?;
-        let p = c.process_mut(&req.exec_id)?;
-        p.started(pid)?;
-        let ev = TaskExecStarted {
-            container_id: req.id,
-            exec_id: req.exec_id,
-            pid,
-            ..Default::default()
-        };
-        self.publisher
-            .publish(&self.registry, topics::TASK_EXEC_STARTED, &ev);
-        Ok(StartResponse {
-            pid,
-            ..Default::default()
-        })
-    }
-
     fn state(&mut self, req: StateRequest) -> Result<StateResponse> {
         Self::check_exec_id(&req.exec_id)?;
         let c = self.container(&req.id)?;
@@ -546,7 +530,7 @@ impl Service {
                 req.exec_id.clone()
             },
             bundle: c.bundle.display().to_string(),
-            pid: p.pid,
+            pid: p.wire_pid(),
             status: p.status().into(),
             stdin: p.stdio.stdin.clone(),
             stdout: p.stdio.stdout.clone(),
@@ -559,159 +543,12 @@ impl Service {
         })
     }
 
-    fn kill(&mut self, req: KillRequest) -> Result<Empty> {
-        Self::check_exec_id(&req.exec_id)?;
-        let reaper = &mut self.reaper;
-        let c = find(&mut self.containers, &req.id)?;
-        if req.signal == 0 || req.signal > 64 {
-            return Err(ShimError::InvalidArgument(format!(
-                "container {}: invalid signal {}",
-                req.id, req.signal
-            )));
-        }
-        let p = c.process(&req.exec_id)?;
-        p.check_kill()?;
-        if req.exec_id.is_empty() {
-            c.runtime.kill(reaper, &c.id, req.signal, req.all)?;
-        } else {
-            let sig = nix::sys::signal::Signal::try_from(req.signal as i32)
-                .map_err(|e| ShimError::InvalidArgument(format!("signal {}: {e}", req.signal)))?;
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), sig).map_err(
-                ShimError::nix(format!("container {}: kill exec {}", req.id, req.exec_id)),
-            )?;
-        }
-        Ok(Empty::new())
-    }
-
-    fn delete(&mut self, req: DeleteRequest) -> Result<DeleteResponse> {
-        Self::check_exec_id(&req.exec_id)?;
-        self.container(&req.id)?;
-        if !req.exec_id.is_empty() {
-            let c = self.container_mut(&req.id)?;
-            c.process(&req.exec_id)?.check_delete()?;
-            let Some(mut p) = c.execs.remove(&req.exec_id) else {
-                return Err(ShimError::NotFound(format!("no exec {}", req.exec_id)));
-            };
-            self.pumps.close(&mut p.io);
-            if let Some(c) = self.containers.get(&req.id) {
-                let _ = std::fs::remove_file(exec_spec_path(&c.bundle, &req.exec_id));
-            }
-            let (status, at) = p.exit().unwrap_or((0, 0));
-            return Ok(delete_response(p.pid, status, at));
-        }
-        let c = find(&mut self.containers, &req.id)?;
-        c.init.check_delete()?;
-        if !c.init.is_stopped() {
-            // Created but never started: the runtime kills its init; its exit is real.
-            c.runtime.delete(&mut self.reaper, &c.id, true)?;
-            let status = self
-                .reaper
-                .wait_pid(
-                    c.init.pid as i32,
-                    "reap created init",
-                    std::time::Duration::from_secs(10),
-                )
-                .unwrap_or(137);
-            let at = tether_protocol::time::now_nanos();
-            self.on_exit(&req.id, "", status, at);
-        }
-        let Some(mut c) = self.containers.remove(&req.id) else {
-            return Err(ShimError::NotFound(format!(
-                "container {}: not found",
-                req.id
-            )));
-        };
-        if let Err(e) = c.runtime.delete(&mut self.reaper, &c.id, true) {
-            log::warn!("container {}: {e}", c.id);
-        }
-        self.unwatch_oom(&c.id);
-        self.pumps.close(&mut c.init.io);
-        for p in c.execs.values_mut() {
-            self.pumps.close(&mut p.io);
-        }
-        if c.rootfs_mounted {
-            crate::mount::unmount_all(&c.rootfs())?;
-        }
-        let (status, at) = c.init.exit().unwrap_or((0, 0));
-        let pid = c.init.pid;
-        self.publisher.publish(
-            &self.registry,
-            topics::TASK_DELETE,
-            &TaskDelete {
-                container_id: c.id.clone(),
-                pid,
-                exit_status: status,
-                exited_at: MessageField::some(to_timestamp(at)),
-                id: c.id.clone(),
-                ..Default::default()
-            },
-        );
-        log::info!("container {}: deleted (exit status {status})", c.id);
-        Ok(delete_response(pid, status, at))
-    }
-
-    fn pids(&mut self, req: PidsRequest) -> Result<PidsResponse> {
-        let reaper = &mut self.reaper;
-        let c = find(&mut self.containers, &req.id)?;
-        let pids = c.runtime.ps(reaper, &c.id)?;
-        let mut processes = Vec::with_capacity(pids.len());
-        for pid in pids {
-            let mut info = ProcessInfo {
-                pid,
-                ..Default::default()
-            };
-            if let Some(exec_id) = c.execs.iter().find(|(_, p)| p.pid == pid).map(|(k, _)| k) {
-                let details = ProcessDetails {
-                    exec_id: exec_id.clone(),
-                    ..Default::default()
-                };
-                if let Ok(any) = pack_any(&details) {
-                    info.info = MessageField::some(any);
-                }
-            }
-            processes.push(info);
-        }
-        Ok(PidsResponse {
-            processes,
-            ..Default::default()
-        })
-    }
-
-    fn pause(&mut self, req: PauseRequest) -> Result<Empty> {
-        let reaper = &mut self.reaper;
-        let c = find(&mut self.containers, &req.id)?;
-        c.init.check_pause()?;
-        c.runtime.pause(reaper, &c.id)?;
-        c.init.paused()?;
-        let ev = TaskPaused {
-            container_id: req.id,
-            ..Default::default()
-        };
-        self.publisher
-            .publish(&self.registry, topics::TASK_PAUSED, &ev);
-        Ok(Empty::new())
-    }
-
-    fn resume(&mut self, req: ResumeRequest) -> Result<Empty> {
-        let reaper = &mut self.reaper;
-        let c = find(&mut self.containers, &req.id)?;
-        c.init.check_resume()?;
-        c.runtime.resume(reaper, &c.id)?;
-        c.init.resumed()?;
-        let ev = TaskResumed {
-            container_id: req.id,
-            ..Default::default()
-        };
-        self.publisher
-            .publish(&self.registry, topics::TASK_RESUMED, &ev);
-        Ok(Empty::new())
-    }
-
     fn close_io(&mut self, req: CloseIORequest) -> Result<Empty> {
         Self::check_exec_id(&req.exec_id)?;
         let pumps = &mut self.pumps;
         let c = find(&mut self.containers, &req.id)?;
         let p = c.process_mut(&req.exec_id)?;
+        p.require_pid("close the stdin of")?;
         if req.stdin {
             pumps.close_stdin(&mut p.io);
             if let Some(master) = &p.console {
@@ -721,44 +558,23 @@ impl Service {
         Ok(Empty::new())
     }
 
+    /// A process without a terminal has nothing to resize: OK, as containerd's shim answers.
     fn resize_pty(&mut self, req: ResizePtyRequest) -> Result<Empty> {
         Self::check_exec_id(&req.exec_id)?;
         let c = self.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
-        let Some(master) = &p.console else {
-            return Err(ShimError::FailedPrecondition(format!(
-                "container {}: process {:?} has no terminal",
-                req.id, req.exec_id
-            )));
-        };
-        crate::console::resize(master, req.width, req.height)?;
+        p.require_pid("resize the terminal of")?;
+        if let Some(master) = &p.console {
+            crate::console::resize(master, req.width, req.height)?;
+        }
         Ok(Empty::new())
-    }
-
-    fn update(&mut self, req: UpdateTaskRequest) -> Result<Empty> {
-        let reaper = &mut self.reaper;
-        let c = find(&mut self.containers, &req.id)?;
-        let Some(res) = req.resources.as_ref() else {
-            return Err(ShimError::InvalidArgument(
-                "update without resources".into(),
-            ));
-        };
-        serde_json::from_slice::<serde_json::Value>(&res.value).map_err(|e| {
-            ShimError::InvalidArgument(format!("update resources are not JSON: {e}"))
-        })?;
-        let path = c.bundle.join("update-resources.json");
-        std::fs::write(&path, &res.value)
-            .map_err(ShimError::io(format!("write {}", path.display())))?;
-        let r = c.runtime.update(reaper, &c.id, &path);
-        let _ = std::fs::remove_file(&path);
-        r.map(|_| Empty::new())
     }
 
     fn connect(&mut self, req: ConnectRequest) -> Result<ConnectResponse> {
         let task_pid = self
             .containers
             .get(&req.id)
-            .map(|c| c.init.pid)
+            .map(|c| c.init.wire_pid())
             .unwrap_or(0);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
@@ -769,7 +585,7 @@ impl Service {
     }
 
     fn shutdown_req(&mut self, _req: ShutdownRequest) -> Result<Empty> {
-        if self.containers.is_empty() {
+        if self.containers.is_empty() && self.creating.is_empty() {
             self.shutdown = true;
         }
         Ok(Empty::new())
@@ -784,6 +600,12 @@ impl Service {
                 Ok(Some(encode(&wait_response(status, at))?))
             }
             _ => {
+                if self.waiters.len() >= MAX_WAITERS {
+                    return Err(ShimError::ResourceExhausted(format!(
+                        "container {}: {MAX_WAITERS} waits are already parked",
+                        req.id
+                    )));
+                }
                 self.waiters.push(Waiter {
                     to: from,
                     container: req.id,
@@ -794,30 +616,79 @@ impl Service {
         }
     }
 
-    /// A client connection went away: its parked waits go with it.
+    /// A client connection went away: nothing is sent to its token again (a new connection
+    /// may get the same token).
     pub fn forget(&mut self, token: Token) {
         self.waiters.retain(|w| w.to.token != token);
+        for p in self.calls.values_mut() {
+            if p.ctx.reply.is_some_and(|r| r.token == token) {
+                p.ctx.reply = None;
+            }
+        }
+        for queue in self.busy.values_mut() {
+            queue.retain(|q| q.from.token != token);
+        }
+        self.outbox.retain(|(to, _)| to.token != token);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.containers.is_empty()
+        self.containers.is_empty() && self.creating.is_empty()
     }
 
-    /// Handles every exit the reaper collected.
+    /// Handles every exit the reaper collected, in order: a runtime command's ends its
+    /// operation; a container process's is recorded and published; one nobody owns yet is kept
+    /// while an operation that may claim it (create, start, exec) is in flight.
     pub fn handle_exits(&mut self) {
-        for Exit { pid, status, at } in self.reaper.take_exits() {
-            let owner = self
-                .containers
-                .iter()
-                .find_map(|(id, c)| c.exec_id_of(pid as u32).map(|e| (id.clone(), e)));
-            match owner {
-                Some((id, exec_id)) => self.on_exit(&id, &exec_id, status, at),
-                None => log::debug!("reaped pid {pid} (status {status}): not a task process"),
+        let fresh = self.reaper.take_exits();
+        if fresh.is_empty() && self.unclaimed.is_empty() {
+            return;
+        }
+        for e in fresh {
+            if let Some(p) = self.calls.remove(&e.pid) {
+                self.on_call_exit(p, e.status);
+                continue;
             }
+            self.unclaimed.push(e);
+        }
+        // Operations that ended above may have claimed pids (a pid file read, a start done).
+        for e in std::mem::take(&mut self.unclaimed) {
+            match self.owner(e.pid) {
+                Some(Ok((id, exec_id))) => self.on_exit(&id, &exec_id, e.status, e.at),
+                Some(Err(())) => self.unclaimed.push(e),
+                None if self.calls.values().any(|p| p.then.may_claim_pid()) => {
+                    self.unclaimed.push(e)
+                }
+                None => log::debug!(
+                    "reaped pid {} (status {}): not a task process",
+                    e.pid,
+                    e.status
+                ),
+            }
+        }
+        if self.unclaimed.len() > MAX_UNCLAIMED {
+            let drop = self.unclaimed.len() - MAX_UNCLAIMED;
+            log::warn!("{drop} unclaimed exits dropped (bound {MAX_UNCLAIMED})");
+            self.unclaimed.drain(..drop);
         }
     }
 
-    fn on_exit(&mut self, id: &str, exec_id: &str, status: u32, at: i64) {
+    /// Which container process `pid` is: `Err` while its container's start is in flight (its
+    /// exit is published after the start event).
+    fn owner(&self, pid: Pid) -> Option<std::result::Result<(String, String), ()>> {
+        self.containers.iter().find_map(|(id, c)| {
+            c.exec_id_of(pid).map(|e| {
+                if e.is_empty() && c.starting {
+                    Err(())
+                } else {
+                    Ok((id.clone(), e))
+                }
+            })
+        })
+    }
+
+    /// A container process exited: recorded, persisted, then published (the init's after its
+    /// OOM, after the container's other processes are gone, and after its execs' exits).
+    pub(crate) fn on_exit(&mut self, id: &str, exec_id: &str, status: u32, at: i64) {
         let Some(c) = self.containers.get_mut(id) else {
             return;
         };
@@ -828,40 +699,52 @@ impl Service {
             return;
         }
         self.pumps.flush(&p.io);
-        if exec_id.is_empty() {
-            // The OOM that killed it is published before its exit.
-            self.check_oom(id);
-            let Some(c) = self.containers.get_mut(id) else {
-                return;
-            };
-            if let Err(e) = c.persist_init_exit() {
-                log::error!("container {id}: cannot persist exit: {e}");
-            }
-            // Execs do not outlive the init; their exits are published first.
-            let mut held = false;
-            for p in c.running_execs() {
-                held = true;
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(p.pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            c.init_exit_held = held;
-            if held {
-                return;
+        if let Err(e) = c.persist_exit(exec_id) {
+            log::error!("container {id}: cannot persist the exit of {exec_id:?}: {e}");
+        }
+        if !exec_id.is_empty() {
+            self.publish_exit(id, exec_id);
+            self.release_held_init_exit(id);
+            return;
+        }
+        // The OOM that killed it is published before its exit.
+        self.check_oom(id);
+        let Some(c) = self.containers.get_mut(id) else {
+            return;
+        };
+        c.init_exit_held = true;
+        if c.kill_all_on_exit && self.kill_all_after_exit(id) {
+            return;
+        }
+        self.after_init_exit(id);
+    }
+
+    /// The init is gone and so are the container's other processes (or it owns its PID
+    /// namespace): execs do not outlive the init; their exits are published before its own.
+    pub(crate) fn after_init_exit(&mut self, id: &str) {
+        let Some(c) = self.containers.get_mut(id) else {
+            return;
+        };
+        c.killing_all = false;
+        for p in c.running_execs() {
+            if let Some(pid) = p.pid {
+                let _ = pid.signal(nix::sys::signal::Signal::SIGKILL);
             }
         }
-        self.publish_exit(id, exec_id);
-        // The last exec is gone: the held init exit follows.
-        if let Some(c) = self.containers.get_mut(id) {
-            if c.init_exit_held && c.running_execs().next().is_none() {
-                c.init_exit_held = false;
-                self.publish_exit(id, "");
-            }
+        self.release_held_init_exit(id);
+    }
+
+    fn release_held_init_exit(&mut self, id: &str) {
+        let Some(c) = self.containers.get_mut(id) else {
+            return;
+        };
+        if c.init_exit_held && !c.killing_all && c.running_execs().next().is_none() {
+            c.init_exit_held = false;
+            self.publish_exit(id, "");
         }
     }
 
-    fn publish_exit(&mut self, id: &str, exec_id: &str) {
+    pub(crate) fn publish_exit(&mut self, id: &str, exec_id: &str) {
         let Some(c) = self.containers.get(id) else {
             return;
         };
@@ -878,7 +761,7 @@ impl Service {
             } else {
                 exec_id.to_string()
             },
-            pid: p.pid,
+            pid: p.wire_pid(),
             exit_status: status,
             exited_at: MessageField::some(to_timestamp(at)),
             ..Default::default()
@@ -886,7 +769,7 @@ impl Service {
         log::info!(
             "container {id}: process {} (pid {}) exited with {status}",
             ev.id,
-            p.pid
+            ev.pid
         );
         self.publisher
             .publish(&self.registry, topics::TASK_EXIT, &ev);
@@ -907,46 +790,26 @@ impl Service {
     }
 }
 
+fn not_found(id: &str) -> ShimError {
+    ShimError::NotFound(format!("container {id}: not found in this shim"))
+}
+
+fn queued_too_long(id: &str, method: &str) -> ShimError {
+    ShimError::DeadlineExceeded(format!(
+        "container {id}: {method} waited for the container's previous operation past its deadline"
+    ))
+}
+
 /// The container `id` names (validated first: ids come from outside).
-fn find<'a>(
+pub(crate) fn find<'a>(
     containers: &'a mut BTreeMap<String, Container>,
     id: &str,
 ) -> Result<&'a mut Container> {
     validate_id(id)?;
-    containers
-        .get_mut(id)
-        .ok_or_else(|| ShimError::NotFound(format!("container {id}: not found in this shim")))
+    containers.get_mut(id).ok_or_else(|| not_found(id))
 }
 
-/// Opens a process's stdio (pipes and FIFOs, or a terminal through a console socket) and runs
-/// the runtime command that creates the process; on failure its pumps are closed again.
-fn spawn_process(
-    pumps: &mut Pumps,
-    reaper: &mut Reaper,
-    stdio: &StdioPaths,
-    who: &Who,
-    run: impl FnOnce(&mut Reaper, Option<&std::path::Path>, ProcessStdio) -> Result<()>,
-) -> Result<(ProcessIo, Option<std::os::fd::OwnedFd>)> {
-    if stdio.terminal {
-        let socket = ConsoleSocket::new()?;
-        run(reaper, Some(&socket.path), ProcessStdio::default())?;
-        let master = socket.receive_master()?;
-        let io = pumps.open_terminal(stdio, &master)?;
-        return Ok((io, Some(master)));
-    }
-    let (mut io, runtime_stdio) = pumps.open(stdio, who)?;
-    if let Err(e) = run(reaper, None, runtime_stdio) {
-        pumps.close(&mut io);
-        return Err(e);
-    }
-    Ok((io, None))
-}
-
-fn exec_spec_path(bundle: &std::path::Path, exec_id: &str) -> PathBuf {
-    bundle.join(format!("exec-{exec_id}.json"))
-}
-
-fn wait_response(status: u32, at: i64) -> WaitResponse {
+pub(crate) fn wait_response(status: u32, at: i64) -> WaitResponse {
     WaitResponse {
         exit_status: status,
         exited_at: MessageField::some(to_timestamp(at)),
@@ -961,32 +824,4 @@ pub fn delete_response(pid: u32, status: u32, at: i64) -> DeleteResponse {
         exited_at: MessageField::some(to_timestamp(at)),
         ..Default::default()
     }
-}
-
-/// containerd's runc options from the request's `Any`; none gives the defaults.
-pub fn runtime_options(any: &MessageField<tether_protocol::api::Any>) -> Result<Options> {
-    options(any, "runtime")
-}
-
-/// Options of type `M` from a request's `Any` (`what` names them in errors); an absent or empty
-/// `Any` gives the defaults, another type or bad bytes are refused.
-fn options<M: TypeUrl + Default>(
-    any: &MessageField<tether_protocol::api::Any>,
-    what: &str,
-) -> Result<M> {
-    let Some(any) = any.as_ref() else {
-        return Ok(M::default());
-    };
-    if any.type_url.is_empty() && any.value.is_empty() {
-        return Ok(M::default());
-    }
-    let want = type_url::<M>();
-    if any.type_url.trim_start_matches("type.googleapis.com/") != want {
-        return Err(ShimError::InvalidArgument(format!(
-            "{what} options of type {:?} are not supported (want {want})",
-            any.type_url
-        )));
-    }
-    M::parse_from_bytes(&any.value)
-        .map_err(|e| ShimError::InvalidArgument(format!("malformed {what} options: {e}")))
 }
