@@ -1,5 +1,6 @@
 //! containerd-shim-tether-v2: a containerd runtime v2 shim, one per container.
 
+mod cgroup;
 mod cleanup;
 mod cli;
 mod console;

@@ -4,7 +4,9 @@
 //! cgroup v2: inotify on `memory.events`, firing when its `oom_kill` count grows. Either way the
 //! event loop watches one fd and `fired()` says whether an OOM kill happened since last asked.
 
+use crate::cgroup::{self, Cgroup};
 use crate::error::{Result, ShimError};
+use crate::stats;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::io::Write;
@@ -17,70 +19,58 @@ pub enum OomWatcher {
     },
     V2 {
         inotify: Inotify,
-        events: PathBuf,
+        /// The cgroup directory, whose `memory.events` is watched.
+        dir: PathBuf,
         seen: std::cell::Cell<u64>,
     },
 }
 
 /// The cgroup directory of `pid`'s memory controller: the v1 `memory` hierarchy, or the v2
-/// unified one (`0::/path`) when the memory controller lives there.
+/// unified directory; true for v2.
 fn memory_cgroup(pid: u32) -> Result<(PathBuf, bool)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .map_err(ShimError::io(format!("read /proc/{pid}/cgroup")))?;
-    let mut unified = None;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        let rel = path.trim_start_matches('/');
-        if ctrls.split(',').any(|c| c == "memory") {
-            return Ok((Path::new("/sys/fs/cgroup/memory").join(rel), false));
-        }
-        if ctrls.is_empty() {
-            unified = Some(rel.to_string());
-        }
+    match cgroup::locate(pid)? {
+        Cgroup::V1(dirs) => dirs
+            .get("memory")
+            .map(|d| (d.to_path_buf(), false))
+            .ok_or_else(|| {
+                ShimError::NotFound(format!("pid {pid} has no memory controller in its cgroups"))
+            }),
+        Cgroup::V2(dir) => Ok((dir, true)),
     }
-    if let Some(rel) = unified {
-        // Pure v2 mounts the unified hierarchy at /sys/fs/cgroup; hybrid at .../unified.
-        for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-            let dir = Path::new(base).join(&rel);
-            if dir.join("memory.events").is_file() {
-                return Ok((dir, true));
-            }
-        }
-    }
-    Err(ShimError::NotFound(format!(
-        "pid {pid} has no memory controller in its cgroups"
-    )))
 }
 
-/// The `oom_kill` count of a cgroup v2 `memory.events` file.
-pub fn oom_kills(memory_events: &str) -> u64 {
-    memory_events
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-        .unwrap_or(0)
+/// The `oom_kill` count of the v2 cgroup `dir`; None while `memory.events` cannot be read.
+fn oom_kills(dir: &Path) -> Option<u64> {
+    stats::memory_events(dir).map(|e| e.oom_kill)
 }
 
 impl OomWatcher {
     /// Watches the memory cgroup of `pid`.
     pub fn new(pid: u32) -> Result<Self> {
-        let (dir, v2) = memory_cgroup(pid)?;
-        if v2 {
-            let events = dir.join("memory.events");
-            let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
-                .map_err(ShimError::nix("inotify_init"))?;
-            inotify
-                .add_watch(&events, AddWatchFlags::IN_MODIFY)
-                .map_err(ShimError::nix(format!("watch {}", events.display())))?;
-            let seen = oom_kills(&std::fs::read_to_string(&events).unwrap_or_default());
-            return Ok(OomWatcher::V2 {
-                inotify,
-                events,
-                seen: std::cell::Cell::new(seen),
-            });
+        match memory_cgroup(pid)? {
+            (dir, true) => Self::v2(dir),
+            (dir, false) => Self::v1(&dir),
         }
+    }
+
+    /// Watches `memory.events` in the v2 cgroup `dir`; the count already there is not an event.
+    fn v2(dir: PathBuf) -> Result<Self> {
+        let events = dir.join("memory.events");
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .map_err(ShimError::nix("inotify_init"))?;
+        inotify
+            .add_watch(&events, AddWatchFlags::IN_MODIFY)
+            .map_err(ShimError::nix(format!("watch {}", events.display())))?;
+        let seen = oom_kills(&dir).unwrap_or(0);
+        Ok(OomWatcher::V2 {
+            inotify,
+            dir,
+            seen: std::cell::Cell::new(seen),
+        })
+    }
+
+    /// Registers an eventfd on `memory.oom_control` of the v1 memory cgroup `dir`.
+    fn v1(dir: &Path) -> Result<Self> {
         let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(ShimError::nix("eventfd"))?;
         let control_path = dir.join("memory.oom_control");
@@ -110,14 +100,14 @@ impl OomWatcher {
     pub fn fired(&self) -> bool {
         match self {
             OomWatcher::V1 { efd } => matches!(efd.read(), Ok(n) if n > 0),
-            OomWatcher::V2 {
-                inotify,
-                events,
-                seen,
-            } => {
+            OomWatcher::V2 { inotify, dir, seen } => {
                 // Drain the notifications, then compare the count (the file is the truth).
                 while matches!(inotify.read_events(), Ok(v) if !v.is_empty()) {}
-                let now = oom_kills(&std::fs::read_to_string(events).unwrap_or_default());
+                // An unreadable file (cgroup going away) is no news, and not a reset to 0 that
+                // would make the next good read look like a new kill.
+                let Some(now) = oom_kills(dir) else {
+                    return false;
+                };
                 let grew = now > seen.get();
                 seen.set(now);
                 grew
@@ -130,11 +120,74 @@ impl OomWatcher {
 mod tests {
     use super::*;
 
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/cgroup/v2")
+            .join(name)
+    }
+
+    /// A scratch cgroup directory for one test, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("tether-oom-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create scratch dir");
+            Scratch(dir)
+        }
+
+        fn events_from(&self, fixture_dir: &str) {
+            let text = std::fs::read_to_string(fixture(fixture_dir).join("memory.events"))
+                .expect("fixture memory.events");
+            std::fs::write(self.0.join("memory.events"), text).expect("write memory.events");
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
-    fn reads_the_oom_kill_count() {
-        let text = "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n";
-        assert_eq!(oom_kills(text), 2);
-        assert_eq!(oom_kills("low 0\n"), 0);
-        assert_eq!(oom_kills(""), 0);
+    fn reads_the_oom_kill_count_of_the_fixtures() {
+        assert_eq!(oom_kills(&fixture("full")), Some(2));
+        assert_eq!(oom_kills(&fixture("oom-grown")), Some(3));
+        assert_eq!(oom_kills(&fixture("garbage")), Some(5));
+        assert_eq!(oom_kills(&fixture("missing")), None);
+    }
+
+    /// The count the watch starts from is not an event; a count that grows is, once; a rewrite
+    /// with the same count is not.
+    #[test]
+    fn v2_watcher_fires_when_oom_kill_grows() {
+        let cg = Scratch::new("grows");
+        cg.events_from("full");
+        let w = OomWatcher::v2(cg.0.clone()).expect("watch memory.events");
+        assert!(!w.fired(), "the starting count (2) is not an OOM");
+        cg.events_from("full");
+        assert!(!w.fired(), "rewritten, still 2: no OOM");
+        cg.events_from("oom-grown");
+        assert!(w.fired(), "2 -> 3 is an OOM kill");
+        assert!(!w.fired(), "reported once");
+    }
+
+    #[test]
+    fn v2_watcher_without_memory_events_is_an_error_not_a_panic() {
+        let cg = Scratch::new("missing");
+        let err = OomWatcher::v2(cg.0.clone())
+            .err()
+            .expect("nothing to watch");
+        assert!(err.to_string().contains("memory.events"), "{err}");
+
+        // A watched file that disappears (cgroup removed) reads as no OOM.
+        cg.events_from("full");
+        let w = OomWatcher::v2(cg.0.clone()).expect("watch memory.events");
+        std::fs::remove_file(cg.0.join("memory.events")).expect("remove");
+        assert!(!w.fired());
+        cg.events_from("full");
+        assert!(!w.fired(), "back at 2: the gap was no reset to 0");
     }
 }

@@ -77,6 +77,24 @@ fn metrics_of_a_running_container() {
         names, names_theirs,
         "ours:\n{out}\ncontainerd's:\n{out_theirs}"
     );
+    let json_theirs = ctr.call_ok(&["task", "metrics", "--format", "json", &theirs]);
+    let v_theirs: serde_json::Value =
+        serde_json::from_str(&json_theirs.stdout).unwrap_or_else(|e| panic!("{e}: {json_theirs}"));
+    for limit in [
+        "/memory/usage/limit",
+        "/memory/swap/limit",
+        "/memory/kernel/limit",
+        "/memory/kernel_tcp/limit",
+        "/memory/hierarchical_memory_limit",
+        "/memory/hierarchical_swap_limit",
+        "/pids/limit",
+    ] {
+        assert_eq!(
+            v.pointer(limit),
+            v_theirs.pointer(limit),
+            "{limit}: ours:\n{json}\ncontainerd's:\n{json_theirs}"
+        );
+    }
     for limit in ["memory.limit_in_bytes", "pids.limit"] {
         assert_eq!(
             m.get(limit),
