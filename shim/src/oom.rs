@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 pub enum OomWatcher {
     V1 {
         efd: EventFd,
+        /// The memory cgroup: the kernel also signals the eventfd when it is removed.
+        dir: PathBuf,
     },
     V2 {
         inotify: Inotify,
@@ -86,12 +88,15 @@ impl OomWatcher {
                 )
             })
             .map_err(ShimError::io(format!("write {}", event_control.display())))?;
-        Ok(OomWatcher::V1 { efd })
+        Ok(OomWatcher::V1 {
+            efd,
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn fd(&self) -> i32 {
         match self {
-            OomWatcher::V1 { efd } => efd.as_fd().as_raw_fd(),
+            OomWatcher::V1 { efd, .. } => efd.as_fd().as_raw_fd(),
             OomWatcher::V2 { inotify, .. } => inotify.as_fd().as_raw_fd(),
         }
     }
@@ -99,7 +104,10 @@ impl OomWatcher {
     /// Whether an OOM kill happened since the last check.
     pub fn fired(&self) -> bool {
         match self {
-            OomWatcher::V1 { efd } => matches!(efd.read(), Ok(n) if n > 0),
+            // A cgroup being removed (the runtime deleting the container) is no OOM.
+            OomWatcher::V1 { efd, dir } => {
+                matches!(efd.read(), Ok(n) if n > 0) && dir.join("memory.oom_control").exists()
+            }
             OomWatcher::V2 { inotify, dir, seen } => {
                 // Drain the notifications, then compare the count (the file is the truth).
                 while matches!(inotify.read_events(), Ok(v) if !v.is_empty()) {}

@@ -335,11 +335,9 @@ fn exec_with_terminal_on_detached_container() {
         height: 20,
         ..Default::default()
     };
-    let code = rpc_code(
-        shim.call::<_, Empty>("ResizePty", &no_tty, T),
-        "ResizePty of an init without a terminal",
-    );
-    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+    // containerd's shim answers OK (its client's `task.Resize` relies on it): nothing to resize.
+    shim.call::<_, Empty>("ResizePty", &no_tty, T)
+        .expect("ResizePty of an init without a terminal is OK, as with containerd's shim");
     let unknown = ResizePtyRequest {
         id: id.clone(),
         exec_id: "nosuch".into(),
