@@ -3,6 +3,11 @@
 //! Events are queued and sent one at a time, in order: containerd's ttrpc server handles
 //! requests concurrently, so pipelining could reorder create/start/exit. A send that fails (the
 //! receiver is restarting) is retried with backoff; nothing here ever blocks the reaper.
+//!
+//! Bounds: at most `MAX_QUEUED` events wait; past that the oldest event that is not an exit is
+//! dropped. Exits are never dropped (they are persisted before they are queued, and their number
+//! is bounded by the processes the shim holds), and one the receiver refuses is offered again
+//! with backoff until it is taken.
 
 use crate::wire::{Conn, MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
 use containerd_shim_protos::ttrpc;
@@ -22,6 +27,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 struct Queued {
     topic: &'static str,
+    /// An exit: never dropped, retried until the receiver takes it.
+    keep: bool,
     event: Any,
     at: i64,
 }
@@ -68,11 +75,22 @@ impl Publisher {
             }
         };
         if self.queue.len() >= MAX_QUEUED {
-            log::error!("event queue full; dropping the oldest event");
-            self.queue.pop_front();
+            // Not the one in flight (index 0 while a send is out).
+            let skip = usize::from(self.in_flight.is_some());
+            match self.queue.iter().skip(skip).position(|q| !q.keep) {
+                Some(i) => {
+                    let dropped = self.queue.remove(i + skip);
+                    log::error!(
+                        "event queue full ({MAX_QUEUED}): dropped the oldest droppable event ({})",
+                        dropped.map(|q| q.topic).unwrap_or_default()
+                    );
+                }
+                None => log::warn!("event queue holds {} exits", self.queue.len()),
+            }
         }
         self.queue.push_back(Queued {
             topic,
+            keep: topic == tether_protocol::topics::TASK_EXIT,
             event,
             at: now_nanos(),
         });
@@ -208,21 +226,39 @@ impl Publisher {
                 continue;
             }
             self.in_flight = None;
-            match ttrpc::Response::parse_from_bytes(&f.payload) {
+            let refusal = match ttrpc::Response::parse_from_bytes(&f.payload) {
                 Ok(r)
                     if r.status
                         .as_ref()
-                        .is_none_or(|s| s.code() == ttrpc::Code::OK) => {}
-                Ok(r) => log::warn!(
-                    "event receiver refused an event: {}",
-                    r.status.as_ref().map(|s| s.message()).unwrap_or_default()
+                        .is_none_or(|s| s.code() == ttrpc::Code::OK) =>
+                {
+                    None
+                }
+                Ok(r) => Some(
+                    r.status
+                        .as_ref()
+                        .map(|s| s.message().to_string())
+                        .unwrap_or_default(),
                 ),
-                Err(e) => log::warn!("unreadable reply from event receiver: {e}"),
+                Err(e) => Some(format!("unreadable reply: {e}")),
+            };
+            let keep = self.queue.front().is_some_and(|q| q.keep);
+            match refusal {
+                // An exit is offered again until it is taken.
+                Some(why) if keep => {
+                    log::warn!("event receiver refused an exit event ({why}); retrying");
+                    self.schedule_retry();
+                }
+                Some(why) => {
+                    log::warn!("event receiver refused an event: {why}");
+                    self.queue.pop_front();
+                }
+                None => {
+                    self.queue.pop_front();
+                    self.backoff = Duration::from_millis(50);
+                    self.retry_at = None;
+                }
             }
-            // Delivered (or refused for good): either way it is not sent again.
-            self.queue.pop_front();
-            self.backoff = Duration::from_millis(50);
-            self.retry_at = None;
         }
         if closed {
             self.fail(registry);

@@ -20,7 +20,6 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::rc::Rc;
-use std::time::Duration;
 
 use crate::runtime::ProcessStdio;
 
@@ -147,6 +146,9 @@ pub struct Pumps {
     registry: Registry,
     next: usize,
     pumps: HashMap<usize, Pump>,
+    /// Binary loggers not yet ready: the read end of their readiness pipe (fd 5), by token.
+    /// Held open so a logger that writes there gets no SIGPIPE; dropped when it says ready.
+    loggers: HashMap<usize, OwnedFd>,
 }
 
 /// The pumps of one process, by stream.
@@ -155,6 +157,8 @@ pub struct ProcessIo {
     pub stdin: Option<usize>,
     pub stdout: Option<usize>,
     pub stderr: Option<usize>,
+    /// A binary logger that has not said it is ready.
+    pub logger: Option<usize>,
 }
 
 impl ProcessIo {
@@ -169,6 +173,7 @@ impl Pumps {
             registry,
             next: first_token,
             pumps: HashMap::new(),
+            loggers: HashMap::new(),
         }
     }
 
@@ -195,9 +200,35 @@ impl Pumps {
         Ok(id)
     }
 
-    /// Handles readiness of a pump's source or sink.
+    /// Handles readiness of a pump's source or sink (or of a logger's readiness pipe).
     pub fn on_event(&mut self, token: Token) {
+        if self.loggers.contains_key(&token.0) {
+            self.logger_ready(token.0);
+            return;
+        }
         self.run(token.0 & !1);
+    }
+
+    /// Watches a binary logger's readiness pipe without waiting for it.
+    fn watch_logger(&mut self, ready: OwnedFd) -> Result<usize> {
+        let id = self.next;
+        self.next += 2;
+        self.registry
+            .register(
+                &mut SourceFd(&ready.as_raw_fd()),
+                Token(id),
+                Interest::READABLE,
+            )
+            .map_err(ShimError::io("register the binary logger's readiness pipe"))?;
+        self.loggers.insert(id, ready);
+        Ok(id)
+    }
+
+    fn logger_ready(&mut self, id: usize) {
+        if let Some(fd) = self.loggers.remove(&id) {
+            let _ = self.registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
+            log::debug!("binary logger ready");
+        }
     }
 
     fn run(&mut self, id: usize) {
@@ -237,6 +268,9 @@ impl Pumps {
     /// Drops every pump of the process (after a last copy).
     pub fn close(&mut self, io: &mut ProcessIo) {
         self.flush(io);
+        if let Some(id) = io.logger.take() {
+            self.logger_ready(id);
+        }
         for id in [io.stdin.take(), io.stdout.take(), io.stderr.take()]
             .into_iter()
             .flatten()
@@ -245,9 +279,25 @@ impl Pumps {
         }
     }
 
-    /// Opens a process's stdio for the runtime and starts the pumps.
+    /// Opens a process's stdio for the runtime and starts the pumps. On failure nothing is
+    /// left open or registered.
     pub fn open(&mut self, paths: &StdioPaths, who: &Who) -> Result<(ProcessIo, ProcessStdio)> {
         let mut io = ProcessIo::default();
+        match self.open_into(paths, who, &mut io) {
+            Ok(stdio) => Ok((io, stdio)),
+            Err(e) => {
+                self.close(&mut io);
+                Err(e)
+            }
+        }
+    }
+
+    fn open_into(
+        &mut self,
+        paths: &StdioPaths,
+        who: &Who,
+        io: &mut ProcessIo,
+    ) -> Result<ProcessStdio> {
         let mut stdio = ProcessStdio::default();
         if !paths.stdin.is_empty() {
             let (r, w) = new_pipe()?;
@@ -258,10 +308,11 @@ impl Pumps {
         let out = Target::parse(&paths.stdout)?;
         let err = Target::parse(&paths.stderr)?;
         if let (Target::Binary(uri), _) | (_, Target::Binary(uri)) = (&out, &err) {
-            let (o, e) = start_binary_logger(uri, who)?;
+            let (o, e, ready) = start_binary_logger(uri, who)?;
+            io.logger = Some(self.watch_logger(ready)?);
             stdio.stdout = Some(o);
             stdio.stderr = Some(e);
-            return Ok((io, stdio));
+            return Ok(stdio);
         }
         let shared_file = match (&out, &err) {
             (Target::File(a), Target::File(b)) if a == b => Some(Rc::new(open_log_file(a)?)),
@@ -300,13 +351,30 @@ impl Pumps {
             *slot = Some(self.add(Pump::splice(r, dst))?);
             *fd = Some(w);
         }
-        Ok((io, stdio))
+        Ok(stdio)
     }
 }
 
 impl Pumps {
-    /// Joins a terminal's master to the process's stdin and stdout FIFOs.
+    /// Joins a terminal's master to the process's stdin and stdout FIFOs. On failure nothing
+    /// is left open or registered.
     pub fn open_terminal(&mut self, paths: &StdioPaths, master: &OwnedFd) -> Result<ProcessIo> {
+        let mut io = ProcessIo::default();
+        match self.open_terminal_into(paths, master, &mut io) {
+            Ok(()) => Ok(io),
+            Err(e) => {
+                self.close(&mut io);
+                Err(e)
+            }
+        }
+    }
+
+    fn open_terminal_into(
+        &mut self,
+        paths: &StdioPaths,
+        master: &OwnedFd,
+        io: &mut ProcessIo,
+    ) -> Result<()> {
         let dup = || {
             master
                 .try_clone()
@@ -318,7 +386,6 @@ impl Pumps {
             FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
         )
         .map_err(ShimError::nix("set the terminal master non-blocking"))?;
-        let mut io = ProcessIo::default();
         if !paths.stdin.is_empty() {
             let fifo = open_fifo(&paths.stdin, OFlag::O_RDONLY)?;
             io.stdin = Some(self.add(Pump::copy(fifo, Sink::Tty(dup()?)))?);
@@ -343,7 +410,7 @@ impl Pumps {
         if let Some(dst) = dst {
             io.stdout = Some(self.add(Pump::copy(dup()?, dst))?);
         }
-        Ok(io)
+        Ok(())
     }
 }
 
@@ -440,8 +507,10 @@ fn open_log_file(path: &str) -> Result<File> {
 
 /// containerd's binary logging protocol: the logger gets the container's stdout and stderr as
 /// fds 3 and 4 and closes fd 5 once it is ready; `CONTAINER_ID` and `CONTAINER_NAMESPACE` are in
-/// its environment and the URI's query becomes its arguments.
-fn start_binary_logger(uri: &str, who: &Who) -> Result<(OwnedFd, OwnedFd)> {
+/// its environment and the URI's query becomes its arguments. Nothing waits for it here: the
+/// container's output waits in the pipes until the logger reads, and the readiness pipe (the
+/// third fd returned) is watched on the loop. Its exit is reaped like any other child's.
+fn start_binary_logger(uri: &str, who: &Who) -> Result<(OwnedFd, OwnedFd, OwnedFd)> {
     let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
     let mut args = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -453,7 +522,8 @@ fn start_binary_logger(uri: &str, who: &Who) -> Result<(OwnedFd, OwnedFd)> {
     }
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(ShimError::nix("pipe2"))?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(ShimError::nix("pipe2"))?;
-    let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC).map_err(ShimError::nix("pipe2"))?;
+    let (ready_r, ready_w) =
+        pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(ShimError::nix("pipe2"))?;
     let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
     let mut cmd = Command::new(path);
     cmd.args(&args)
@@ -473,18 +543,7 @@ fn start_binary_logger(uri: &str, who: &Who) -> Result<(OwnedFd, OwnedFd)> {
     cmd.spawn()
         .map_err(ShimError::io(format!("start binary logger {path}")))?;
     drop((out_r, err_r, ready_w));
-    // Wait (bounded) for the logger to say it is ready: EOF or a byte on fd 5.
-    let mut fds = [nix::poll::PollFd::new(
-        ready_r.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    let ms = Duration::from_secs(10).as_millis() as u16;
-    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
-        Ok(n) if n > 0 => Ok((out_w, err_w)),
-        _ => Err(ShimError::Runtime(format!(
-            "binary logger {path} did not become ready within 10s"
-        ))),
-    }
+    Ok((out_w, err_w, ready_r))
 }
 
 #[cfg(test)]
