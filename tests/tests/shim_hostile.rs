@@ -1076,7 +1076,9 @@ fn hanging_runtime(t: &Target) -> Got {
 
 /// After a row: the shim lives (by pid) and answers State; a running container still runs.
 fn check_after(t: &Target, setup: Setup) -> Result<(), String> {
-    if !procs::is_alive(t.shim_pid) {
+    // A dead shim may linger as a zombie (PID 1 here does not reap): that is dead too.
+    let alive = matches!(procs::stat(t.shim_pid), Some(s) if s.state != 'Z');
+    if !alive {
         return Err(format!("the shim (pid {}) died", t.shim_pid));
     }
     let socket = tether_protocol::socket::from_address(&t.address).expect("a unix:// address");
