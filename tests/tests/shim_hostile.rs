@@ -1114,6 +1114,8 @@ struct Table {
 impl Table {
     fn new() -> Table {
         tether_tests::shim_binary();
+        // A shim that a row kills is adopted here and reaped, not left a zombie of PID 1.
+        procs::become_subreaper();
         let cd = Containerd::start();
         let ns = unique_id("ns");
         let ctr = cd.ctr(&ns);
@@ -1243,6 +1245,7 @@ impl Table {
         if !report.problems.is_empty() || !report.killed.is_empty() {
             failures.push(format!("containerd's cleanup: {report:#?}"));
         }
+        procs::reap_orphans();
         let left = check.leftovers();
         if !left.is_empty() {
             failures.push(format!("left behind: {left:#?}"));
