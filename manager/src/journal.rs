@@ -72,54 +72,16 @@ fn io_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
 impl Journal {
     /// Opens (or creates) the journal at `path`, keeping at least the newest `keep` events.
     pub fn open(path: &Path, keep: usize) -> Result<Opened> {
-        let mut warnings = Vec::new();
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io_err(path, "read")(e)),
         };
-        let mut entries: Vec<Entry> = Vec::new();
-        // The length of the good prefix: a torn tail is cut off there.
-        let mut good_len = 0usize;
-        let mut at = 0usize;
-        let mut line_no = 0usize;
-        while at < bytes.len() {
-            line_no += 1;
-            let (line, next, complete) = match bytes[at..].iter().position(|&b| b == b'\n') {
-                Some(n) => (&bytes[at..at + n], at + n + 1, true),
-                None => (&bytes[at..], bytes.len(), false),
-            };
-            let is_last = next >= bytes.len();
-            match store::decode::<Entry>(path, line) {
-                // A record without its newline was never acknowledged: cut it off too.
-                _ if !complete => warnings.push(format!(
-                    "{}: line {line_no}: torn record at the end (the daemon was killed while \
-                     writing it); truncated",
-                    path.display()
-                )),
-                Err(e) if is_last => warnings.push(format!(
-                    "{e} (line {line_no}, the last: torn while written); truncated"
-                )),
-                Err(e) => {
-                    warnings.push(format!("{e} (line {line_no}); skipped"));
-                    good_len = next;
-                }
-                Ok(e) if entries.last().is_some_and(|l| e.seq <= l.seq) => {
-                    warnings.push(format!(
-                        "{}: line {line_no}: sequence number {} is not after {}; skipped",
-                        path.display(),
-                        e.seq,
-                        entries.last().map(|l| l.seq).unwrap_or_default()
-                    ));
-                    good_len = next;
-                }
-                Ok(e) => {
-                    entries.push(e);
-                    good_len = next;
-                }
-            }
-            at = next;
-        }
+        let Parsed {
+            mut entries,
+            good_len,
+            warnings,
+        } = parse(path, &bytes);
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -223,6 +185,65 @@ impl Journal {
     }
 }
 
+/// What the bytes of a journal file hold: its good records, how long the good prefix is (a torn
+/// tail is cut there) and what was wrong. The bytes come from disk and are not trusted.
+struct Parsed {
+    entries: Vec<Entry>,
+    good_len: usize,
+    warnings: Vec<String>,
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Parsed {
+    let mut warnings = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
+    // The length of the good prefix: a torn tail is cut off there.
+    let mut good_len = 0usize;
+    let mut at = 0usize;
+    let mut line_no = 0usize;
+    while at < bytes.len() {
+        line_no += 1;
+        let (line, next, complete) = match bytes[at..].iter().position(|&b| b == b'\n') {
+            Some(n) => (&bytes[at..at + n], at + n + 1, true),
+            None => (&bytes[at..], bytes.len(), false),
+        };
+        let is_last = next >= bytes.len();
+        match store::decode::<Entry>(path, line) {
+            // A record without its newline was never acknowledged: cut it off too.
+            _ if !complete => warnings.push(format!(
+                "{}: line {line_no}: torn record at the end (the daemon was killed while \
+                 writing it); truncated",
+                path.display()
+            )),
+            Err(e) if is_last => warnings.push(format!(
+                "{e} (line {line_no}, the last: torn while written); truncated"
+            )),
+            Err(e) => {
+                warnings.push(format!("{e} (line {line_no}); skipped"));
+                good_len = next;
+            }
+            Ok(e) if entries.last().is_some_and(|l| e.seq <= l.seq) => {
+                warnings.push(format!(
+                    "{}: line {line_no}: sequence number {} is not after {}; skipped",
+                    path.display(),
+                    e.seq,
+                    entries.last().map(|l| l.seq).unwrap_or_default()
+                ));
+                good_len = next;
+            }
+            Ok(e) => {
+                entries.push(e);
+                good_len = next;
+            }
+        }
+        at = next;
+    }
+    Parsed {
+        entries,
+        good_len,
+        warnings,
+    }
+}
+
 fn sync_parent(path: &Path) -> Result<()> {
     let dir = path
         .parent()
@@ -304,6 +325,94 @@ mod tests {
             "only the garbage line: {:?}",
             o.warnings
         );
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn entry() -> impl Strategy<Value = Entry> {
+            (
+                any::<i64>(),
+                ".{0,12}",
+                ".{0,20}",
+                ".{0,30}",
+                proptest::collection::vec(any::<u8>(), 0..40),
+                any::<bool>(),
+            )
+                .prop_map(
+                    |(timestamp, namespace, topic, type_url, value, recovered)| Entry {
+                        seq: 0,
+                        timestamp,
+                        namespace,
+                        topic,
+                        type_url,
+                        value: to_hex(&value),
+                        recovered,
+                    },
+                )
+        }
+
+        /// Journal lines as they are written, for entries numbered from 1.
+        fn lines(entries: &mut [Entry]) -> Vec<u8> {
+            let mut out = Vec::new();
+            for (i, e) in entries.iter_mut().enumerate() {
+                e.seq = i as u64 + 1;
+                out.extend_from_slice(&store::encode(e).expect("encode"));
+                out.push(b'\n');
+            }
+            out
+        }
+
+        fn check_invariants(bytes: &[u8], p: &Parsed) -> Result<(), TestCaseError> {
+            prop_assert!(p.good_len <= bytes.len());
+            prop_assert!(p.good_len == 0 || bytes[p.good_len - 1] == b'\n');
+            prop_assert!(p.entries.windows(2).all(|w| w[0].seq < w[1].seq));
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Whatever is in the file, parsing answers (never a panic), keeps only a prefix
+            /// that ends on a line, and returns entries in strictly increasing order.
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                mut good in proptest::collection::vec(entry(), 0..4),
+                noise in proptest::collection::vec(any::<u8>(), 0..1024),
+                at in any::<usize>(),
+            ) {
+                let path = Path::new("/state/events.journal");
+                let p = parse(path, &noise);
+                check_invariants(&noise, &p)?;
+                // Noise spliced into real records, anywhere.
+                let mut bytes = lines(&mut good);
+                let at = at % (bytes.len() + 1);
+                bytes.splice(at..at, noise.iter().copied());
+                let p = parse(path, &bytes);
+                check_invariants(&bytes, &p)?;
+                // What survives parses again to the same entries. (A bad line that was skipped
+                // becomes the last one once the tail is cut: the next open cuts it too.)
+                let again = parse(path, &bytes[..p.good_len]);
+                prop_assert_eq!(&again.entries, &p.entries);
+                prop_assert!(again.good_len <= p.good_len);
+            }
+
+            /// Good records come back as written, and a torn tail (no newline) is cut off.
+            #[test]
+            fn records_round_trip_and_torn_tails_are_cut(
+                mut good in proptest::collection::vec(entry(), 0..8),
+                tail in proptest::collection::vec(any::<u8>().prop_filter("no newline", |b| *b != b'\n'), 0..200),
+            ) {
+                let mut bytes = lines(&mut good);
+                let good_len = bytes.len();
+                bytes.extend_from_slice(&tail);
+                let p = parse(Path::new("events.journal"), &bytes);
+                prop_assert_eq!(&p.entries, &good);
+                prop_assert_eq!(p.good_len, good_len);
+                prop_assert_eq!(p.warnings.len(), usize::from(!tail.is_empty()), "{:?}", p.warnings);
+            }
+        }
     }
 
     #[test]

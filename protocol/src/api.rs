@@ -74,12 +74,127 @@ pub fn pack_any<M: TypeUrl>(msg: &M) -> Result<Any, protobuf::Error> {
     })
 }
 
+/// The prefix Go's `anypb` puts before a type name; containerd's own URLs have none.
+const GOOGLE_PREFIX: &str = "type.googleapis.com/";
+
+/// Why an `Any` could not be read as the message asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("options of type {got:?} are not supported (want {want})")]
+    WrongType { got: String, want: &'static str },
+    #[error("malformed {want}: {source}")]
+    Malformed {
+        want: &'static str,
+        #[source]
+        source: protobuf::Error,
+    },
+}
+
+/// A message of type `M` from a request's optional `Any` (runtime or checkpoint options), read
+/// as containerd's shims read them: absent or empty gives the defaults; the type URL must be
+/// `M`'s, bare or with Go's `type.googleapis.com/` prefix; bytes that do not parse are refused.
+/// The `Any` comes from outside: nothing in it can panic this.
+pub fn unpack_any_or_default<M: TypeUrl + Default>(any: Option<&Any>) -> Result<M, UnpackError> {
+    let Some(any) = any else {
+        return Ok(M::default());
+    };
+    if any.type_url.is_empty() && any.value.is_empty() {
+        return Ok(M::default());
+    }
+    let bare = any
+        .type_url
+        .strip_prefix(GOOGLE_PREFIX)
+        .unwrap_or(&any.type_url);
+    if bare != M::TYPE_URL {
+        return Err(UnpackError::WrongType {
+            got: any.type_url.clone(),
+            want: M::TYPE_URL,
+        });
+    }
+    M::parse_from_bytes(&any.value).map_err(|source| UnpackError::Malformed {
+        want: M::TYPE_URL,
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
     #[test]
     fn type_urls_are_the_proto_full_names() {
         for (url, full_name) in super::all_type_urls() {
             assert_eq!(url, full_name);
+        }
+    }
+
+    #[test]
+    fn absent_or_empty_options_are_the_defaults() {
+        let o: runc_options::Options = unpack_any_or_default(None).expect("none");
+        assert_eq!(o, Default::default());
+        let o: runc_options::Options = unpack_any_or_default(Some(&Any::default())).expect("empty");
+        assert_eq!(o, Default::default());
+        let e = unpack_any_or_default::<runc_options::Options>(Some(&Any {
+            type_url: "containerd.runc.v1.CheckpointOptions".into(),
+            ..Default::default()
+        }))
+        .expect_err("another type");
+        assert!(matches!(e, UnpackError::WrongType { .. }), "{e}");
+    }
+
+    fn options() -> impl Strategy<Value = runc_options::Options> {
+        (
+            ".{0,40}",
+            ".{0,40}",
+            any::<bool>(),
+            any::<bool>(),
+            ".{0,20}",
+            any::<u32>(),
+        )
+            .prop_map(|(binary_name, root, systemd, pivot, criu, uid)| {
+                runc_options::Options {
+                    binary_name,
+                    root,
+                    systemd_cgroup: systemd,
+                    no_pivot_root: pivot,
+                    criu_image_path: criu,
+                    io_uid: uid,
+                    ..Default::default()
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever a client puts in the `Any`, unpacking answers (value or error), never panics,
+        /// and a URL other than the type's is always refused.
+        #[test]
+        fn arbitrary_any_never_panics(
+            url in prop_oneof![
+                Just("containerd.runc.v1.Options".to_string()),
+                Just("type.googleapis.com/containerd.runc.v1.Options".to_string()),
+                ".{0,60}",
+            ],
+            value in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let any = Any { type_url: url.clone(), value, ..Default::default() };
+            let r = unpack_any_or_default::<runc_options::Options>(Some(&any));
+            let bare = url.strip_prefix(GOOGLE_PREFIX).unwrap_or(&url);
+            if bare != "containerd.runc.v1.Options" && !(url.is_empty() && any.value.is_empty()) {
+                prop_assert!(matches!(r, Err(UnpackError::WrongType { .. })), "{r:?}");
+            }
+            let _ = unpack_any_or_default::<runc_options::CheckpointOptions>(Some(&any));
+        }
+
+        /// Options packed by `pack_any` come back as they were.
+        #[test]
+        fn packed_options_round_trip(o in options()) {
+            let any = pack_any(&o).expect("pack");
+            let back: runc_options::Options =
+                unpack_any_or_default(Some(&any)).expect("unpack what was packed");
+            prop_assert_eq!(back, o);
         }
     }
 }

@@ -232,6 +232,104 @@ mod tests {
         assert!(r.mark_unknown("x").is_err());
     }
 
+    mod props {
+        use super::super::*;
+        use crate::store::{decode, encode};
+        use proptest::prelude::*;
+        use std::path::Path;
+
+        fn record() -> impl Strategy<Value = ContainerRecord> {
+            (
+                (".{0,20}", ".{0,20}", ".{0,20}", ".{0,40}", any::<u32>()),
+                (
+                    any::<i64>(),
+                    any::<i64>(),
+                    any::<i64>(),
+                    any::<i64>(),
+                    any::<i64>(),
+                ),
+                (any::<u32>(), any::<bool>(), ".{0,40}"),
+            )
+                .prop_map(
+                    |((namespace, id, runtime, bundle, pid), t, (status, unknown, reason))| {
+                        ContainerRecord {
+                            namespace,
+                            id,
+                            runtime,
+                            bundle,
+                            pid,
+                            created_at: t.0,
+                            started_at: t.1,
+                            paused_at: t.2,
+                            finished_at: t.3,
+                            deleted_at: t.4,
+                            exit_status: status,
+                            unknown,
+                            reason,
+                        }
+                    },
+                )
+        }
+
+        /// JSON-ish noise: fragments of real records glued with arbitrary text.
+        fn noise() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..512),
+                proptest::collection::vec(
+                    prop_oneof![
+                        Just("{".to_string()),
+                        Just("}".to_string()),
+                        Just("\"version\":\"v1\",".to_string()),
+                        Just("\"version\":\"v9\",".to_string()),
+                        Just("\"id\":\"a\",".to_string()),
+                        Just("\"pid\":-1,".to_string()),
+                        Just("\"exit_status\":1e400,".to_string()),
+                        Just("null".to_string()),
+                        Just("[".to_string()),
+                        ".{0,8}",
+                    ],
+                    0..24,
+                )
+                .prop_map(|parts| parts.concat().into_bytes()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Bytes on disk are not trusted: decoding answers a record or an error naming
+            /// the file, never a panic.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in noise()) {
+                let path = Path::new("/state/c.json");
+                if let Err(e) = decode::<ContainerRecord>(path, &bytes) {
+                    prop_assert!(e.to_string().starts_with("/state/c.json"), "{e}");
+                }
+                let _ = decode::<ExitRecord>(path, &bytes);
+            }
+
+            /// Any record round-trips through the codec, and so does its derived status.
+            #[test]
+            fn records_round_trip(r in record()) {
+                let bytes = encode(&r).expect("encode");
+                let back: ContainerRecord = decode(Path::new("c.json"), &bytes).expect("decode");
+                prop_assert_eq!(back.status(), r.status());
+                prop_assert_eq!(back, r);
+            }
+
+            #[test]
+            fn exit_records_round_trip(
+                id in ".{0,20}", exec_id in ".{0,20}",
+                pid in any::<u32>(), exit_status in any::<u32>(), exited_at in any::<i64>(),
+            ) {
+                let r = ExitRecord { id, exec_id, pid, exit_status, exited_at };
+                let bytes = encode(&r).expect("encode");
+                let back: ExitRecord = decode(Path::new("exit.json"), &bytes).expect("decode");
+                prop_assert_eq!(back, r);
+            }
+        }
+    }
+
     #[test]
     fn records_round_trip_through_the_store() {
         let dir = tempfile::tempdir().unwrap();

@@ -263,6 +263,158 @@ mod tests {
         assert!(rx.closed);
     }
 
+    /// A stream that hands out pre-cut chunks, then would block (or ends, if `eof`).
+    struct Feed {
+        chunks: std::collections::VecDeque<Vec<u8>>,
+        eof: bool,
+    }
+
+    impl Read for Feed {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some(mut chunk) = self.chunks.pop_front() else {
+                return if self.eof {
+                    Ok(0)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            };
+            let n = chunk.len().min(buf.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            if n < chunk.len() {
+                self.chunks.push_front(chunk.split_off(n));
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Feed {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// `bytes` cut at `cuts` (positions taken modulo its length), as separate reads.
+    fn cut(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut at: Vec<usize> = cuts
+            .iter()
+            .map(|c| c % (bytes.len() + 1))
+            .chain([0, bytes.len()])
+            .collect();
+        at.sort_unstable();
+        at.dedup();
+        at.windows(2).map(|w| bytes[w[0]..w[1]].to_vec()).collect()
+    }
+
+    /// Feeds `chunks` one read at a time and collects every frame (or the refusal).
+    fn decode_all(chunks: Vec<Vec<u8>>) -> (Vec<Frame>, Option<FrameTooLarge>, bool) {
+        let rounds = chunks.len() + 1;
+        let mut conn = Conn::new(Feed {
+            chunks: chunks.into(),
+            eof: true,
+        });
+        let mut frames = Vec::new();
+        for _ in 0..rounds {
+            match conn.read_frames() {
+                Ok(f) => frames.extend(f),
+                Err(e) => return (frames, Some(e), conn.closed),
+            }
+            if conn.closed {
+                break;
+            }
+        }
+        (frames, None, conn.closed)
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any bytes from a peer, cut anywhere: frames or a refusal, never a panic, and
+            /// never more payload out than came in.
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                bytes in prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..4096),
+                    // Plausible headers whose lengths lie about the payloads after them.
+                    proptest::collection::vec(
+                        (0u32..600, any::<u32>(), any::<u8>(), any::<u8>(),
+                         proptest::collection::vec(any::<u8>(), 0..600)),
+                        0..8,
+                    )
+                    .prop_map(|parts| parts
+                        .into_iter()
+                        .flat_map(|(len, id, kind, flags, payload)| {
+                            let mut v: Vec<u8> = MessageHeader {
+                                length: len, stream_id: id, type_: kind, flags,
+                            }.into();
+                            v.extend_from_slice(&payload);
+                            v
+                        })
+                        .collect()),
+                ],
+                cuts in proptest::collection::vec(any::<usize>(), 0..8),
+            ) {
+                let (frames, refused, closed) = decode_all(cut(&bytes, &cuts));
+                let out: usize = frames.iter().map(|f| f.payload.len() + MESSAGE_HEADER_LENGTH).sum();
+                prop_assert!(out <= bytes.len());
+                prop_assert!(closed, "the feed ended: the connection is closed");
+                if let Some(e) = refused {
+                    prop_assert!(e.len > MESSAGE_LENGTH_MAX);
+                }
+            }
+
+            /// Encoded frames, however the reads split them, decode to what was sent.
+            #[test]
+            fn encoded_frames_round_trip(
+                sent in proptest::collection::vec(
+                    (any::<u32>(), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300)),
+                    0..16,
+                ),
+                cuts in proptest::collection::vec(any::<usize>(), 0..16),
+            ) {
+                let bytes: Vec<u8> = sent
+                    .iter()
+                    .flat_map(|(id, kind, p)| encode(*id, *kind, p))
+                    .collect();
+                let (frames, refused, _) = decode_all(cut(&bytes, &cuts));
+                prop_assert!(refused.is_none());
+                let got: Vec<(u32, u8, Vec<u8>)> = frames
+                    .into_iter()
+                    .map(|f| (f.stream_id, f.kind, f.payload))
+                    .collect();
+                prop_assert_eq!(got, sent);
+            }
+
+            /// A header declaring more than the limit is refused as soon as it is read.
+            #[test]
+            fn oversized_headers_are_refused(
+                len in (MESSAGE_LENGTH_MAX as u32 + 1)..=u32::MAX,
+                stream_id in any::<u32>(),
+                tail in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let mut bytes: Vec<u8> = MessageHeader {
+                    length: len,
+                    stream_id,
+                    type_: MESSAGE_TYPE_REQUEST,
+                    flags: 0,
+                }
+                .into();
+                bytes.extend_from_slice(&tail);
+                let (frames, refused, closed) = decode_all(vec![bytes]);
+                prop_assert!(frames.is_empty());
+                let e = refused.expect("refused");
+                prop_assert_eq!((e.stream_id, e.len), (stream_id, len as usize));
+                prop_assert!(closed);
+            }
+        }
+    }
+
     #[test]
     fn a_socket_with_no_listener_fails_at_once() {
         let dir = tempfile::tempdir().expect("tempdir");

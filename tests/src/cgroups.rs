@@ -101,3 +101,28 @@ pub fn remove_tree(dir: &Path, timeout: Duration) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// The cgroup v1 hierarchy of `controller` (`/sys/fs/cgroup/<controller>`). A test that reads
+/// a v1 controller's files calls this first: on a host without one it fails saying why, rather
+/// than passing without having tested anything.
+pub fn require_v1(controller: &str) -> PathBuf {
+    let dir = Path::new("/sys/fs/cgroup").join(controller);
+    assert!(
+        dir.join("cgroup.procs").is_file(),
+        "this test needs the cgroup v1 {controller} controller at {} and this host has none \
+         (cgroup v2 only?): skip it here with `--skip`",
+        dir.display()
+    );
+    dir
+}
+
+/// Whether the unified (v2) hierarchy has `controller` enabled.
+pub fn v2_has(controller: &str) -> bool {
+    [
+        "/sys/fs/cgroup/cgroup.controllers",
+        "/sys/fs/cgroup/unified/cgroup.controllers",
+    ]
+    .iter()
+    .filter_map(|p| fs::read_to_string(p).ok())
+    .any(|c| c.split_whitespace().any(|c| c == controller))
+}

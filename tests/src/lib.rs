@@ -16,6 +16,7 @@
 //! | [`mounts`] | mounts under a path, and unmounting them |
 //! | [`cgroups`] | the cgroups containers leave, killing and removing them |
 //! | [`shim`] | one container's shim from outside: address, socket, pid, runc state, `delete` |
+//! | [`rawttrpc`] | hand-made ttrpc frames and responses, statuses, exec process specs |
 //! | [`ids`] | names that never collide between parallel tests: [`unique_id`] |
 //! | [`wait`] | polling a condition with a deadline |
 //!
@@ -66,6 +67,7 @@ pub mod image;
 pub mod manager;
 pub mod mounts;
 pub mod procs;
+pub mod rawttrpc;
 pub mod rootfs;
 pub mod scratch;
 pub mod shim;

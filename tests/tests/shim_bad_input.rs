@@ -3,8 +3,7 @@
 //! Also: the shim answers under both task service names.
 
 use protobuf::Message;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tether_protocol::api::pack_any;
@@ -14,6 +13,7 @@ use tether_protocol::api::task::{
 };
 use tether_protocol::api::ttrpc::{self, Code};
 use tether_protocol::task_service::{TaskCaller, TASK_SERVICE_V2, TASK_SERVICE_V3};
+use tether_tests::rawttrpc::{self, assert_closed, frame, read_response, rpc_status};
 use tether_tests::{busybox_rootfs, procs, shim, unique_id, Containerd, Ctr, TETHER_RUNTIME};
 
 const T: Duration = Duration::from_secs(20);
@@ -107,15 +107,6 @@ impl Running {
         assert!(report.problems.is_empty(), "{report:#?}");
         assert!(report.killed.is_empty(), "{report:#?}");
         check.assert_clean();
-    }
-}
-
-/// The ttrpc status of a call that must fail.
-fn rpc_status<M: std::fmt::Debug>(what: &str, r: ttrpc::Result<M>) -> ttrpc::Status {
-    match r {
-        Err(ttrpc::Error::RpcStatus(s)) => s,
-        Err(other) => panic!("{what}: not a ttrpc status: {other:?}"),
-        Ok(m) => panic!("{what}: succeeded: {m:?}"),
     }
 }
 
@@ -242,57 +233,13 @@ fn bad_requests_get_error_statuses_and_the_shim_keeps_serving() {
     r.finish();
 }
 
-/// One ttrpc frame: 10-byte header (length, stream id, type, flags), then the payload.
-fn frame(stream_id: u32, kind: u8, declared_len: u32, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(10 + payload.len());
-    v.extend_from_slice(&declared_len.to_be_bytes());
-    v.extend_from_slice(&stream_id.to_be_bytes());
-    v.extend_from_slice(&[kind, 0]);
-    v.extend_from_slice(payload);
-    v
-}
-
-fn raw_conn(address: &str) -> UnixStream {
-    let path = tether_protocol::socket::from_address(address).expect("a unix:// address");
-    let s = UnixStream::connect(&path).expect("connect to the shim socket");
-    s.set_read_timeout(Some(T)).expect("read timeout");
-    s
-}
-
-/// Reads one response frame; returns its stream id and decoded Response.
-fn read_response(s: &mut UnixStream) -> (u32, ttrpc::Response) {
-    let mut header = [0u8; 10];
-    s.read_exact(&mut header)
-        .expect("a response header within the timeout");
-    let len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-    let stream_id = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
-    assert_eq!(header[8], 2, "a response frame");
-    let mut payload = vec![0u8; len];
-    s.read_exact(&mut payload).expect("the response payload");
-    let res = ttrpc::Response::parse_from_bytes(&payload).expect("a ttrpc Response");
-    (stream_id, res)
-}
-
-/// Waits for the shim to close the connection (EOF or reset), skipping any reply first.
-fn assert_closed(s: &mut UnixStream, what: &str) {
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
-            Err(e) => panic!("{what}: the shim neither closed the connection nor answered: {e}"),
-        }
-    }
-}
-
 #[test]
 fn garbage_frames_on_the_socket_do_not_kill_the_shim() {
     let r = start_container();
     let caller = TaskCaller::connect(&r.address, T).expect("connect").0;
 
     // A well-framed request whose payload is not a ttrpc Request: an error reply.
-    let mut s = raw_conn(&r.address);
+    let mut s = rawttrpc::connect(&r.address, T);
     s.write_all(&frame(1, 1, 32, &[0xff; 32]))
         .expect("write frame");
     let (stream, res) = read_response(&mut s);
@@ -324,24 +271,24 @@ fn garbage_frames_on_the_socket_do_not_kill_the_shim() {
     r.assert_serving(&caller, "a garbage request frame");
 
     // A frame declaring more than the 4 MiB limit: the shim drops the connection.
-    let mut s = raw_conn(&r.address);
+    let mut s = rawttrpc::connect(&r.address, T);
     s.write_all(&frame(5, 1, 0xffff_fff0, &[0u8; 64]))
         .expect("write frame");
     assert_closed(&mut s, "oversized frame");
     r.assert_serving(&caller, "an oversized frame");
 
     // Half a header, then hang up; and a response frame sent to the server.
-    let mut s = raw_conn(&r.address);
+    let mut s = rawttrpc::connect(&r.address, T);
     s.write_all(&[0, 0, 0]).expect("write");
     drop(s);
-    let mut s = raw_conn(&r.address);
+    let mut s = rawttrpc::connect(&r.address, T);
     s.write_all(&frame(7, 2, 4, &[1, 2, 3, 4]))
         .expect("write frame");
     drop(s);
     r.assert_serving(&caller, "half a header and a stray response frame");
 
     // Pure noise.
-    let mut s = raw_conn(&r.address);
+    let mut s = rawttrpc::connect(&r.address, T);
     let noise: Vec<u8> = (0..4096u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();

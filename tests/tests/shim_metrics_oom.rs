@@ -5,9 +5,8 @@ mod shim2_util;
 
 use shim2_util::{finish, T};
 use std::collections::HashMap;
-use std::path::Path;
 use tether_tests::{
-    busybox_rootfs, unique_id, wait_until, Containerd, RUNC_RUNTIME, TETHER_RUNTIME,
+    busybox_rootfs, cgroups, unique_id, wait_until, Containerd, RUNC_RUNTIME, TETHER_RUNTIME,
 };
 
 /// Parses `ctr task metrics` (table): `METRIC VALUE` rows after the header.
@@ -161,10 +160,7 @@ fn oom_then_exit_137() {
 
 #[test]
 fn oom_event_before_exit_137_cgroup_v1() {
-    if !Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
-        println!("SKIP: no cgroup v1 memory hierarchy on this host");
-        return;
-    }
+    cgroups::require_v1("memory");
     oom_then_exit_137();
 }
 
@@ -172,10 +168,7 @@ fn oom_event_before_exit_137_cgroup_v1() {
 /// eventfd on the loop, not only when an exit makes the shim look).
 #[test]
 fn oom_event_while_the_container_survives() {
-    if !Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
-        println!("SKIP: no cgroup v1 memory hierarchy on this host");
-        return;
-    }
+    cgroups::require_v1("memory");
     let cd = Containerd::start();
     let ns = unique_id("ns");
     let ctr = cd.ctr(&ns);
@@ -211,19 +204,9 @@ fn oom_event_while_the_container_survives() {
 #[test]
 #[ignore = "cgroup v2 OOM: this host's v2 hierarchy has no controllers (hybrid cgroups)"]
 fn oom_event_before_exit_137_cgroup_v2() {
-    let controllers =
-        std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
-    if !controllers.split_whitespace().any(|c| c == "memory") {
-        println!(
-            "SKIP: cgroup v2 OOM needs a unified hierarchy with the memory controller; \
-             this host's cgroups are {}",
-            if Path::new("/sys/fs/cgroup/memory").is_dir() {
-                "hybrid/v1 (every controller on v1, v2 has none)"
-            } else {
-                "without a v2 memory controller"
-            }
-        );
-        return;
-    }
+    assert!(
+        cgroups::v2_has("memory"),
+        "this test needs a unified (v2) hierarchy with the memory controller; this host has none"
+    );
     oom_then_exit_137();
 }

@@ -4,11 +4,10 @@
 mod shim2_util;
 
 use shim2_util::{finish, rpc_code, shim_client, T};
-use std::path::Path;
 use std::time::Duration;
 use tether_protocol::api::task::{PauseRequest, ResumeRequest};
 use tether_protocol::api::Empty;
-use tether_tests::{busybox_rootfs, unique_id, wait_until, Containerd, TETHER_RUNTIME};
+use tether_tests::{busybox_rootfs, cgroups, unique_id, wait_until, Containerd, TETHER_RUNTIME};
 
 /// The counter the container writes (through its root, seen from the host).
 fn counter(pid: u32) -> Option<u64> {
@@ -31,14 +30,7 @@ fn proc_state(pid: u32) -> String {
 
 #[test]
 fn pause_freezes_and_resume_thaws_with_events() {
-    let freezer_root = Path::new("/sys/fs/cgroup/freezer");
-    if !freezer_root.is_dir() {
-        println!(
-            "SKIP: no cgroup v1 freezer hierarchy at {}",
-            freezer_root.display()
-        );
-        return;
-    }
+    let freezer_root = cgroups::require_v1("freezer");
     let cd = Containerd::start();
     let ns = unique_id("ns");
     let ctr = cd.ctr(&ns);

@@ -63,21 +63,8 @@ pub fn rpc_code<T: std::fmt::Debug>(r: ttrpc::Result<T>, what: &str) -> ttrpc::C
     }
 }
 
-/// An exec process spec (`specs.Process` JSON) in an `Any`, as containerd sends it.
-pub fn process_spec(args: &[&str], terminal: bool) -> tether_protocol::api::Any {
-    let spec = serde_json::json!({
-        "args": args,
-        "cwd": "/",
-        "env": ["PATH=/bin"],
-        "user": {"uid": 0, "gid": 0},
-        "terminal": terminal,
-    });
-    tether_protocol::api::Any {
-        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
-        value: serde_json::to_vec(&spec).expect("encode process spec"),
-        ..Default::default()
-    }
-}
+#[allow(unused_imports)]
+pub use tether_tests::rawttrpc::process_spec;
 
 /// Stops `cd` and asserts it left nothing behind: no daemon, shim, container or exec process,
 /// mount, cgroup or FIFO (the harness leak check), and no process naming any of `ids` (a `ctr`,
