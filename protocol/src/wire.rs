@@ -144,6 +144,8 @@ impl<S: Read + Write> Conn<S> {
     }
 }
 
+static NEXT_STREAM: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
 /// One blocking request on a fresh connection to the ttrpc server at `socket`: no thread, no
 /// connection kept. A zero `timeout` waits for ever (as a task `Wait` must). Errors are the
 /// `ttrpc` crate's, so callers tell a refusal (`RpcStatus`) from a dead peer (the rest); a
@@ -174,8 +176,10 @@ pub fn call(
     let bytes = req
         .write_to_bytes()
         .map_err(|e| ttrpc::Error::Others(format!("encode {method} request: {e}")))?;
+    // Each call gets its own (odd) stream id, so a reply can never be taken for another's.
+    let stream_id = NEXT_STREAM.fetch_add(2, std::sync::atomic::Ordering::Relaxed) | 1;
     stream
-        .write_all(&encode(1, MESSAGE_TYPE_REQUEST, &bytes))
+        .write_all(&encode(stream_id, MESSAGE_TYPE_REQUEST, &bytes))
         .map_err(|e| sock_err("write to", e))?;
     loop {
         let mut header = [0u8; MESSAGE_HEADER_LENGTH];
@@ -193,7 +197,7 @@ pub fn call(
         }
         let mut body = vec![0u8; len];
         read_exact(&mut stream, &mut body).map_err(|e| sock_err("read from", e))?;
-        if h.stream_id != 1 || h.type_ != MESSAGE_TYPE_RESPONSE {
+        if h.stream_id != stream_id || h.type_ != MESSAGE_TYPE_RESPONSE {
             continue;
         }
         let resp = ttrpc::Response::parse_from_bytes(&body)

@@ -26,7 +26,7 @@ use tether_protocol::api::events::{
 };
 use tether_protocol::api::runc_options::{CheckpointOptions, Options, ProcessDetails};
 use tether_protocol::api::task::*;
-use tether_protocol::api::{pack_any, type_url, Empty, TypeUrl};
+use tether_protocol::api::{pack_any, Empty, TypeUrl};
 use tether_protocol::time::{now_nanos, to_timestamp};
 use tether_protocol::{store, topics, validate_id};
 
@@ -827,25 +827,12 @@ pub fn runtime_options(any: &MessageField<tether_protocol::api::Any>) -> Result<
     options(any, "runtime")
 }
 
-/// Options of type `M` from a request's `Any` (`what` names them in errors); an absent or empty
-/// `Any` gives the defaults, another type or bad bytes are refused.
+/// Options of type `M` from a request's `Any` (`what` names them in errors): absent or empty
+/// gives the defaults; another type or bad bytes are InvalidArgument.
 fn options<M: TypeUrl + Default>(
     any: &MessageField<tether_protocol::api::Any>,
     what: &str,
 ) -> Result<M> {
-    let Some(any) = any.as_ref() else {
-        return Ok(M::default());
-    };
-    if any.type_url.is_empty() && any.value.is_empty() {
-        return Ok(M::default());
-    }
-    let want = type_url::<M>();
-    if any.type_url.trim_start_matches("type.googleapis.com/") != want {
-        return Err(ShimError::InvalidArgument(format!(
-            "{what} options of type {:?} are not supported (want {want})",
-            any.type_url
-        )));
-    }
-    M::parse_from_bytes(&any.value)
-        .map_err(|e| ShimError::InvalidArgument(format!("malformed {what} options: {e}")))
+    tether_protocol::api::unpack_any_or_default(any.as_ref())
+        .map_err(|e| ShimError::InvalidArgument(format!("{what} {e}")))
 }

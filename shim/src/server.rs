@@ -221,6 +221,11 @@ impl Server {
                 stream_id: f.stream_id,
             };
             let reply = match ttrpc::Request::parse_from_bytes(&f.payload) {
+                // ttrpc clients open odd streams; Go's server refuses even ones too.
+                _ if f.stream_id % 2 == 0 => Reply::Now(Err(ShimError::InvalidArgument(format!(
+                    "stream id {} is even: client streams are odd",
+                    f.stream_id
+                )))),
                 Err(e) => Reply::Now(Err(ShimError::InvalidArgument(format!(
                     "malformed ttrpc request: {e}"
                 )))),

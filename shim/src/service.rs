@@ -564,6 +564,12 @@ impl Service {
         let c = self.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
         p.require_pid("resize the terminal of")?;
+        if p.is_stopped() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {}: cannot resize the terminal of {:?}: it has exited",
+                req.id, req.exec_id
+            )));
+        }
         if let Some(master) = &p.console {
             crate::console::resize(master, req.width, req.height)?;
         }
