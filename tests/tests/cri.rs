@@ -9,21 +9,22 @@
 use std::time::Duration;
 use tether_tests::cri::api::{ContainerState, NamespaceMode, PodSandboxState};
 use tether_tests::cri::{
-    log, tables_of, Cri, CriConfig, Pod, RUNC_HANDLER, TETHER_HANDLER,
+    log, tables_of, Cri, CriConfig, Pod, CRI_NAMESPACE, RUNC_HANDLER, TETHER_HANDLER,
 };
 use tether_tests::{procs, wait_until};
 
 /// Generous: a stop or remove that hangs (the failure mode of issue 9) shows as an error.
 const POD_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One `#[test]` per case and handler, in modules `runc` and `tether`.
+/// One `#[test]` per case and handler, in modules `runc` and `tether`; attributes before a
+/// case apply to its `tether` test only (an `ignore` for a known bug of our shim).
 macro_rules! for_both_handlers {
-    ($($case:ident),* $(,)?) => {
+    ($( $(#[$tether_only:meta])* $case:ident ),* $(,)?) => {
         mod runc {
             $( #[test] fn $case() { super::$case(super::RUNC_HANDLER) } )*
         }
         mod tether {
-            $( #[test] fn $case() { super::$case(super::TETHER_HANDLER) } )*
+            $( #[test] $(#[$tether_only])* fn $case() { super::$case(super::TETHER_HANDLER) } )*
         }
     };
 }
@@ -37,6 +38,7 @@ for_both_handlers!(
     container_stats,
     oom_killed,
     container_restarted_in_the_same_pod,
+    #[ignore = "the shim does not kill a shared PID namespace's leftovers on exit yet (issue 9, item 2)"]
     shared_pid_namespace_leftovers_killed_on_exit,
 );
 
@@ -128,10 +130,12 @@ fn container_create_start_stop_remove(handler: &str) {
 fn exit_codes(handler: &str) {
     let cri = Cri::start();
     let pod = run_pod(&cri, handler, NamespaceMode::Container);
+    // (Death by a signal is in container_create_start_stop_remove: a container's PID 1 cannot
+    // SIGKILL itself, the kernel ignores it.)
     let cases: [(&str, &[&str], i32, &str); 3] = [
         ("zero", &["true"], 0, "Completed"),
         ("seven", &["sh", "-c", "exit 7"], 7, "Error"),
-        ("killed", &["sh", "-c", "kill -KILL $$"], 137, "Error"),
+        ("max", &["sh", "-c", "exit 255"], 255, "Error"),
     ];
     for (name, cmd, code, reason) in cases {
         let id = cri.run_container(&pod, name, cmd);
@@ -307,10 +311,13 @@ fn container_restarted_in_the_same_pod(handler: &str) {
 }
 
 /// Issue 9: a container that shares the pod's PID namespace leaves a background `sleep`. When
-/// its init exits, the shim must kill what is left (as containerd's does) before reporting the
-/// exit; otherwise the leftover holds the output open and, on containerd 1.7/2.x, wedges the pod.
+/// its init exits, the shim must kill what is left (as containerd's does) before it publishes
+/// `/tasks/exit`; otherwise the leftover holds the output open and, on containerd 1.7/2.x,
+/// wedges the pod. containerd 1.6 hides the bug in CRI's status (its `runc delete`, after the
+/// exit, kills the cgroup's processes), so the check is made when `/tasks/exit` arrives.
 fn shared_pid_namespace_leftovers_killed_on_exit(handler: &str) {
     let cri = Cri::start();
+    let events = cri.containerd().ctr(CRI_NAMESPACE).events();
     let pod = run_pod(&cri, handler, NamespaceMode::Pod);
     let id = cri.run_container(
         &pod,
@@ -335,21 +342,42 @@ fn shared_pid_namespace_leftovers_killed_on_exit(handler: &str) {
     assert!(found, "the background sleep never started");
     let sleeper = sleeper.unwrap_or_default();
     let args = procs::cmdline(sleeper).unwrap_or_default();
-    let r = cri.client().exec_sync(&id, &["touch", "/tmp/go"], 30).expect("ExecSync touch");
+    let r = cri
+        .client()
+        .exec_sync(&id, &["touch", "/tmp/go"], 30)
+        .expect("ExecSync touch");
     assert_eq!(r.exit_code, 0, "{r:?}");
-    let st = cri.wait_state(&id, ContainerState::ContainerExited);
-    assert_eq!(st.exit_code, 0, "{st:?}");
-    // SIGKILL is delivered asynchronously: allow a moment, not 1000 s.
-    let killed = wait_until(Duration::from_secs(10), || {
-        !procs::is_alive(sleeper) || procs::cmdline(sleeper).as_ref() != Some(&args)
-    });
+    // The init's exit (the exec's has the exec's id in `id`).
+    events.wait_for(
+        |e| e.is(&id, "/tasks/exit") && e.json().is_some_and(|j| j["id"] == id.as_str()),
+        POD_TIMEOUT,
+    );
+    // SIGKILL is delivered asynchronously: sent before the event is enough.
     assert!(
-        killed,
-        "the container's exit was reported but its background process lives on: {}",
+        killed_or_dying(sleeper, &args),
+        "/tasks/exit was published while the container's background process lives on: {}",
         procs::describe(sleeper)
     );
+    let st = cri.wait_state(&id, ContainerState::ContainerExited);
+    assert_eq!(st.exit_code, 0, "{st:?}");
     // Stop and remove succeed (within the generous deadline) with no process left to wait for.
     finish(cri, &[&pod]);
+}
+
+/// Whether `pid` (which had command line `args`) is gone, a zombie, or has SIGKILL pending.
+fn killed_or_dying(pid: i32, args: &[String]) -> bool {
+    if !procs::is_alive(pid) || procs::cmdline(pid).as_deref() != Some(args) {
+        return true;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().any(|l| {
+        let Some((key, mask)) = l.split_once(':') else {
+            return false;
+        };
+        matches!(key, "SigPnd" | "ShdPnd")
+            && u64::from_str_radix(mask.trim(), 16)
+                .is_ok_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0)
+    })
 }
 
 /// The README's CRI snippet (its `options` table included), copied into a containerd config,
