@@ -409,7 +409,7 @@ fn readme_shows_the_deploy_files() {
             .collect::<Vec<_>>()
             .join("\n");
         assert!(
-            readme.contains(body.trim()),
+            code_blocks(&readme).iter().any(|b| b.trim() == body.trim()),
             "README.md does not show deploy/{f} as it is:\n{}",
             body.trim()
         );
@@ -420,6 +420,26 @@ fn readme_shows_the_deploy_files() {
 fn readme() -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// The fenced code blocks of a Markdown text, each without the fence's indentation.
+fn code_blocks(md: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(usize, Vec<String>)> = None;
+    for line in md.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let fence = line.trim_start().starts_with("```");
+        match open.take() {
+            None if fence => open = Some((indent, Vec::new())),
+            None => {}
+            Some((_, body)) if fence => blocks.push(body.join("\n")),
+            Some((n, mut body)) => {
+                body.push(line.get(n.min(indent)..).unwrap_or("").to_string());
+                open = Some((n, body));
+            }
+        }
+    }
+    blocks
 }
 
 /// The first ```toml block of the README that contains `needle`.
