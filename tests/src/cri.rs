@@ -25,14 +25,14 @@ use crate::ids::unique_id;
 use crate::image::{busybox_image, BUSYBOX_IMAGE};
 use crate::pause::{pause_image, PAUSE_IMAGE};
 use crate::{cgroups, mounts, procs, shim, wait};
-pub use client::CriClient;
-pub use k8s_cri::v1 as api;
 use api::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ImageSpec,
     LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata,
 };
+pub use client::CriClient;
+pub use k8s_cri::v1 as api;
 use std::cell::RefCell;
 use std::fs;
 use std::path::{Path, PathBuf};

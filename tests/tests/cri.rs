@@ -94,8 +94,10 @@ fn pod_run_stop_remove(handler: &str) {
     let st = c.pod_status(&pod.id).expect("PodSandboxStatus");
     assert_eq!(st.state, PodSandboxState::SandboxNotready as i32, "{st:?}");
     // Stopping twice is fine, as the kubelet may retry.
-    c.stop_pod(&pod.id, POD_TIMEOUT).expect("second StopPodSandbox");
-    c.remove_pod(&pod.id, POD_TIMEOUT).expect("RemovePodSandbox");
+    c.stop_pod(&pod.id, POD_TIMEOUT)
+        .expect("second StopPodSandbox");
+    c.remove_pod(&pod.id, POD_TIMEOUT)
+        .expect("RemovePodSandbox");
     let gone = c.pod_status(&pod.id).expect_err("status of a removed pod");
     assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
     finish(cri, &[]);
@@ -110,7 +112,10 @@ fn container_create_start_stop_remove(handler: &str) {
         .create_container(&pod.id, &config, &pod.config)
         .expect("CreateContainer");
     let st = cri.wait_state(&id, ContainerState::ContainerCreated);
-    assert_eq!(st.metadata.as_ref().map(|m| m.name.as_str()), Some("sleeper"));
+    assert_eq!(
+        st.metadata.as_ref().map(|m| m.name.as_str()),
+        Some("sleeper")
+    );
     c.start_container(&id).expect("StartContainer");
     let st = cri.wait_state(&id, ContainerState::ContainerRunning);
     assert!(st.started_at > 0, "{st:?}");
@@ -122,7 +127,9 @@ fn container_create_start_stop_remove(handler: &str) {
     assert!(st.finished_at >= st.started_at, "{st:?}");
     c.remove_container(&id).expect("RemoveContainer");
     assert!(c.list_containers().expect("ListContainers").is_empty());
-    let gone = c.container_status(&id).expect_err("status of a removed container");
+    let gone = c
+        .container_status(&id)
+        .expect_err("status of a removed container");
     assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
     finish(cri, &[&pod]);
 }
@@ -140,7 +147,11 @@ fn exit_codes(handler: &str) {
     for (name, cmd, code, reason) in cases {
         let id = cri.run_container(&pod, name, cmd);
         let st = cri.wait_state(&id, ContainerState::ContainerExited);
-        assert_eq!((st.exit_code, st.reason.as_str()), (code, reason), "{name}: {st:?}");
+        assert_eq!(
+            (st.exit_code, st.reason.as_str()),
+            (code, reason),
+            "{name}: {st:?}"
+        );
     }
     // StopContainer sends SIGTERM first: a shell that traps it exits with its own status.
     let id = cri.run_container(
@@ -156,8 +167,10 @@ fn exit_codes(handler: &str) {
     let log_file = cri.client().container_status(&id).expect("status").log_path;
     // Only once the trap is set does SIGTERM mean `exit 42`.
     assert!(
-        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&log_file)
-            .is_ok_and(|l| l.contains("ready"))),
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(
+            &log_file
+        )
+        .is_ok_and(|l| l.contains("ready"))),
         "the trapping shell never started"
     );
     cri.client().stop_container(&id, 30).expect("StopContainer");
@@ -186,15 +199,26 @@ fn exec_sync_output_and_code(handler: &str) {
     let r = c
         .exec_sync(
             &id,
-            &["sh", "-c", "dd if=/dev/zero bs=1024 count=256 2>/dev/null | tr '\\0' a"],
+            &[
+                "sh",
+                "-c",
+                "dd if=/dev/zero bs=1024 count=256 2>/dev/null | tr '\\0' a",
+            ],
             30,
         )
         .expect("ExecSync with large output");
-    assert_eq!(r.exit_code, 0, "stderr {:?}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        r.exit_code,
+        0,
+        "stderr {:?}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     assert_eq!(r.stdout.len(), 256 * 1024);
     assert!(r.stdout.iter().all(|&b| b == b'a'));
     // The exec ran in the container: it sees the container's PID 1.
-    let r = c.exec_sync(&id, &["cat", "/proc/1/cmdline"], 30).expect("ExecSync");
+    let r = c
+        .exec_sync(&id, &["cat", "/proc/1/cmdline"], 30)
+        .expect("ExecSync");
     assert_eq!(r.stdout, b"sleep\x001000\x00");
     c.stop_container(&id, 0).expect("StopContainer");
     finish(cri, &[&pod]);
@@ -215,7 +239,8 @@ fn logs_in_cri_format(handler: &str) {
     let st = cri.wait_state(&id, ContainerState::ContainerExited);
     assert_eq!(st.exit_code, 0, "{st:?}");
     assert!(
-        st.log_path.starts_with(&cri.log_dir().display().to_string()),
+        st.log_path
+            .starts_with(&cri.log_dir().display().to_string()),
         "{st:?}"
     );
     let read = || std::fs::read_to_string(&st.log_path).unwrap_or_default();
@@ -227,7 +252,11 @@ fn logs_in_cri_format(handler: &str) {
     let mut out = expect("out");
     out.push("no newline".into());
     assert_eq!(log::lines(&records, log::Stream::Stdout), out, "{text}");
-    assert_eq!(log::lines(&records, log::Stream::Stderr), expect("err"), "{text}");
+    assert_eq!(
+        log::lines(&records, log::Stream::Stderr),
+        expect("err"),
+        "{text}"
+    );
     assert_eq!(records.len(), 11, "every line once:\n{text}");
     finish(cri, &[&pod]);
 }
@@ -235,10 +264,22 @@ fn logs_in_cri_format(handler: &str) {
 fn container_stats(handler: &str) {
     let cri = Cri::start();
     let pod = run_pod(&cri, handler, NamespaceMode::Container);
-    let id = cri.run_container(&pod, "busy", &["sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000"]);
+    let id = cri.run_container(
+        &pod,
+        "busy",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000",
+        ],
+    );
     cri.wait_state(&id, ContainerState::ContainerRunning);
     let s = cri.client().container_stats(&id).expect("ContainerStats");
-    assert_eq!(s.attributes.as_ref().map(|a| a.id.as_str()), Some(id.as_str()), "{s:?}");
+    assert_eq!(
+        s.attributes.as_ref().map(|a| a.id.as_str()),
+        Some(id.as_str()),
+        "{s:?}"
+    );
     let cpu = s.cpu.as_ref().expect("cpu stats");
     assert!(cpu.timestamp > 0, "{s:?}");
     assert!(
@@ -263,14 +304,22 @@ fn oom_killed(handler: &str) {
         "hog",
         0,
         // `tail` buffers 100 MiB of lines that never end: over a 32 MiB limit.
-        &["sh", "-c", "dd if=/dev/zero bs=1M count=100 | tail > /dev/null"],
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero bs=1M count=100 | tail > /dev/null",
+        ],
     );
     if let Some(r) = config.linux.as_mut().and_then(|l| l.resources.as_mut()) {
         r.memory_limit_in_bytes = 32 << 20;
     }
     let id = cri.start_container(&pod, &config);
     let st = cri.wait_state(&id, ContainerState::ContainerExited);
-    assert_eq!((st.exit_code, st.reason.as_str()), (137, "OOMKilled"), "{st:?}");
+    assert_eq!(
+        (st.exit_code, st.reason.as_str()),
+        (137, "OOMKilled"),
+        "{st:?}"
+    );
     finish(cri, &[&pod]);
 }
 
@@ -292,8 +341,13 @@ fn container_restarted_in_the_same_pod(handler: &str) {
     assert_ne!(first, second);
     let st1 = cri.wait_state(&second, ContainerState::ContainerRunning);
     assert_eq!(st1.metadata.as_ref().map(|m| m.attempt), Some(1), "{st1:?}");
-    let st0 = c.container_status(&first).expect("status of the first attempt");
-    assert_eq!((st0.state, st0.exit_code), (ContainerState::ContainerExited as i32, 1));
+    let st0 = c
+        .container_status(&first)
+        .expect("status of the first attempt");
+    assert_eq!(
+        (st0.state, st0.exit_code),
+        (ContainerState::ContainerExited as i32, 1)
+    );
     let log_of = |p: &str| {
         let mut text = String::new();
         wait_until(Duration::from_secs(20), || {
@@ -304,8 +358,11 @@ fn container_restarted_in_the_same_pod(handler: &str) {
     };
     assert_eq!(log_of(&st0.log_path), ["run0"]);
     assert_eq!(log_of(&st1.log_path), ["run1"]);
-    c.remove_container(&first).expect("RemoveContainer of the first attempt");
-    let r = c.exec_sync(&second, &["echo", "alive"], 30).expect("ExecSync");
+    c.remove_container(&first)
+        .expect("RemoveContainer of the first attempt");
+    let r = c
+        .exec_sync(&second, &["echo", "alive"], 30)
+        .expect("ExecSync");
     assert_eq!(r.stdout, b"alive\n");
     finish(cri, &[&pod]);
 }
@@ -399,7 +456,11 @@ fn readme_cri_snippet_runs_pods() {
 #[test]
 fn readme_shows_the_deploy_files() {
     let readme = readme();
-    for f in ["containerd/tether-v2.toml", "containerd/tether-v3.toml", "runtimeclass.yaml"] {
+    for f in [
+        "containerd/tether-v2.toml",
+        "containerd/tether-v3.toml",
+        "runtimeclass.yaml",
+    ] {
         let path = tether_tests::cri::deploy_dir().join(f);
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -414,7 +475,10 @@ fn readme_shows_the_deploy_files() {
             body.trim()
         );
     }
-    assert!(readme.contains("## Kubernetes"), "README has a Kubernetes section");
+    assert!(
+        readme.contains("## Kubernetes"),
+        "README has a Kubernetes section"
+    );
 }
 
 fn readme() -> String {

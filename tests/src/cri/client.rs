@@ -34,15 +34,18 @@ impl CriClient {
             .map_err(|e| format!("tokio runtime: {e}"))?;
         let path = socket.to_path_buf();
         // The URI is required by tonic but unused: the connector always dials the socket.
-        let endpoint = Endpoint::from_static("http://localhost").connect_timeout(Duration::from_secs(10));
+        let endpoint =
+            Endpoint::from_static("http://localhost").connect_timeout(Duration::from_secs(10));
         let channel = rt
-            .block_on(endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            })))
+            .block_on(
+                endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                })),
+            )
             .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
         Ok(CriClient {
             rt,
@@ -77,9 +80,11 @@ impl CriClient {
 
     pub fn version(&self) -> Result<VersionResponse, Status> {
         let mut c = self.runtime.clone();
-        self.call(Duration::from_secs(5), VersionRequest::default(), |r| async move {
-            c.version(r).await
-        })
+        self.call(
+            Duration::from_secs(5),
+            VersionRequest::default(),
+            |r| async move { c.version(r).await },
+        )
     }
 
     /// The image named `image` as the CRI plugin knows it, if it does.
@@ -92,8 +97,12 @@ impl CriClient {
             }),
             verbose: false,
         };
-        self.call(DEFAULT_TIMEOUT, req, |r| async move { c.image_status(r).await })
-            .map(|r| r.image)
+        self.call(
+            DEFAULT_TIMEOUT,
+            req,
+            |r| async move { c.image_status(r).await },
+        )
+        .map(|r| r.image)
     }
 
     /// RunPodSandbox; the sandbox id.
@@ -103,8 +112,10 @@ impl CriClient {
             config: Some(config.clone()),
             runtime_handler: handler.to_string(),
         };
-        self.call(DEFAULT_TIMEOUT, req, |r| async move { c.run_pod_sandbox(r).await })
-            .map(|r| r.pod_sandbox_id)
+        self.call(DEFAULT_TIMEOUT, req, |r| async move {
+            c.run_pod_sandbox(r).await
+        })
+        .map(|r| r.pod_sandbox_id)
     }
 
     pub fn stop_pod(&self, id: &str, timeout: Duration) -> Result<(), Status> {
@@ -121,8 +132,12 @@ impl CriClient {
         let req = RemovePodSandboxRequest {
             pod_sandbox_id: id.to_string(),
         };
-        self.call(timeout, req, |r| async move { c.remove_pod_sandbox(r).await })
-            .map(drop)
+        self.call(
+            timeout,
+            req,
+            |r| async move { c.remove_pod_sandbox(r).await },
+        )
+        .map(drop)
     }
 
     pub fn pod_status(&self, id: &str) -> Result<PodSandboxStatus, Status> {
@@ -131,17 +146,21 @@ impl CriClient {
             pod_sandbox_id: id.to_string(),
             verbose: false,
         };
-        self.call(DEFAULT_TIMEOUT, req, |r| async move { c.pod_sandbox_status(r).await })?
-            .status
-            .ok_or_else(|| Status::internal(format!("no status for pod {id}")))
+        self.call(DEFAULT_TIMEOUT, req, |r| async move {
+            c.pod_sandbox_status(r).await
+        })?
+        .status
+        .ok_or_else(|| Status::internal(format!("no status for pod {id}")))
     }
 
     /// The ids of every pod sandbox.
     pub fn list_pods(&self) -> Result<Vec<String>, Status> {
         let mut c = self.runtime.clone();
-        self.call(DEFAULT_TIMEOUT, ListPodSandboxRequest::default(), |r| async move {
-            c.list_pod_sandbox(r).await
-        })
+        self.call(
+            DEFAULT_TIMEOUT,
+            ListPodSandboxRequest::default(),
+            |r| async move { c.list_pod_sandbox(r).await },
+        )
         .map(|r| r.items.into_iter().map(|p| p.id).collect())
     }
 
@@ -158,8 +177,10 @@ impl CriClient {
             config: Some(config.clone()),
             sandbox_config: Some(pod_config.clone()),
         };
-        self.call(DEFAULT_TIMEOUT, req, |r| async move { c.create_container(r).await })
-            .map(|r| r.container_id)
+        self.call(DEFAULT_TIMEOUT, req, |r| async move {
+            c.create_container(r).await
+        })
+        .map(|r| r.container_id)
     }
 
     pub fn start_container(&self, id: &str) -> Result<(), Status> {
@@ -167,8 +188,10 @@ impl CriClient {
         let req = StartContainerRequest {
             container_id: id.to_string(),
         };
-        self.call(DEFAULT_TIMEOUT, req, |r| async move { c.start_container(r).await })
-            .map(drop)
+        self.call(DEFAULT_TIMEOUT, req, |r| async move {
+            c.start_container(r).await
+        })
+        .map(drop)
     }
 
     /// StopContainer with a grace period of `grace` seconds (then SIGKILL).
@@ -178,8 +201,10 @@ impl CriClient {
             container_id: id.to_string(),
             timeout: grace,
         };
-        self.call(DEFAULT_TIMEOUT, req, |r| async move { c.stop_container(r).await })
-            .map(drop)
+        self.call(DEFAULT_TIMEOUT, req, |r| async move {
+            c.stop_container(r).await
+        })
+        .map(drop)
     }
 
     pub fn remove_container(&self, id: &str) -> Result<(), Status> {
@@ -187,8 +212,10 @@ impl CriClient {
         let req = RemoveContainerRequest {
             container_id: id.to_string(),
         };
-        self.call(DEFAULT_TIMEOUT, req, |r| async move { c.remove_container(r).await })
-            .map(drop)
+        self.call(DEFAULT_TIMEOUT, req, |r| async move {
+            c.remove_container(r).await
+        })
+        .map(drop)
     }
 
     pub fn container_status(&self, id: &str) -> Result<ContainerStatus, Status> {
@@ -197,29 +224,42 @@ impl CriClient {
             container_id: id.to_string(),
             verbose: false,
         };
-        self.call(DEFAULT_TIMEOUT, req, |r| async move { c.container_status(r).await })?
-            .status
-            .ok_or_else(|| Status::internal(format!("no status for container {id}")))
+        self.call(DEFAULT_TIMEOUT, req, |r| async move {
+            c.container_status(r).await
+        })?
+        .status
+        .ok_or_else(|| Status::internal(format!("no status for container {id}")))
     }
 
     /// The ids of every container.
     pub fn list_containers(&self) -> Result<Vec<String>, Status> {
         let mut c = self.runtime.clone();
-        self.call(DEFAULT_TIMEOUT, ListContainersRequest::default(), |r| async move {
-            c.list_containers(r).await
-        })
+        self.call(
+            DEFAULT_TIMEOUT,
+            ListContainersRequest::default(),
+            |r| async move { c.list_containers(r).await },
+        )
         .map(|r| r.containers.into_iter().map(|c| c.id).collect())
     }
 
     /// ExecSync of `cmd` in container `id`, with `timeout` seconds for the command (0: none).
-    pub fn exec_sync(&self, id: &str, cmd: &[&str], timeout: i64) -> Result<ExecSyncResponse, Status> {
+    pub fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<ExecSyncResponse, Status> {
         let mut c = self.runtime.clone();
         let req = ExecSyncRequest {
             container_id: id.to_string(),
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
             timeout,
         };
-        self.call(DEFAULT_TIMEOUT, req, |r| async move { c.exec_sync(r).await })
+        self.call(
+            DEFAULT_TIMEOUT,
+            req,
+            |r| async move { c.exec_sync(r).await },
+        )
     }
 
     pub fn container_stats(&self, id: &str) -> Result<ContainerStats, Status> {
@@ -227,8 +267,10 @@ impl CriClient {
         let req = ContainerStatsRequest {
             container_id: id.to_string(),
         };
-        self.call(DEFAULT_TIMEOUT, req, |r| async move { c.container_stats(r).await })?
-            .stats
-            .ok_or_else(|| Status::internal(format!("no stats for container {id}")))
+        self.call(DEFAULT_TIMEOUT, req, |r| async move {
+            c.container_stats(r).await
+        })?
+        .stats
+        .ok_or_else(|| Status::internal(format!("no stats for container {id}")))
     }
 }
