@@ -8,8 +8,10 @@
 
 PREFIX ?= /usr/local
 CARGO ?= cargo
-# Debian packages the tests and the demo need.
-PACKAGES := containerd runc crun busybox-static criu iproute2 procps util-linux
+# Debian packages the tests and the demo need (gcc and libc6-dev build the CRI tests' pause
+# program; protobuf-compiler builds the CRI client, k8s-cri).
+PACKAGES := containerd runc crun busybox-static criu iproute2 procps util-linux \
+  gcc libc6-dev protobuf-compiler
 BINS := target/release/containerd-shim-tether-v2 target/release/tether
 
 .PHONY: all build deps test lint run install bench clean

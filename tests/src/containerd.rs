@@ -1,7 +1,8 @@
 //! A private containerd per test.
 //!
 //! [`Containerd::start`] makes a fresh directory `/run/tt-PID-N-RAND` (short: unix socket paths
-//! must fit in 108 bytes) holding its `config.toml` (version 2, CRI disabled, every other plugin
+//! must fit in 108 bytes) holding its `config.toml` (version 2, CRI disabled unless
+//! [`Options::cri`] enables it ([`crate::cri`]), every other plugin
 //! at its default), `root/`, `state/`, `tmp/`, `opt/`, the gRPC socket `c.sock`, the ttrpc socket
 //! `c.sock.ttrpc` and the log `containerd.log`. Nothing is shared with another instance or with
 //! a system containerd, so tests run in parallel. Its `PATH` starts with [`bin_dir`], so the
@@ -57,6 +58,8 @@ pub struct Options {
     pub log_level: Option<String>,
     /// How long to wait for the socket to answer (default 30 s).
     pub start_timeout: Option<Duration>,
+    /// The CRI plugin, enabled with this config; disabled when `None`.
+    pub cri: Option<crate::cri::CriConfig>,
 }
 
 /// What [`Containerd::shutdown`] had to do.
@@ -122,7 +125,7 @@ impl Containerd {
 root = "{d}/root"
 state = "{d}/state"
 temp = "{d}/tmp"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{disabled}
 
 [grpc]
   address = "{d}/c.sock"
@@ -138,9 +141,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     path = "{d}/opt"
 
 {extra}
+{cri}
 "#,
             level = self.opts.log_level.as_deref().unwrap_or("info"),
             extra = self.opts.extra_config,
+            disabled = match self.opts.cri {
+                Some(_) => "",
+                None => r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#,
+            },
+            cri = self
+                .opts
+                .cri
+                .as_ref()
+                .map(|c| c.config_toml(&self.dir))
+                .unwrap_or_default(),
         )
     }
 

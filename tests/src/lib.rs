@@ -8,6 +8,8 @@
 //! | [`rootfs`] | a busybox root filesystem from Debian's busybox-static, shared per process |
 //! | [`image`] | a small OCI image tarball of that rootfs that `ctr image import` accepts |
 //! | [`containerd`] | a private containerd per test, stopped and cleaned without leftovers |
+//! | [`cri`] | containerd's CRI plugin: a CRI client, pods, containers, CRI logs, leftovers |
+//! | [`pause`] | the pod sandbox image: a static pause program built with gcc |
 //! | [`ctr`] | `ctr --address A -n NS ...` with a deadline; `ctr run` builder; parsed `task ls/ps` |
 //! | [`events`] | `ctr events` streamed in the background, with `wait_for(pred, timeout)` |
 //! | [`cmd`] | run a child with a deadline, capturing stdout/stderr (killed by pid on timeout) |
@@ -60,12 +62,14 @@ pub mod bins;
 pub mod cgroups;
 pub mod cmd;
 pub mod containerd;
+pub mod cri;
 pub mod ctr;
 pub mod events;
 pub mod ids;
 pub mod image;
 pub mod manager;
 pub mod mounts;
+pub mod pause;
 pub mod procs;
 pub mod rawttrpc;
 pub mod rootfs;
