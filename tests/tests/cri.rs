@@ -38,7 +38,6 @@ for_both_handlers!(
     container_stats,
     oom_killed,
     container_restarted_in_the_same_pod,
-    #[ignore = "the shim does not kill a shared PID namespace's leftovers on exit yet (issue 9, item 2)"]
     shared_pid_namespace_leftovers_killed_on_exit,
 );
 
