@@ -10,7 +10,8 @@
 //!
 //! The manager: `tether daemon` restarted (after a SIGKILL) over 200 live shims and 20 dead
 //! ones, from exec until `tether ps` lists all 220 resolved; and its thread count meanwhile.
-//! `--quick` skips it.
+//! `--quick` skips it (and counts wake-ups over 10 s instead of 60).
+//! `--responsive-only` runs only the hang and wake-up figures.
 
 // A directory without main.rs: not a binary of its own.
 #[path = "bench/responsive.rs"]
