@@ -4,11 +4,18 @@
 //! Figures: idle footprint (PSS per shim over N idle containers, RSS and threads of one),
 //! `ctr run --rm /bin/true` latency, `shim start` exec -> Connect answered, kernel exit ->
 //! `exited_at` and -> `/tasks/exit` seen by `ctr events`, and stdout throughput with the
-//! shim's CPU time. Wall-clock figures are noisy on shared machines: compare ratios within a run.
+//! shim's CPU time; `State` round trips while another request's `runc exec` hangs 3 s (and
+//! `ctr task ls` meanwhile), and the wake-ups of an idle shim per minute (see `responsive`).
+//! Wall-clock figures are noisy on shared machines: compare ratios within a run.
 //!
 //! The manager: `tether daemon` restarted (after a SIGKILL) over 200 live shims and 20 dead
 //! ones, from exec until `tether ps` lists all 220 resolved; and its thread count meanwhile.
-//! `--quick` skips it.
+//! `--quick` skips it (and counts wake-ups over 10 s instead of 60).
+//! `--responsive-only` runs only the hang and wake-up figures.
+
+// A directory without main.rs: not a binary of its own.
+#[path = "bench/responsive.rs"]
+mod responsive;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,7 +23,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tether_protocol::task_service::TaskCaller;
 use tether_tests::{
-    busybox_rootfs, procs, unique_id, wait_until, Containerd, Ctr, RUNC_RUNTIME, TETHER_RUNTIME,
+    busybox_rootfs, procs, unique_id, wait_until, Containerd, Ctr, Options, RUNC_RUNTIME,
+    TETHER_RUNTIME,
 };
 
 struct Args {
@@ -29,6 +37,10 @@ struct Args {
     restart_dead: usize,
     /// Only the manager's figures (`--restart-only`).
     restart_only: bool,
+    /// How long an idle shim's wake-ups are counted.
+    wakeup_window: Duration,
+    /// Only the hang and wake-up figures (`--responsive-only`).
+    responsive_only: bool,
 }
 
 /// The manager's figures.
@@ -50,6 +62,8 @@ fn args() -> Args {
         restart_live: 200,
         restart_dead: 20,
         restart_only: false,
+        wakeup_window: Duration::from_secs(60),
+        responsive_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -65,13 +79,15 @@ fn args() -> Args {
                 a.stream_mib = 256;
                 a.restart_live = 0;
                 a.restart_dead = 0;
+                a.wakeup_window = Duration::from_secs(10);
             }
             "--restart-only" => a.restart_only = true,
+            "--responsive-only" => a.responsive_only = true,
             "--restart" => {
                 a.restart_live = val().parse().expect("--restart LIVE");
             }
             other => panic!(
-                "unknown argument {other} (--out P, --idle N, --runs N, --stream-mib N, --restart LIVE, --restart-only, --quick)"
+                "unknown argument {other} (--out P, --idle N, --runs N, --stream-mib N, --restart LIVE, --restart-only, --responsive-only, --quick)"
             ),
         }
     }
@@ -166,6 +182,8 @@ struct Figures {
     exit_event_ms: f64,
     stream_mibs: f64,
     stream_cpu_s: f64,
+    hang: responsive::HangFigures,
+    wakeups_per_min: f64,
 }
 
 fn bench_runtime(cd: &Containerd, ctr: &Ctr, runtime: &str, a: &Args) -> Figures {
@@ -402,14 +420,40 @@ fn main() {
     let ctr = cd
         .ctr(&unique_id("bench"))
         .with_timeout(Duration::from_secs(120));
-    let host = host_pipe_mibs(a.stream_mib);
-    let go = bench_runtime(&cd, &ctr, RUNC_RUNTIME, &a);
-    let ours = bench_runtime(&cd, &ctr, TETHER_RUNTIME, &a);
+    let (host, mut go, mut ours) = if a.responsive_only {
+        (f64::NAN, Figures::default(), Figures::default())
+    } else {
+        (
+            host_pipe_mibs(a.stream_mib),
+            bench_runtime(&cd, &ctr, RUNC_RUNTIME, &a),
+            bench_runtime(&cd, &ctr, TETHER_RUNTIME, &a),
+        )
+    };
+    let slow = responsive::SlowRunc::write();
+    let slow_cd = Containerd::start_with(Options {
+        path_prefix: vec![slow.dir().to_path_buf()],
+        ..Options::default()
+    });
+    let slow_ctr = slow_cd
+        .ctr(&unique_id("hang"))
+        .with_timeout(Duration::from_secs(60));
+    for (rt, f) in [(RUNC_RUNTIME, &mut go), (TETHER_RUNTIME, &mut ours)] {
+        eprintln!("== {rt}: State while `runc exec` hangs");
+        f.hang = responsive::state_during_hang(&slow_cd, &slow_ctr, rt, &slow);
+    }
+    drop(slow_ctr);
+    let slow_check = slow_cd.leak_check();
+    drop(slow_cd);
+    slow_check.assert_clean();
+    eprintln!("== idle wake-ups over {:?}", a.wakeup_window);
+    let w = responsive::idle_wakeups(&cd, &ctr, &[RUNC_RUNTIME, TETHER_RUNTIME], a.wakeup_window);
+    (go.wakeups_per_min, ours.wakeups_per_min) = (w[0], w[1]);
     drop(ctr);
     let check = cd.leak_check();
     drop(cd);
     check.assert_clean();
-    let restart = (a.restart_live > 0).then(|| bench_restart(a.restart_live, a.restart_dead));
+    let restart = (a.restart_live > 0 && !a.responsive_only)
+        .then(|| bench_restart(a.restart_live, a.restart_dead));
     let mut report = render(&a, host, &go, &ours);
     if let Some(r) = &restart {
         report.push_str(&render_restart(r));
@@ -449,66 +493,96 @@ fn render(a: &Args, host: f64, go: &Figures, ours: &Figures) -> String {
             ratio(o, g)
         );
     };
+    if !a.responsive_only {
+        row(
+            "PSS per shim, idle containers",
+            go.pss_per_shim_kb,
+            ours.pss_per_shim_kb,
+            "kB",
+        );
+        row("RSS of one idle shim", go.rss_one_kb, ours.rss_one_kb, "kB");
+        row("threads of one idle shim", go.threads, ours.threads, "");
+        row(
+            "`ctr run --rm /bin/true`, median",
+            go.run_true_ms.0,
+            ours.run_true_ms.0,
+            "ms",
+        );
+        row(
+            "`ctr run --rm /bin/true`, p90",
+            go.run_true_ms.1,
+            ours.run_true_ms.1,
+            "ms",
+        );
+        row(
+            "`shim start` exec -> Connect answered, median",
+            go.start_ms.0,
+            ours.start_ms.0,
+            "ms",
+        );
+        row(
+            "`shim start` exec -> Connect answered, p90",
+            go.start_ms.1,
+            ours.start_ms.1,
+            "ms",
+        );
+        row(
+            "process exit -> `exited_at`, median",
+            go.exit_reaped_ms,
+            ours.exit_reaped_ms,
+            "ms",
+        );
+        row(
+            "process exit -> `/tasks/exit` at `ctr events`, median",
+            go.exit_event_ms,
+            ours.exit_event_ms,
+            "ms",
+        );
+        row(
+            "stdout through the shim (`dd bs=1M` to `ctr`)",
+            go.stream_mibs,
+            ours.stream_mibs,
+            "MiB/s",
+        );
+        row(
+            "shim CPU per 2 GiB of stdout",
+            go.stream_cpu_s,
+            ours.stream_cpu_s,
+            "s",
+        );
+    }
     row(
-        "PSS per shim, idle containers",
-        go.pss_per_shim_kb,
-        ours.pss_per_shim_kb,
-        "kB",
-    );
-    row("RSS of one idle shim", go.rss_one_kb, ours.rss_one_kb, "kB");
-    row("threads of one idle shim", go.threads, ours.threads, "");
-    row(
-        "`ctr run --rm /bin/true`, median",
-        go.run_true_ms.0,
-        ours.run_true_ms.0,
+        "`State` while another request's `runc exec` hangs 3 s, median",
+        go.hang.state_median_ms,
+        ours.hang.state_median_ms,
         "ms",
     );
     row(
-        "`ctr run --rm /bin/true`, p90",
-        go.run_true_ms.1,
-        ours.run_true_ms.1,
+        "`State` while another request's `runc exec` hangs 3 s, max",
+        go.hang.state_max_ms,
+        ours.hang.state_max_ms,
         "ms",
     );
     row(
-        "`shim start` exec -> Connect answered, median",
-        go.start_ms.0,
-        ours.start_ms.0,
+        "`ctr task ls` while a `runc exec` hangs 3 s, median of 3",
+        go.hang.task_ls_ms,
+        ours.hang.task_ls_ms,
         "ms",
     );
     row(
-        "`shim start` exec -> Connect answered, p90",
-        go.start_ms.1,
-        ours.start_ms.1,
-        "ms",
+        "wake-ups (context switches) of one idle shim per minute",
+        go.wakeups_per_min,
+        ours.wakeups_per_min,
+        "",
     );
-    row(
-        "process exit -> `exited_at`, median",
-        go.exit_reaped_ms,
-        ours.exit_reaped_ms,
-        "ms",
-    );
-    row(
-        "process exit -> `/tasks/exit` at `ctr events`, median",
-        go.exit_event_ms,
-        ours.exit_event_ms,
-        "ms",
-    );
-    row(
-        "stdout through the shim (`dd bs=1M` to `ctr`)",
-        go.stream_mibs,
-        ours.stream_mibs,
-        "MiB/s",
-    );
-    row(
-        "shim CPU per 2 GiB of stdout",
-        go.stream_cpu_s,
-        ours.stream_cpu_s,
-        "s",
-    );
-    let _ = writeln!(
-        s,
-        "\nHost pipe ceiling (busybox dd into a 1 MiB pipe read by the bench, best of 3): {host:.0} MiB/s.\n"
-    );
+    if !a.responsive_only {
+        let _ = writeln!(
+            s,
+            "\nHost pipe ceiling (busybox dd into a 1 MiB pipe read by the bench, best of 3): {host:.0} MiB/s.\n"
+        );
+    } else {
+        let _ = writeln!(s);
+    }
     let _ = writeln!(
         s,
         "How each is measured: PSS and RSS from `/proc/PID/smaps_rollup` of every shim while the \
@@ -517,7 +591,24 @@ fn render(a: &Args, host: f64, go: &Figures, ours: &Figures) -> String {
          `/tasks/exit` event and with the moment `ctr events` printed it; `shim start` is the time \
          from exec of `shim start` until the shim answers `Connect` on the printed address; \
          throughput is what `ctr run` writes to the bench's pipe, and the shim's CPU is its \
-         user+system time read before the container exits."
+         user+system time read before the container exits. `State` during a hang: each shim's \
+         container runs on a runc wrapper (a script the bench writes, first on the `PATH` of a \
+         second private containerd that both shims inherit: ctr refuses `--runc-binary` for any \
+         runtime but `io.containerd.runc.v2`) that sleeps {hang} s before `runc exec`; while `ctr task exec` waits on it, the bench calls \
+         `State` {calls} times over {spread} s on one ttrpc connection straight to the shim's \
+         socket (its bundle's `address`), counting only calls started during the hang \
+         (Go: {go_n}, tether: {our_n}; with nothing hanging the median is {go_idle:.2} ms and \
+         {our_idle:.2} ms), and times three `ctr task ls` (a quarter, half and three quarters in). Wake-ups: voluntary + \
+         involuntary context switches summed over `/proc/PID/task/*/status` of both idle shims \
+         (container running `sleep`, no client calling) over the same {window} s, per minute.",
+        hang = responsive::HANG.as_secs(),
+        calls = responsive::STATE_CALLS,
+        spread = responsive::SPREAD.as_secs_f64(),
+        go_n = go.hang.calls,
+        our_n = ours.hang.calls,
+        go_idle = go.hang.idle_state_median_ms,
+        our_idle = ours.hang.idle_state_median_ms,
+        window = a.wakeup_window.as_secs(),
     );
     s
 }
