@@ -225,15 +225,17 @@ mod tests {
 
     #[test]
     fn sees_own_child_and_its_zombie() {
+        // Long enough to be read alive on a loaded machine; ended by pid below.
         let mut child = Command::new("/bin/sleep")
-            .arg("0.05")
+            .arg("30")
             .spawn()
             .expect("spawn sleep");
         let pid = child.id() as i32;
         let me = std::process::id() as i32;
         assert!(children(me).contains(&pid));
         assert!(descendants(me).contains(&pid));
-        assert!(cmdline(pid).expect("cmdline").contains(&"0.05".to_string()));
+        assert!(cmdline(pid).expect("cmdline").contains(&"30".to_string()));
+        assert!(signal(pid, libc::SIGKILL));
         assert!(
             crate::wait::wait_until(Duration::from_secs(5), || zombie_children(me)
                 .contains(&pid)),

@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tether_protocol::api::task::ResizePtyRequest;
+use tether_protocol::api::task::{
+    DeleteRequest, DeleteResponse, ExecProcessRequest, ResizePtyRequest, StartRequest,
+    StartResponse, WaitRequest, WaitResponse,
+};
 use tether_protocol::api::Empty;
 use tether_tests::{busybox_rootfs, cmd, unique_id, Containerd, TETHER_RUNTIME};
 
@@ -350,6 +353,44 @@ fn exec_with_terminal_on_detached_container() {
         "ResizePty of an unknown exec",
     );
     assert_eq!(code, ttrpc::Code::NOT_FOUND);
+
+    // The request decides the terminal, as with containerd's shim: a spec that says
+    // `terminal: false` must not make the runtime refuse the console socket.
+    let exec = ExecProcessRequest {
+        id: id.clone(),
+        exec_id: "t".into(),
+        terminal: true,
+        spec: protobuf::MessageField::some(shim2_util::process_spec(
+            &["/bin/sh", "-c", "test -t 0 && test -t 1 && exit 5; exit 1"],
+            false,
+        )),
+        ..Default::default()
+    };
+    shim.call::<_, Empty>("Exec", &exec, T)
+        .expect("Exec with a terminal");
+    let start = StartRequest {
+        id: id.clone(),
+        exec_id: "t".into(),
+        ..Default::default()
+    };
+    shim.call::<_, StartResponse>("Start", &start, T)
+        .expect("Start of an exec asking for a terminal whose spec says none");
+    let wait = WaitRequest {
+        id: id.clone(),
+        exec_id: "t".into(),
+        ..Default::default()
+    };
+    let waited = shim
+        .call::<_, WaitResponse>("Wait", &wait, T)
+        .expect("Wait");
+    assert_eq!(waited.exit_status, 5, "the exec ran on a terminal");
+    let del = DeleteRequest {
+        id: id.clone(),
+        exec_id: "t".into(),
+        ..Default::default()
+    };
+    shim.call::<_, DeleteResponse>("Delete", &del, T)
+        .expect("Delete of exec t");
     drop(shim);
 
     // Output that outruns the reader, and the shell's exit right after it: all of it arrives
