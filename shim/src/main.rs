@@ -9,6 +9,7 @@ mod events;
 mod logging;
 mod mount;
 mod oom;
+mod options;
 mod process;
 mod reaper;
 mod runtime;

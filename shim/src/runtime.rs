@@ -4,6 +4,7 @@
 //! `<bundle>/log.json`; when a command fails, its last error there is what the caller sees.
 
 use crate::error::{Result, ShimError};
+use crate::options::RuntimeOptions;
 use crate::reaper::Reaper;
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use serde::{Deserialize, Serialize};
@@ -17,7 +18,8 @@ use std::time::Duration;
 /// How long a runtime command may take before it is killed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The runtime options the shim keeps per container (from containerd's `runc.v1.Options`).
+/// The runtime options the shim keeps per container (see `options.rs` for where they come
+/// from). Persisted in the bundle: fields added later default when an older record is read.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RuntimeConfig {
     pub binary: String,
@@ -28,8 +30,21 @@ pub struct RuntimeConfig {
     pub no_pivot_root: bool,
     #[serde(default)]
     pub no_new_keyring: bool,
+    /// CRIU for checkpoint (runc's `--criu`); empty: the runtime's default.
     #[serde(default)]
     pub criu_path: String,
+    #[serde(default)]
+    pub criu_image_path: String,
+    #[serde(default)]
+    pub criu_work_path: String,
+    /// The cgroup containerd's own shim moves itself into; kept for the service to use.
+    #[serde(default)]
+    pub shim_cgroup: String,
+    /// Owner of the stdio FIFOs (user-namespaced containers); kept for the service to use.
+    #[serde(default)]
+    pub io_uid: u32,
+    #[serde(default)]
+    pub io_gid: u32,
 }
 
 impl RuntimeConfig {
@@ -37,10 +52,7 @@ impl RuntimeConfig {
     pub const DEFAULT_ROOT: &'static str = "/run/containerd/runc";
 
     /// From containerd's options (`binary_name`, `root`, ...); the root gets the namespace.
-    pub fn from_options(
-        opts: &tether_protocol::api::runc_options::Options,
-        namespace: &str,
-    ) -> Self {
+    pub fn from_options(opts: &RuntimeOptions, namespace: &str) -> Self {
         let root = if opts.root.is_empty() {
             Self::DEFAULT_ROOT
         } else {
@@ -56,7 +68,12 @@ impl RuntimeConfig {
             systemd_cgroup: opts.systemd_cgroup,
             no_pivot_root: opts.no_pivot_root,
             no_new_keyring: opts.no_new_keyring,
-            criu_path: String::new(),
+            criu_path: opts.criu_path.clone(),
+            criu_image_path: opts.criu_image_path.clone(),
+            criu_work_path: opts.criu_work_path.clone(),
+            shim_cgroup: opts.shim_cgroup.clone(),
+            io_uid: opts.io_uid,
+            io_gid: opts.io_gid,
         }
     }
 }
@@ -285,7 +302,12 @@ impl Runtime {
     ) -> Result<()> {
         let image = image.display().to_string();
         let work = work.display().to_string();
-        let mut args = vec!["checkpoint", "--image-path", &image, "--work-path", &work];
+        // `--criu` is a global flag of runc's: it goes before the command.
+        let mut args = Vec::new();
+        if !self.config.criu_path.is_empty() {
+            args.extend(["--criu", self.config.criu_path.as_str()]);
+        }
+        args.extend(["checkpoint", "--image-path", &image, "--work-path", &work]);
         if !opts.exit {
             args.push("--leave-running");
         }

@@ -25,7 +25,7 @@ use tether_protocol::api::events::{
     TaskCheckpointed, TaskExecAdded, TaskExecStarted, TaskPaused, TaskResumed,
 };
 use tether_protocol::api::events::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart};
-use tether_protocol::api::runc_options::{CheckpointOptions, Options, ProcessDetails};
+use tether_protocol::api::runc_options::{CheckpointOptions, ProcessDetails};
 use tether_protocol::api::task::*;
 use tether_protocol::api::{pack_any, type_url, Empty, TypeUrl};
 use tether_protocol::time::to_timestamp;
@@ -192,7 +192,7 @@ impl Service {
                 req.id
             )));
         }
-        let opts = runtime_options(&req.options)?;
+        let opts = crate::options::from_any(&req.options)?;
         let config = RuntimeConfig::from_options(&opts, &self.namespace);
         store::write_with(
             &bundle.join(RUNTIME_FILE),
@@ -961,11 +961,6 @@ pub fn delete_response(pid: u32, status: u32, at: i64) -> DeleteResponse {
         exited_at: MessageField::some(to_timestamp(at)),
         ..Default::default()
     }
-}
-
-/// containerd's runc options from the request's `Any`; none gives the defaults.
-pub fn runtime_options(any: &MessageField<tether_protocol::api::Any>) -> Result<Options> {
-    options(any, "runtime")
 }
 
 /// Options of type `M` from a request's `Any` (`what` names them in errors); an absent or empty
