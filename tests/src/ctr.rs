@@ -441,6 +441,12 @@ mod tests {
             ]
         );
         let cmd = ctr.command(&["version"]);
-        assert_eq!(cmd::describe(&cmd), "ctr --address /a/c.sock -n ns version");
+        assert_eq!(
+            cmd::describe(&cmd),
+            format!(
+                "{} --address /a/c.sock -n ns version",
+                ctr_binary().display()
+            )
+        );
     }
 }
