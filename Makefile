@@ -2,7 +2,8 @@
 #
 #   make          release binaries in target/release
 #   make run      the demo: a busybox container through the manager
-#   make test     installs what the tests need if missing, then fmt, clippy and every test
+#   make test     installs what the tests need if missing, then fmt, clippy and every test on the
+#                 system's containerd (1.6), then the containerd suites on 1.7 and 2.x
 #   make install  installs the binaries into $(PREFIX)/bin
 #   make bench    benchmarks against containerd-shim-runc-v2, written to BENCHMARKS.md
 
@@ -13,8 +14,12 @@ CARGO ?= cargo
 PACKAGES := containerd runc crun busybox-static criu iproute2 procps util-linux \
   gcc libc6-dev protobuf-compiler
 BINS := target/release/containerd-shim-tether-v2 target/release/tether
+# containerd versions tested beside the system's, unpacked privately from Debian's newer suites
+# by scripts/containerd-versions.sh (trixie: 1.7, sid: 2.x), and the suites run on each.
+CONTAINERD_VERSIONS ?= 1.7 2
+MATRIX_TESTS ?= --test harness --test 'shim_*'
 
-.PHONY: all build deps test lint run install bench clean
+.PHONY: all build deps containerd-versions test test-system lint run install bench clean
 
 all: build
 
@@ -36,8 +41,21 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-test: deps lint build
+# Once per machine (skipped when present and working): needs Debian's archive the first time.
+containerd-versions:
+	$(if $(CONTAINERD_VERSIONS),bash scripts/containerd-versions.sh,@true)
+
+test: deps lint build containerd-versions test-system $(addprefix test-containerd-,$(CONTAINERD_VERSIONS))
+
+# Every test, on the system's containerd.
+test-system:
+	@echo "=== containerd $$(containerd --version | awk '{ print $$3 }') (system): every test"
 	$(CARGO) test --workspace -- --test-threads=4
+
+# The containerd suites on another containerd version; a failure names it (target and command).
+test-containerd-%:
+	@echo "=== containerd $*: $(MATRIX_TESTS)"
+	TETHER_CONTAINERD_VERSION=$* $(CARGO) test -p tether-tests $(MATRIX_TESTS) -- --test-threads=4
 
 run: deps build
 	@bash scripts/demo.sh

@@ -8,6 +8,7 @@ pub mod api;
 pub mod id;
 pub mod manager_api;
 pub mod records;
+pub mod runtime_options;
 pub mod socket;
 pub mod store;
 pub mod task_service;

@@ -11,6 +11,7 @@ mod logging;
 mod mount;
 mod oom;
 mod ops;
+mod options;
 mod pid;
 mod process;
 mod reaper;

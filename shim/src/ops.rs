@@ -24,7 +24,7 @@ use tether_protocol::api::events::{
     TaskCheckpointed, TaskCreate, TaskDelete, TaskExecStarted, TaskIO, TaskPaused, TaskResumed,
     TaskStart,
 };
-use tether_protocol::api::runc_options::{CheckpointOptions, Options, ProcessDetails};
+use tether_protocol::api::runc_options::{CheckpointOptions, ProcessDetails};
 use tether_protocol::api::task::*;
 use tether_protocol::api::{pack_any, Empty, TypeUrl};
 use tether_protocol::time::{now_nanos, to_timestamp};
@@ -243,7 +243,7 @@ impl Service {
                 req.id
             )));
         }
-        let opts = runtime_options(&req.options)?;
+        let opts = crate::options::from_any(&req.options)?;
         let config = RuntimeConfig::from_options(&opts, &self.namespace);
         store::write_with(
             &bundle.join(RUNTIME_FILE),
@@ -820,11 +820,6 @@ fn launch(
 
 pub(crate) fn exec_spec_path(bundle: &Path, exec_id: &str) -> PathBuf {
     bundle.join(format!("exec-{exec_id}.json"))
-}
-
-/// containerd's runc options from the request's `Any`; none gives the defaults.
-pub fn runtime_options(any: &MessageField<tether_protocol::api::Any>) -> Result<Options> {
-    options(any, "runtime")
 }
 
 /// Options of type `M` from a request's `Any` (`what` names them in errors): absent or empty

@@ -6,6 +6,7 @@
 //! `<bundle>/log.json`; when a command fails, its last error there is what the caller sees.
 
 use crate::error::{Result, ShimError};
+use crate::options::RuntimeOptions;
 use crate::pid::Pid;
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,8 @@ use std::time::Duration;
 /// How long a runtime command may take when the request names no deadline.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The runtime options the shim keeps per container (from containerd's `runc.v1.Options`).
+/// The runtime options the shim keeps per container (see `options.rs` for where they come
+/// from). Persisted in the bundle: fields added later default when an older record is read.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RuntimeConfig {
     pub binary: String,
@@ -30,8 +32,21 @@ pub struct RuntimeConfig {
     pub no_pivot_root: bool,
     #[serde(default)]
     pub no_new_keyring: bool,
+    /// CRIU for checkpoint (runc's `--criu`); empty: the runtime's default.
     #[serde(default)]
     pub criu_path: String,
+    #[serde(default)]
+    pub criu_image_path: String,
+    #[serde(default)]
+    pub criu_work_path: String,
+    /// The cgroup containerd's own shim moves itself into; kept for the service to use.
+    #[serde(default)]
+    pub shim_cgroup: String,
+    /// Owner of the stdio FIFOs (user-namespaced containers); kept for the service to use.
+    #[serde(default)]
+    pub io_uid: u32,
+    #[serde(default)]
+    pub io_gid: u32,
 }
 
 impl RuntimeConfig {
@@ -39,10 +54,7 @@ impl RuntimeConfig {
     pub const DEFAULT_ROOT: &'static str = "/run/containerd/runc";
 
     /// From containerd's options (`binary_name`, `root`, ...); the root gets the namespace.
-    pub fn from_options(
-        opts: &tether_protocol::api::runc_options::Options,
-        namespace: &str,
-    ) -> Self {
+    pub fn from_options(opts: &RuntimeOptions, namespace: &str) -> Self {
         let root = if opts.root.is_empty() {
             Self::DEFAULT_ROOT
         } else {
@@ -58,7 +70,12 @@ impl RuntimeConfig {
             systemd_cgroup: opts.systemd_cgroup,
             no_pivot_root: opts.no_pivot_root,
             no_new_keyring: opts.no_new_keyring,
-            criu_path: String::new(),
+            criu_path: opts.criu_path.clone(),
+            criu_image_path: opts.criu_image_path.clone(),
+            criu_work_path: opts.criu_work_path.clone(),
+            shim_cgroup: opts.shim_cgroup.clone(),
+            io_uid: opts.io_uid,
+            io_gid: opts.io_gid,
         }
     }
 }
@@ -272,6 +289,7 @@ impl Runtime {
     ) -> Result<RuntimeCall> {
         let image = image.display().to_string();
         let work = work.display().to_string();
+        // `--criu` (the `CriuPath` option) is a global flag: `command()` puts it first.
         let mut args = vec!["checkpoint", "--image-path", &image, "--work-path", &work];
         if !opts.exit {
             args.push("--leave-running");

@@ -1,13 +1,15 @@
 //! A private containerd per test.
 //!
 //! [`Containerd::start`] makes a fresh directory `/run/tt-PID-N-RAND` (short: unix socket paths
-//! must fit in 108 bytes) holding its `config.toml` (version 2, CRI disabled unless
-//! [`Options::cri`] enables it ([`crate::cri`]), every other plugin
-//! at its default), `root/`, `state/`, `tmp/`, `opt/`, the gRPC socket `c.sock`, the ttrpc socket
-//! `c.sock.ttrpc` and the log `containerd.log`. Nothing is shared with another instance or with
-//! a system containerd, so tests run in parallel. Its `PATH` starts with [`bin_dir`], so the
-//! runtime `io.containerd.tether.v2` finds our `containerd-shim-tether-v2`; containerd's own
-//! `io.containerd.runc.v2` is found in /usr/bin as usual.
+//! must fit in 108 bytes) holding its `config.toml` ([`config_toml`]: version 2, or 3 for
+//! containerd 2.x; CRI disabled unless [`Options::cri`] enables it ([`crate::cri`], config version 2 only),
+//! NRI disabled, every other plugin at its default), `root/`, `state/`,
+//! `tmp/`, `opt/`, the gRPC socket `c.sock`, the ttrpc socket `c.sock.ttrpc` and the log
+//! `containerd.log`. Nothing is shared with another instance or with a system containerd, so
+//! tests run in parallel. Which containerd runs is [`crate::flavor`]'s choice (the system's by
+//! default). Its `PATH` starts with [`bin_dir`], so the runtime `io.containerd.tether.v2` finds
+//! our `containerd-shim-tether-v2`; containerd's own `io.containerd.runc.v2` is the one of the
+//! same package (the system's from /usr/bin).
 //!
 //! Dropping it (or [`Containerd::shutdown`]) leaves nothing behind, whatever state the test left:
 //! 1. if the daemon answers: every task of every namespace is force-deleted through ctr;
@@ -26,6 +28,7 @@
 use crate::bins::bin_dir;
 use crate::cmd::{self, exit_code};
 use crate::ctr::{parse_task_ls, Ctr};
+use crate::flavor::flavor;
 use crate::ids::unique_id;
 use crate::procs::{self, describe};
 use crate::{cgroups, mounts};
@@ -117,44 +120,18 @@ impl Containerd {
         me
     }
 
-    /// The generated config.
+    /// The generated config, in the file version the selected containerd reads natively.
     fn config_toml(&self) -> String {
-        let d = self.dir.display();
-        format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-temp = "{d}/tmp"
-{disabled}
-
-[grpc]
-  address = "{d}/c.sock"
-
-[ttrpc]
-  address = "{d}/c.sock.ttrpc"
-
-[debug]
-  level = "{level}"
-
-[plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "{d}/opt"
-
-{extra}
-{cri}
-"#,
-            level = self.opts.log_level.as_deref().unwrap_or("info"),
-            extra = self.opts.extra_config,
-            disabled = match self.opts.cri {
-                Some(_) => "",
-                None => r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#,
-            },
-            cri = self
-                .opts
-                .cri
-                .as_ref()
-                .map(|c| c.config_toml(&self.dir))
-                .unwrap_or_default(),
+        let mut extra = self.opts.extra_config.clone();
+        if let Some(cri) = &self.opts.cri {
+            extra.push_str(&cri.config_toml(&self.dir));
+        }
+        config_toml(
+            &self.dir,
+            flavor().version.config_version(),
+            self.opts.log_level.as_deref().unwrap_or("info"),
+            &extra,
+            self.opts.cri.is_some(),
         )
     }
 
@@ -167,6 +144,8 @@ temp = "{d}/tmp"
             .map(|p| p.display().to_string())
             .collect();
         parts.push(bin_dir().display().to_string());
+        // A containerd from the cache runs the runc shim of its own package.
+        parts.extend(flavor().path_dir.iter().map(|p| p.display().to_string()));
         if let Some(p) = std::env::var_os("PATH") {
             parts.extend(p.to_string_lossy().split(':').map(String::from));
         }
@@ -194,7 +173,7 @@ temp = "{d}/tmp"
             .append(true)
             .open(self.log_path())
             .expect("open containerd.log");
-        let child = Command::new("containerd")
+        let child = Command::new(&flavor().containerd)
             .arg("--config")
             .arg(self.config_path())
             .env("PATH", self.daemon_path())
@@ -227,7 +206,7 @@ temp = "{d}/tmp"
                 );
             }
             if self.address().exists() {
-                let mut c = Command::new(crate::ctr::CTR);
+                let mut c = Command::new(&flavor().ctr);
                 c.arg("--address").arg(self.address()).arg("version");
                 match cmd::try_run(&mut c, None, Duration::from_secs(5)) {
                     Ok(out) if out.success() => return,
@@ -663,4 +642,71 @@ fn is_writable_dir(p: &Path) -> bool {
         return false;
     };
     p.is_dir() && unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0
+}
+
+/// Plugins no test needs. Each containerd needs its own list: 2.x split the CRI plugin in three
+/// and added a pod-sandbox controller which, without CRI, fails to load (2.1.9 warns: "no
+/// plugins registered for io.containerd.transfer.v1"), and the sandbox-controllers API that
+/// then fails for want of it.
+fn disabled_plugins(config_version: u32) -> &'static [&'static str] {
+    if config_version >= 3 {
+        &[
+            "io.containerd.grpc.v1.cri",
+            "io.containerd.cri.v1.runtime",
+            "io.containerd.cri.v1.images",
+            "io.containerd.podsandbox.controller.v1.podsandbox",
+            "io.containerd.grpc.v1.sandbox-controllers",
+        ]
+    } else {
+        &["io.containerd.grpc.v1.cri"]
+    }
+}
+
+/// A private containerd's `config.toml` under `dir`: file version 2 (containerd 1.6/1.7) or 3
+/// (2.x), CRI disabled, everything else at its default but NRI, whose socket is machine-wide
+/// (on by default in 2.x): parallel daemons would fight over it.
+pub fn config_toml(
+    dir: &Path,
+    config_version: u32,
+    log_level: &str,
+    extra: &str,
+    cri: bool,
+) -> String {
+    let d = dir.display();
+    let none: &[&str] = &[];
+    let disabled = if cri {
+        none
+    } else {
+        disabled_plugins(config_version)
+    };
+    let disabled = disabled
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"version = {config_version}
+root = "{d}/root"
+state = "{d}/state"
+temp = "{d}/tmp"
+disabled_plugins = [{disabled}]
+
+[grpc]
+  address = "{d}/c.sock"
+
+[ttrpc]
+  address = "{d}/c.sock.ttrpc"
+
+[debug]
+  level = "{log_level}"
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{d}/opt"
+  [plugins."io.containerd.nri.v1.nri"]
+    disable = true
+
+{extra}
+"#
+    )
 }

@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// The `ctr` binary (Debian's containerd package).
-pub const CTR: &str = "ctr";
+/// The `ctr` of the containerd under test (see [`crate::flavor`]).
+pub fn ctr_binary() -> &'static Path {
+    &crate::flavor::flavor().ctr
+}
 /// The default deadline of one ctr call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -64,7 +66,7 @@ impl Ctr {
 
     /// `ctr --address A -n NS ARGS...`, not started: for callers that need their own handling.
     pub fn command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
-        let mut c = Command::new(CTR);
+        let mut c = Command::new(ctr_binary());
         c.arg("--address")
             .arg(&self.address)
             .arg("-n")
@@ -439,6 +441,12 @@ mod tests {
             ]
         );
         let cmd = ctr.command(&["version"]);
-        assert_eq!(cmd::describe(&cmd), "ctr --address /a/c.sock -n ns version");
+        assert_eq!(
+            cmd::describe(&cmd),
+            format!(
+                "{} --address /a/c.sock -n ns version",
+                ctr_binary().display()
+            )
+        );
     }
 }

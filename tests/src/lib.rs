@@ -11,6 +11,7 @@
 //! | [`cri`] | containerd's CRI plugin: a CRI client, pods, containers, CRI logs, leftovers |
 //! | [`pause`] | the pod sandbox image: a static pause program built with gcc |
 //! | [`ctr`] | `ctr --address A -n NS ...` with a deadline; `ctr run` builder; parsed `task ls/ps` |
+//! | [`flavor`] | which containerd and ctr: the system's, or 1.7/2.x by `TETHER_CONTAINERD_VERSION` |
 //! | [`events`] | `ctr events` streamed in the background, with `wait_for(pred, timeout)` |
 //! | [`cmd`] | run a child with a deadline, capturing stdout/stderr (killed by pid on timeout) |
 //! | [`manager`] | a private `tether daemon` per test, CLI calls against it, `tether events` streams |
@@ -65,6 +66,7 @@ pub mod containerd;
 pub mod cri;
 pub mod ctr;
 pub mod events;
+pub mod flavor;
 pub mod ids;
 pub mod image;
 pub mod manager;
@@ -84,6 +86,7 @@ pub use containerd::{
 };
 pub use ctr::{Ctr, TaskRow};
 pub use events::{Event, Events};
+pub use flavor::{flavor, Flavor};
 pub use ids::unique_id;
 pub use image::{busybox_image, ImageTarball, BUSYBOX_IMAGE};
 pub use rootfs::{build_busybox_rootfs, busybox_rootfs};

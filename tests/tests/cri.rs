@@ -439,7 +439,6 @@ fn killed_or_dying(pid: i32, args: &[String]) -> bool {
 /// The README's CRI snippet (its `options` table included), copied into a containerd config,
 /// runs pods with the `tether` handler.
 #[test]
-#[ignore = "fails until the shim accepts runtimeoptions.v1.Options (issue 9, item 1)"]
 fn readme_cri_snippet_runs_pods() {
     let snippet = readme_toml_block("runtimes.tether.options");
     let cri = Cri::start_with(CriConfig::new(&tables_of(&snippet)));

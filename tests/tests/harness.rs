@@ -102,7 +102,13 @@ fn events_show_task_lifecycle_in_order() {
     let out = ctr.run_rm_rootfs(RUNC_RUNTIME, busybox_rootfs(), &id, &["/bin/true"]);
     assert!(out.success(), "{out}");
     let exit = events.wait_for_topic(&id, "/tasks/exit", T);
-    events.wait_for_topic(&id, "/tasks/delete", T);
+    // containerd 2.1.9's own runc shim loses its /tasks/delete now and then (3 `ctr run --rm`
+    // of 15 here): it is shut down right after Delete, before the event is forwarded. So on 2.x
+    // it is not required of that shim; ours must publish it on every version (shim_events).
+    let runc_shim_loses_delete = tether_tests::flavor().version.major >= 2;
+    if !runc_shim_loses_delete {
+        events.wait_for_topic(&id, "/tasks/delete", T);
+    }
     events.wait_for_topic(&id, "/containers/delete", T);
     assert_eq!(exit.namespace, ns);
     assert_eq!(exit.json().expect("exit event is JSON")["id"], id.as_str());
@@ -112,15 +118,16 @@ fn events_show_task_lifecycle_in_order() {
         .into_iter()
         .filter(|t| t.starts_with("/tasks/"))
         .collect();
-    assert_eq!(
-        tasks,
-        [
-            "/tasks/create",
-            "/tasks/start",
-            "/tasks/exit",
-            "/tasks/delete"
-        ]
-    );
+    let mut want = vec![
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    if runc_shim_loses_delete && tasks.len() == 3 {
+        want.pop();
+    }
+    assert_eq!(tasks, want);
     assert_eq!(
         events.topics_for(&id).first().map(String::as_str),
         Some("/containers/create")
@@ -298,7 +305,7 @@ fn ctr_timeout_kills_ctr_and_reports_output_so_far() {
     assert!(msg.contains("started"), "output so far is shown: {msg}");
     let ctrs: Vec<i32> = procs::pids_with_cmdline(&id)
         .into_iter()
-        .filter(|&p| procs::cmdline(p).is_some_and(|a| a[0] == "ctr"))
+        .filter(|&p| procs::cmdline(p).is_some_and(|a| a[0].rsplit('/').next() == Some("ctr")))
         .collect();
     assert!(ctrs.is_empty(), "the timed-out ctr was killed: {ctrs:?}");
     // The task outlives its ctr; dropping the daemon deletes it.
@@ -334,4 +341,46 @@ fn restarted_daemon_reconnects_to_running_shim() {
     let report = cd.shutdown();
     assert!(report.problems.is_empty(), "{report:#?}");
     check.assert_clean();
+}
+
+/// The daemon and ctr are the selected containerd (`TETHER_CONTAINERD_VERSION`), and it reads
+/// the generated config as its own version: no migration warning, no plugin that failed to load.
+#[test]
+fn runs_the_selected_containerd_on_its_own_config_version() {
+    let flavor = tether_tests::flavor();
+    let cd = Containerd::start();
+    let out = cd.ctr("default").call_ok(&["version"]);
+    let server = out
+        .stdout
+        .split("Server:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("`ctr version` shows the server: {out}"));
+    let version = tether_tests::flavor::Version::parse(
+        server
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Version:"))
+            .unwrap_or_else(|| panic!("a server version: {out}")),
+    )
+    .expect("server version parses");
+    assert_eq!(version, flavor.version, "{out}");
+    let client =
+        tether_tests::flavor::Version::parse(out.stdout.split("Server:").next().unwrap_or(""));
+    assert_eq!(client, Some(flavor.version), "ctr is the same build: {out}");
+    let config = std::fs::read_to_string(cd.config_path()).expect("config.toml");
+    assert!(
+        config.starts_with(&format!("version = {}\n", flavor.version.config_version())),
+        "{config}"
+    );
+    let log = cd.log();
+    // 1.6 warns that devmapper is not configured: it is not, and no test uses it.
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("level=warning") || l.contains("level=error"))
+        .filter(|l| !l.contains("devmapper not configured"))
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "containerd {} warns about its config: {warnings:#?}",
+        flavor.version
+    );
 }

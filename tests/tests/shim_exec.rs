@@ -127,7 +127,12 @@ fn exec_exit_status_stdio_and_events_in_order() {
     let shim = shim2_util::shim_pid(&cd, &id);
     let held: Vec<String> = shim2_util::open_files(shim)
         .into_iter()
-        .filter(|f| ["e1-std", "e2-std", "quick"].iter().any(|n| f.contains(n)))
+        // By file name: the init's FIFOs are `<id>-stdout`, and a random id may end in "e1".
+        .filter(|f| {
+            ["/e1-std", "/e2-std", "/quick"]
+                .iter()
+                .any(|n| f.contains(n))
+        })
         .collect();
     assert!(held.is_empty(), "the shim still holds: {held:?}");
 

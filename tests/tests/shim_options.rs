@@ -1,0 +1,286 @@
+//! Runtime options in the form containerd's CRI plugin sends them for a runtime that is not
+//! runc's: `runtimeoptions.v1.Options`, its TOML in `config_path` (what `ctr
+//! --runtime-config-path` and containerd 1.6 send) or `config_body` (containerd 1.7 and 2.x).
+//! Each test proves the options reach the runtime: `BinaryName` is a wrapper that records its
+//! arguments and execs runc, and `Root` a private state root.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+use tether_protocol::api::task::{
+    CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, StateRequest,
+    StateResponse, Status as TaskStatus,
+};
+use tether_protocol::api::ttrpc::{self, Code};
+use tether_protocol::runtime_options::RuntimeOptions;
+use tether_protocol::task_service::TaskCaller;
+use tether_tests::{busybox_rootfs, shim, unique_id, wait_until, Containerd, TETHER_RUNTIME};
+
+const T: Duration = Duration::from_secs(20);
+
+/// A runtime wrapper that logs each call's arguments, one line each, then runs runc, and a
+/// private runc root for it.
+struct Wrapper {
+    dir: tempfile::TempDir,
+}
+
+impl Wrapper {
+    fn new() -> Wrapper {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let runc = which("runc").expect("runc on PATH (`make deps`)");
+        let script = format!(
+            "#!/bin/sh\necho \"$*\" >> {log}\nexec {runc} \"$@\"\n",
+            log = dir.path().join("calls").display(),
+            runc = runc.display()
+        );
+        let w = Wrapper { dir };
+        std::fs::write(w.binary(), script).expect("write the wrapper");
+        std::fs::set_permissions(w.binary(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the wrapper");
+        std::fs::create_dir(w.root()).expect("mkdir root");
+        w
+    }
+
+    fn binary(&self) -> PathBuf {
+        self.dir.path().join("runc-wrapper")
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// The options table, as a cluster operator writes it.
+    fn toml(&self) -> String {
+        format!(
+            "BinaryName = {:?}\nRoot = {:?}\nSomeOtherRuntimesKey = [1, 2]\n",
+            self.binary().display().to_string(),
+            self.root().display().to_string()
+        )
+    }
+
+    /// The wrapper's calls: `(command, its arguments)` per line, after runc's global flags.
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    /// Whether the wrapper ran `command` for `id` with the private root of `namespace`.
+    fn ran(&self, command: &str, namespace: &str, id: &str) -> bool {
+        let root = format!("--root {}", self.root().join(namespace).display());
+        self.calls().iter().any(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            l.starts_with(&root) && words.contains(&command) && words.last() == Some(&id)
+        })
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
+        .map(|d: PathBuf| d.join(name))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn runtime_config_path_reaches_the_runtime() {
+    tether_tests::shim_binary();
+    let w = Wrapper::new();
+    let config = w.dir.path().join("tether.toml");
+    std::fs::write(&config, w.toml()).expect("write tether.toml");
+    let cd = Containerd::start();
+    let ns = unique_id("ns");
+    let ctr = cd.ctr(&ns);
+    let id = unique_id("c");
+    let out = ctr
+        .run(&id)
+        .runtime(TETHER_RUNTIME)
+        .rootfs(busybox_rootfs())
+        .flag("--read-only")
+        .flag(&format!("--runtime-config-path={}", config.display()))
+        .rm()
+        .args(&["/bin/echo", "hello"])
+        .success();
+    assert_eq!(out.stdout, "hello\n", "{out}");
+    for command in ["create", "start", "delete"] {
+        assert!(
+            w.ran(command, &ns, &id),
+            "the wrapper ran `{command}` with --root {}: {:#?}",
+            w.root().join(&ns).display(),
+            w.calls()
+        );
+    }
+    assert!(
+        !w.root().join(&ns).join(&id).exists(),
+        "runc's state under the private root is gone"
+    );
+    assert!(
+        !shim::runc_state_dir(&ns, &id).exists(),
+        "nothing under the default root"
+    );
+
+    // A key of the wrong type: the run fails, saying which key, and leaves nothing.
+    std::fs::write(&config, "BinaryName = 1\n").expect("rewrite tether.toml");
+    let bad = unique_id("c");
+    let out = ctr
+        .run(&bad)
+        .runtime(TETHER_RUNTIME)
+        .rootfs(busybox_rootfs())
+        .flag("--read-only")
+        .flag(&format!("--runtime-config-path={}", config.display()))
+        .rm()
+        .args(&["/bin/true"])
+        .output();
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr.contains("BinaryName must be a string"),
+        "ctr shows the shim's reason: {out}"
+    );
+    let _ = ctr.container_delete(&bad);
+    assert!(wait_until(T, || cd.shim_pids().is_empty()));
+
+    let check = cd.leak_check();
+    let report = cd.shutdown();
+    assert!(report.problems.is_empty(), "{report:#?}");
+    assert!(report.killed.is_empty(), "{report:#?}");
+    check.assert_clean();
+}
+
+/// The spec of a second container for the shim serving `first`: same process settings, its own
+/// cgroup, the read-only busybox rootfs.
+fn second_bundle(cd: &Containerd, ns: &str, first: &str, id: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp bundle dir");
+    let config = cd.bundle(ns, first).join("config.json");
+    let text = std::fs::read_to_string(&config).expect("the first container's config.json");
+    let mut spec: serde_json::Value = serde_json::from_str(&text).expect("config.json is JSON");
+    spec["root"] = serde_json::json!({ "path": busybox_rootfs(), "readonly": true });
+    spec["process"]["args"] = serde_json::json!(["/bin/true"]);
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{ns}/{id}"));
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_vec(&spec).expect("serialize the spec"),
+    )
+    .expect("write config.json");
+    dir
+}
+
+#[test]
+fn config_body_options_reach_the_runtime_through_the_task_api() {
+    tether_tests::shim_binary();
+    let w = Wrapper::new();
+    let cd = Containerd::start();
+    let ns = unique_id("ns");
+    let ctr = cd.ctr(&ns);
+    let first = unique_id("c");
+    ctr.run(&first)
+        .runtime(TETHER_RUNTIME)
+        .rootfs(busybox_rootfs())
+        .flag("--read-only")
+        .detach()
+        .args(&["/bin/sleep", "1000"])
+        .success();
+    let address = shim::address(&cd.bundle(&ns, &first)).expect("the shim's address file");
+    let (caller, _) = TaskCaller::connect(&address, T).expect("connect to the shim");
+
+    // A second container through the same shim, with the options as containerd 1.7/2.x's CRI
+    // plugin sends them for our runtime type.
+    let id = unique_id("c");
+    let bundle = second_bundle(&cd, &ns, &first, &id);
+    let options = RuntimeOptions {
+        config_body: w.toml().into_bytes(),
+        ..Default::default()
+    };
+    let req = CreateTaskRequest {
+        id: id.clone(),
+        bundle: bundle.path().display().to_string(),
+        options: protobuf::MessageField::some(options.to_any().expect("encode the options")),
+        ..Default::default()
+    };
+    let created: CreateTaskResponse = caller
+        .call("Create", &req, T)
+        .unwrap_or_else(|e| panic!("Create with runtimeoptions.v1.Options: {e:?}"));
+    assert!(created.pid > 0, "{created:?}");
+    assert!(
+        w.ran("create", &ns, &id),
+        "the wrapper ran `create` with the private root: {:#?}",
+        w.calls()
+    );
+    assert!(w.root().join(&ns).join(&id).join("state.json").is_file());
+    let state: StateResponse = caller
+        .call(
+            "State",
+            &StateRequest {
+                id: id.clone(),
+                ..Default::default()
+            },
+            T,
+        )
+        .expect("State of the second container");
+    assert_eq!(
+        state.status.enum_value(),
+        Ok(TaskStatus::CREATED),
+        "{state:?}"
+    );
+
+    let deleted: DeleteResponse = caller
+        .call(
+            "Delete",
+            &DeleteRequest {
+                id: id.clone(),
+                ..Default::default()
+            },
+            T,
+        )
+        .unwrap_or_else(|e| panic!("Delete of the second container: {e:?}"));
+    assert_eq!(deleted.pid, created.pid, "{deleted:?}");
+    assert!(
+        w.ran("delete", &ns, &id),
+        "the wrapper ran `delete`: {:#?}",
+        w.calls()
+    );
+    assert!(!w.root().join(&ns).join(&id).exists());
+
+    // Options of the wrong type are refused, naming the key; the shim serves on.
+    let bad = RuntimeOptions {
+        config_body: b"NoPivotRoot = \"yes\"\n".to_vec(),
+        ..Default::default()
+    };
+    let req = CreateTaskRequest {
+        id: unique_id("c"),
+        bundle: bundle.path().display().to_string(),
+        options: protobuf::MessageField::some(bad.to_any().expect("encode")),
+        ..Default::default()
+    };
+    match caller.call::<_, CreateTaskResponse>("Create", &req, T) {
+        Err(ttrpc::Error::RpcStatus(s)) => {
+            assert_eq!(s.code(), Code::INVALID_ARGUMENT, "{s:?}");
+            assert!(s.message().contains("NoPivotRoot"), "{s:?}");
+        }
+        other => panic!("Create with NoPivotRoot = \"yes\": {other:?}"),
+    }
+    drop(caller);
+
+    // The first container still runs under the same shim; end it through containerd.
+    assert_eq!(
+        ctr.task(&first).map(|t| t.status),
+        Some("RUNNING".to_string())
+    );
+    assert!(ctr.task_kill(&first, "SIGKILL").success());
+    assert!(wait_until(T, || ctr
+        .task(&first)
+        .is_some_and(|t| t.status == "STOPPED")));
+    assert_eq!(ctr.task_delete_status(&first), 137);
+    assert!(ctr.container_delete(&first).success());
+    assert!(wait_until(T, || cd.shim_pids().is_empty()));
+    let check = cd.leak_check();
+    let report = cd.shutdown();
+    assert!(report.problems.is_empty(), "{report:#?}");
+    assert!(report.killed.is_empty(), "{report:#?}");
+    check.assert_clean();
+    assert!(
+        tether_tests::cgroups::existing(&format!("{ns}/{id}")).is_empty(),
+        "the second container's cgroup is gone"
+    );
+}
