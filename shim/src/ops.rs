@@ -283,6 +283,7 @@ impl Service {
         let who = Who {
             namespace: &self.namespace,
             id: &req.id,
+            owner: stdio_owner(&c.runtime.config),
         };
         let launched = launch(&mut self.pumps, &stdio, &who, |console, runtime_stdio| {
             c.runtime
@@ -406,6 +407,7 @@ impl Service {
         let who = Who {
             namespace: &self.namespace,
             id: &req.id,
+            owner: stdio_owner(&c.runtime.config),
         };
         let runtime = &c.runtime;
         let (io, console, call) = launch(&mut self.pumps, &stdio, &who, |console, rstdio| {
@@ -816,6 +818,11 @@ fn launch(
             Err(e)
         }
     }
+}
+
+/// The `IoUid`/`IoGid` runtime options: none when both are 0 (root keeps the pipes).
+fn stdio_owner(config: &RuntimeConfig) -> Option<(u32, u32)> {
+    (config.io_uid != 0 || config.io_gid != 0).then_some((config.io_uid, config.io_gid))
 }
 
 pub(crate) fn exec_spec_path(bundle: &Path, exec_id: &str) -> PathBuf {

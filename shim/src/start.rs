@@ -5,6 +5,8 @@
 
 use crate::cli::Flags;
 use crate::error::{Result, ShimError};
+use crate::pid::Pid;
+use protobuf::Message;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -42,9 +44,15 @@ fn grouping_id(bundle: &Path, id: &str) -> String {
 pub fn start(flags: &Flags) -> Result<String> {
     validate_namespace(&flags.namespace)?;
     validate_id(&flags.id)?;
-    // The runtime options arrive on stdin; Create carries them too, so they are only drained.
+    // The runtime options arrive on stdin (Create carries them too); here only `ShimCgroup`
+    // matters. Unreadable options are Create's to refuse, with the container named.
     let mut opts = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut opts);
+    let shim_cgroup = tether_protocol::api::Any::parse_from_bytes(&opts)
+        .ok()
+        .and_then(|any| crate::options::from_any(&protobuf::MessageField::some(any)).ok())
+        .map(|o| o.shim_cgroup)
+        .unwrap_or_default();
 
     let bundle = if flags.bundle.is_empty() {
         std::env::current_dir().map_err(ShimError::io("getcwd"))?
@@ -78,9 +86,20 @@ pub fn start(flags: &Flags) -> Result<String> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(ShimError::io(format!("chmod 0600 {}", path.display())))?;
 
-    if let Err(e) = spawn_shim(flags, &bundle, OwnedFd::from(listener), &path) {
-        let _ = std::fs::remove_file(&path);
-        return Err(e);
+    let pid = match spawn_shim(flags, &bundle, OwnedFd::from(listener), &path) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+    };
+    if !shim_cgroup.is_empty() {
+        // As containerd's shim: the shim lives in the cgroup it was given, or does not start.
+        if let Err(e) = crate::cgroup::join::join(&shim_cgroup, pid.as_u32()) {
+            let _ = pid.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
     }
     write_address(&bundle, &address)?;
     Ok(address)
@@ -95,7 +114,7 @@ fn write_address(bundle: &Path, address: &str) -> Result<()> {
     Ok(())
 }
 
-fn spawn_shim(flags: &Flags, bundle: &Path, listener: OwnedFd, path: &Path) -> Result<()> {
+fn spawn_shim(flags: &Flags, bundle: &Path, listener: OwnedFd, path: &Path) -> Result<Pid> {
     let exe = std::env::current_exe().map_err(ShimError::io("find own executable"))?;
     let fd = listener.as_raw_fd();
     let mut cmd = Command::new(exe);
@@ -122,7 +141,8 @@ fn spawn_shim(flags: &Flags, bundle: &Path, listener: OwnedFd, path: &Path) -> R
         });
     }
     // Not waited for: the shim outlives `start` and is adopted by a subreaper or init.
-    cmd.spawn().map_err(ShimError::io("spawn the shim"))?;
+    let child = cmd.spawn().map_err(ShimError::io("spawn the shim"))?;
     drop(listener);
-    Ok(())
+    Pid::new(child.id() as i64)
+        .ok_or_else(|| ShimError::Runtime(format!("the shim got pid {}", child.id())))
 }

@@ -301,6 +301,7 @@ impl Pumps {
         let mut stdio = ProcessStdio::default();
         if !paths.stdin.is_empty() {
             let (r, w) = new_pipe()?;
+            who.give(&r)?;
             let fifo = open_fifo(&paths.stdin, OFlag::O_RDONLY)?;
             io.stdin = Some(self.add(Pump::splice(fifo, Sink::Pipe(w)))?);
             stdio.stdin = Some(r);
@@ -310,6 +311,8 @@ impl Pumps {
         if let (Target::Binary(uri), _) | (_, Target::Binary(uri)) = (&out, &err) {
             let (o, e, ready) = start_binary_logger(uri, who)?;
             io.logger = Some(self.watch_logger(ready)?);
+            who.give(&o)?;
+            who.give(&e)?;
             stdio.stdout = Some(o);
             stdio.stderr = Some(e);
             return Ok(stdio);
@@ -348,6 +351,7 @@ impl Pumps {
                 }
             };
             let (r, w) = new_pipe()?;
+            who.give(&w)?;
             *slot = Some(self.add(Pump::splice(r, dst))?);
             *fd = Some(w);
         }
@@ -427,6 +431,27 @@ pub struct StdioPaths {
 pub struct Who<'a> {
     pub namespace: &'a str,
     pub id: &'a str,
+    /// Who owns the container's ends of the stdio pipes (`IoUid`/`IoGid`): a process of a
+    /// user-namespaced container may then reopen them (`/dev/stdout`); none: root, the creator.
+    pub owner: Option<(u32, u32)>,
+}
+
+impl Who<'_> {
+    /// Hands the container's end of a pipe to the stdio owner.
+    fn give(&self, fd: &OwnedFd) -> Result<()> {
+        if let Some((uid, gid)) = self.owner {
+            nix::unistd::fchown(
+                fd,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(ShimError::nix(format!(
+                "container {}: chown its stdio pipe to {uid}:{gid}",
+                self.id
+            )))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -549,6 +574,25 @@ fn start_binary_logger(uri: &str, who: &Who) -> Result<(OwnedFd, OwnedFd, OwnedF
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stdio_pipes_are_handed_to_the_io_owner() {
+        let owner_of = |fd: &OwnedFd| nix::sys::stat::fstat(fd).map(|st| (st.st_uid, st.st_gid));
+        let (r, _w) = new_pipe().unwrap();
+        let root = Who {
+            namespace: "ns",
+            id: "c",
+            owner: None,
+        };
+        root.give(&r).unwrap();
+        assert_eq!(owner_of(&r).unwrap(), (0, 0), "no IoUid: root keeps it");
+        let user = Who {
+            owner: Some((1000, 1001)),
+            ..root
+        };
+        user.give(&r).unwrap();
+        assert_eq!(owner_of(&r).unwrap(), (1000, 1001));
+    }
 
     #[test]
     fn parses_stdio_targets() {

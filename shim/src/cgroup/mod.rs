@@ -6,6 +6,7 @@
 //! one with only the unified line (`0::/path`) the v2 way. Without a matching mount the standard
 //! layout is assumed (`/sys/fs/cgroup/<controller>`, `/sys/fs/cgroup`).
 
+pub mod join;
 pub mod parse;
 
 use crate::error::{Result, ShimError};
