@@ -284,3 +284,127 @@ fn config_body_options_reach_the_runtime_through_the_task_api() {
         "the second container's cgroup is gone"
     );
 }
+
+/// Runs `stat` of its own stdout pipe as uid/gid 1000 in a second container of the shim serving
+/// `first`, its stdout to a file; returns its exit status and what reached the file.
+fn stdout_owner_as_user(
+    cd: &Containerd,
+    caller: &TaskCaller,
+    ns: &str,
+    first: &str,
+    options: &str,
+) -> (u32, String) {
+    use tether_protocol::api::task::{StartRequest, StartResponse, WaitRequest, WaitResponse};
+    let id = unique_id("c");
+    let bundle = second_bundle(cd, ns, first, &id);
+    let config = bundle.path().join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).expect("read spec")).expect("spec");
+    spec["process"]["user"] = serde_json::json!({ "uid": 1000, "gid": 1000 });
+    // No capabilities: CAP_DAC_OVERRIDE would open any pipe whoever owns it.
+    spec["process"]["capabilities"] = serde_json::json!({});
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] =
+        serde_json::json!(["/bin/stat", "-L", "-c", "%u:%g", "/proc/self/fd/1"]);
+    std::fs::write(&config, serde_json::to_vec(&spec).expect("encode")).expect("write spec");
+    let out = bundle.path().join("out.log");
+    let options = RuntimeOptions {
+        config_body: options.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let req = CreateTaskRequest {
+        id: id.clone(),
+        bundle: bundle.path().display().to_string(),
+        stdout: format!("file://{}", out.display()),
+        options: protobuf::MessageField::some(options.to_any().expect("encode the options")),
+        ..Default::default()
+    };
+    let _: CreateTaskResponse = caller
+        .call("Create", &req, T)
+        .unwrap_or_else(|e| panic!("Create: {e:?}"));
+    let task = |exec_id: &str| (id.clone(), exec_id.to_string());
+    let (tid, eid) = task("");
+    let _: StartResponse = caller
+        .call(
+            "Start",
+            &StartRequest {
+                id: tid.clone(),
+                exec_id: eid.clone(),
+                ..Default::default()
+            },
+            T,
+        )
+        .unwrap_or_else(|e| panic!("Start: {e:?}"));
+    let waited: WaitResponse = caller
+        .call(
+            "Wait",
+            &WaitRequest {
+                id: tid.clone(),
+                exec_id: eid,
+                ..Default::default()
+            },
+            T,
+        )
+        .unwrap_or_else(|e| panic!("Wait: {e:?}"));
+    let _: DeleteResponse = caller
+        .call(
+            "Delete",
+            &DeleteRequest {
+                id: tid,
+                ..Default::default()
+            },
+            T,
+        )
+        .unwrap_or_else(|e| panic!("Delete: {e:?}"));
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    (waited.exit_status, text)
+}
+
+/// `IoUid`/`IoGid`: the container's ends of its stdio pipes belong to that user and group, as
+/// with containerd's shim, so a user-namespaced container (whose runtime cannot chown a pipe
+/// of the host's root) may reopen them. runc itself gives the pipe's uid to the process's user
+/// where it can, never its gid: the gid is what shows the option took effect.
+#[test]
+fn io_uid_and_gid_own_the_container_stdio_pipes() {
+    tether_tests::shim_binary();
+    let cd = Containerd::start();
+    let ns = unique_id("ns");
+    let ctr = cd.ctr(&ns);
+    let first = unique_id("c");
+    ctr.run(&first)
+        .runtime(TETHER_RUNTIME)
+        .rootfs(busybox_rootfs())
+        .flag("--read-only")
+        .detach()
+        .args(&["/bin/sleep", "1000"])
+        .success();
+    let address = shim::address(&cd.bundle(&ns, &first)).expect("the shim's address file");
+    let (caller, _) = TaskCaller::connect(&address, T).expect("connect to the shim");
+
+    let with = "IoUid = 1000\nIoGid = 1001\n";
+    let (status, text) = stdout_owner_as_user(&cd, &caller, &ns, &first, with);
+    assert_eq!(
+        (status, text.as_str()),
+        (0, "1000:1001\n"),
+        "with IoUid/IoGid"
+    );
+    let (status, text) = stdout_owner_as_user(&cd, &caller, &ns, &first, "");
+    assert_eq!(
+        (status, text.as_str()),
+        (0, "1000:0\n"),
+        "without: root's group"
+    );
+    drop(caller);
+
+    assert!(ctr.task_kill(&first, "SIGKILL").success());
+    assert!(wait_until(T, || ctr
+        .task(&first)
+        .is_some_and(|t| t.status == "STOPPED")));
+    assert_eq!(ctr.task_delete_status(&first), 137);
+    assert!(ctr.container_delete(&first).success());
+    assert!(wait_until(T, || cd.shim_pids().is_empty()));
+    let check = cd.leak_check();
+    let report = cd.shutdown();
+    assert!(report.problems.is_empty(), "{report:#?}");
+    check.assert_clean();
+}
