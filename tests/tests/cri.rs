@@ -314,10 +314,16 @@ fn oom_killed(handler: &str) {
     }
     let id = cri.start_container(&pod, &config);
     let st = cri.wait_state(&id, ContainerState::ContainerExited);
-    assert_eq!(
-        (st.exit_code, st.reason.as_str()),
-        (137, "OOMKilled"),
-        "{st:?}"
+    // containerd 1.6's own shim sometimes publishes the exit before the OOM (seen in CI: reason
+    // "Error"); ours publishes a pending OOM before the exit it caused, always.
+    let reasons: &[&str] = if handler == RUNC_HANDLER {
+        &["OOMKilled", "Error"]
+    } else {
+        &["OOMKilled"]
+    };
+    assert!(
+        st.exit_code == 137 && reasons.contains(&st.reason.as_str()),
+        "{handler}: exit 137 with reason {reasons:?}: {st:?}"
     );
     finish(cri, &[&pod]);
 }
