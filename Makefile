@@ -18,8 +18,10 @@ BINS := target/release/containerd-shim-tether-v2 target/release/tether
 # by scripts/containerd-versions.sh (trixie: 1.7, sid: 2.x), and the suites run on each.
 CONTAINERD_VERSIONS ?= 1.7 2
 MATRIX_TESTS ?= --test harness --test 'shim_*'
-# The CRI suite writes config version 2: it runs on 1.6 (in test-system) and 1.7.
+# The CRI suite writes the config version each containerd reads (2 on 1.x, 3 on 2.x): it runs
+# on 1.6 (in test-system), 1.7 and 2.x.
 test-containerd-1.7: MATRIX_TESTS += --test cri
+test-containerd-2: MATRIX_TESTS += --test cri
 
 .PHONY: all build deps containerd-versions test test-system lint run install bench clean
 

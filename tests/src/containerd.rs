@@ -2,7 +2,7 @@
 //!
 //! [`Containerd::start`] makes a fresh directory `/run/tt-PID-N-RAND` (short: unix socket paths
 //! must fit in 108 bytes) holding its `config.toml` ([`config_toml`]: version 2, or 3 for
-//! containerd 2.x; CRI disabled unless [`Options::cri`] enables it ([`crate::cri`], config version 2 only),
+//! containerd 2.x; CRI disabled unless [`Options::cri`] enables it ([`crate::cri`]),
 //! NRI disabled, every other plugin at its default), `root/`, `state/`,
 //! `tmp/`, `opt/`, the gRPC socket `c.sock`, the ttrpc socket `c.sock.ttrpc` and the log
 //! `containerd.log`. Nothing is shared with another instance or with a system containerd, so
@@ -124,7 +124,7 @@ impl Containerd {
     fn config_toml(&self) -> String {
         let mut extra = self.opts.extra_config.clone();
         if let Some(cri) = &self.opts.cri {
-            extra.push_str(&cri.config_toml(&self.dir));
+            extra.push_str(&cri.config_toml(&self.dir, flavor().version));
         }
         config_toml(
             &self.dir,

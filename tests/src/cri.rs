@@ -1,11 +1,13 @@
 //! containerd's CRI plugin, driven as the kubelet drives it: a private containerd with CRI on,
 //! a CRI client, pods and containers, and a check that nothing is left once they are removed.
 //!
-//! [`Cri::start`] starts a [`Containerd`] whose config enables the CRI plugin ([`CriConfig`]):
-//! - `sandbox_image` is our own pause image ([`crate::pause`]), and the busybox image is the
+//! [`Cri::start`] starts a [`Containerd`] whose config enables the CRI plugin ([`CriConfig`], in
+//! the config version of the containerd under test: 2 for 1.6/1.7, 3 for 2.x):
+//! - the sandbox image is our own pause image ([`crate::pause`]), and the busybox image is the
 //!   containers' image; both are built offline and imported with `ctr -n k8s.io images import`;
 //! - runtime handlers `runc` (containerd's shim, to prove each test right) and `tether`, whose
-//!   table is read from `deploy/containerd/tether-v2.toml`, the drop-in operators use;
+//!   table is read from `deploy/containerd/tether-v2.toml` (containerd 1.x) or
+//!   `tether-v3.toml` (2.x), the drop-ins operators use;
 //! - `restrict_oom_score_adj = true`: root here lacks CAP_SYS_RESOURCE;
 //! - pods use the host's network namespace (`NamespaceMode::Node`), which needs no CNI plugin;
 //!   the CNI directories point into the private directory so nothing of the host is read;
@@ -21,6 +23,7 @@ pub mod client;
 pub mod log;
 
 use crate::containerd::{Containerd, LeakCheck, Options};
+use crate::flavor::{flavor, Version};
 use crate::ids::unique_id;
 use crate::image::{busybox_image, BUSYBOX_IMAGE};
 use crate::pause::{pause_image, PAUSE_IMAGE};
@@ -57,6 +60,20 @@ pub fn drop_in_v2() -> PathBuf {
     deploy_dir().join("containerd/tether-v2.toml")
 }
 
+/// The containerd 2.x (config version 3) drop-in that registers the `tether` handler.
+pub fn drop_in_v3() -> PathBuf {
+    deploy_dir().join("containerd/tether-v3.toml")
+}
+
+/// The drop-in for a containerd that reads config files of `config_version`.
+pub fn drop_in(config_version: u32) -> PathBuf {
+    if config_version >= 3 {
+        drop_in_v3()
+    } else {
+        drop_in_v2()
+    }
+}
+
 /// The tables of a TOML config snippet, without its top-level `version = N` line: appended to
 /// a config that has its own, a second `version` would land inside the last table.
 pub fn tables_of(snippet: &str) -> String {
@@ -67,12 +84,14 @@ pub fn tables_of(snippet: &str) -> String {
         .join("\n")
 }
 
-/// The CRI plugin's section of a containerd config (version 2).
+/// The CRI plugin's sections of a containerd config.
 #[derive(Debug, Clone)]
 pub struct CriConfig {
     /// The image every pod sandbox runs.
     pub sandbox_image: String,
-    /// Extra runtime handler tables (`[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.X]`).
+    /// Extra runtime handler tables, in the config version of the containerd under test
+    /// (`[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.X]` in version 2,
+    /// `[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.X]` in version 3).
     pub handlers: String,
 }
 
@@ -85,8 +104,18 @@ impl CriConfig {
         }
     }
 
-    /// The config tables for a containerd whose private directory is `dir`.
-    pub fn config_toml(&self, dir: &Path) -> String {
+    /// The config tables for containerd `version` whose private directory is `dir`: version 2
+    /// tables (one `io.containerd.grpc.v1.cri` plugin) before containerd 2.0, version 3 ones
+    /// from it on, where the plugin is split in three ([`CriConfig::config_toml_v3`]).
+    pub fn config_toml(&self, dir: &Path, version: Version) -> String {
+        if version.config_version() >= 3 {
+            self.config_toml_v3(dir, version)
+        } else {
+            self.config_toml_v2(dir)
+        }
+    }
+
+    fn config_toml_v2(&self, dir: &Path) -> String {
         let d = dir.display();
         format!(
             r#"[plugins."io.containerd.grpc.v1.cri"]
@@ -102,6 +131,45 @@ impl CriConfig {
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{d}/cni/bin"
     conf_dir = "{d}/cni/net.d"
+
+{handlers}
+"#,
+            sandbox = self.sandbox_image,
+            handlers = self.handlers,
+        )
+    }
+
+    /// containerd 2.x (what `containerd config migrate` makes of the version 2 tables): the
+    /// images plugin has the snapshotter and the sandbox image (`pinned_images.sandbox`), the
+    /// runtime plugin the runtimes, CNI and `restrict_oom_score_adj`, and the gRPC plugin only
+    /// the stream server. CNI's `bin_dir` became the list `bin_dirs` in 2.1 (`bin_dir` is
+    /// deprecated there).
+    fn config_toml_v3(&self, dir: &Path, version: Version) -> String {
+        let d = dir.display();
+        let cni_bin = if version.minor >= 1 || version.major > 2 {
+            format!(r#"bin_dirs = ["{d}/cni/bin"]"#)
+        } else {
+            format!(r#"bin_dir = "{d}/cni/bin""#)
+        };
+        format!(
+            r#"[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{sandbox}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    {cni_bin}
+    conf_dir = "{d}/cni/net.d"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
 
 {handlers}
 "#,
@@ -133,10 +201,12 @@ pub struct Cri {
 }
 
 impl Cri {
-    /// CRI with the `tether` handler of `deploy/containerd/tether-v2.toml`.
+    /// CRI with the `tether` handler of the drop-in in `deploy/containerd/` for the containerd
+    /// under test (`tether-v2.toml` for 1.6/1.7, `tether-v3.toml` for 2.x).
     pub fn start() -> Cri {
-        let drop_in = fs::read_to_string(drop_in_v2())
-            .unwrap_or_else(|e| panic!("read {}: {e}", drop_in_v2().display()));
+        let path = drop_in(flavor().version.config_version());
+        let drop_in =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         Self::start_with(CriConfig::new(&tables_of(&drop_in)))
     }
 

@@ -1,6 +1,7 @@
 //! The CRI path end to end: containerd's CRI plugin, driven with a CRI client as the kubelet
 //! drives it, runs pods with the `runc` handler (containerd's shim, proving each test right)
-//! and the `tether` handler (our shim), configured from `deploy/containerd/tether-v2.toml`.
+//! and the `tether` handler (our shim), configured from `deploy/containerd/tether-v2.toml`
+//! (containerd 1.6/1.7) or `tether-v3.toml` (2.x, `TETHER_CONTAINERD_VERSION=2`).
 //!
 //! Every case runs once per handler: `runc::NAME` and `tether::NAME`. Each ends by removing
 //! its pods and checking that nothing is left: no shim, socket, bundle, runc state, mount or
@@ -11,7 +12,7 @@ use tether_tests::cri::api::{ContainerState, NamespaceMode, PodSandboxState};
 use tether_tests::cri::{
     log, tables_of, Cri, CriConfig, Pod, CRI_NAMESPACE, RUNC_HANDLER, TETHER_HANDLER,
 };
-use tether_tests::{procs, wait_until};
+use tether_tests::{flavor, procs, wait_until};
 
 /// Generous: a stop or remove that hangs (the failure mode of issue 9) shows as an error.
 const POD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -442,11 +443,12 @@ fn killed_or_dying(pid: i32, args: &[String]) -> bool {
     })
 }
 
-/// The README's CRI snippet (its `options` table included), copied into a containerd config,
-/// runs pods with the `tether` handler.
+/// The README's CRI snippet for the containerd under test (its `options` table included),
+/// copied into a containerd config, runs pods with the `tether` handler.
 #[test]
 fn readme_cri_snippet_runs_pods() {
-    let snippet = readme_toml_block("runtimes.tether.options");
+    let version = flavor().version.config_version();
+    let snippet = readme_toml_block(&format!("version = {version}\n"), "runtimes.tether.options");
     let cri = Cri::start_with(CriConfig::new(&tables_of(&snippet)));
     let pod = run_pod(&cri, TETHER_HANDLER, NamespaceMode::Container);
     let id = cri.run_container(&pod, "hello", &["echo", "hello"]);
@@ -510,14 +512,14 @@ fn code_blocks(md: &str) -> Vec<String> {
     blocks
 }
 
-/// The first ```toml block of the README that contains `needle`.
-fn readme_toml_block(needle: &str) -> String {
+/// The first ```toml block of the README that starts with `head` and contains `needle`.
+fn readme_toml_block(head: &str, needle: &str) -> String {
     let readme = readme();
     readme
         .split("```toml\n")
         .skip(1)
         .filter_map(|b| b.split("```").next())
-        .find(|b| b.contains(needle))
-        .unwrap_or_else(|| panic!("no ```toml block with {needle} in README.md"))
+        .find(|b| b.starts_with(head) && b.contains(needle))
+        .unwrap_or_else(|| panic!("no ```toml block starting {head:?} with {needle} in README.md"))
         .to_string()
 }
