@@ -5,7 +5,8 @@
 #   make test     installs what the tests need if missing, then fmt, clippy and every test on the
 #                 system's containerd (1.6), then the containerd suites on 1.7 and 2.x
 #   make install  installs the binaries into $(PREFIX)/bin
-#   make bench    benchmarks against containerd-shim-runc-v2, written to BENCHMARKS.md
+#   make bench    benchmarks against containerd-shim-runc-v2, written to BENCHMARKS.md, with a
+#                 chart of the figures in BENCHMARKS.svg
 
 PREFIX ?= /usr/local
 CARGO ?= cargo

@@ -12,8 +12,13 @@
 //! ones, from exec until `tether ps` lists all 220 resolved; and its thread count meanwhile.
 //! `--quick` skips it (and counts wake-ups over 10 s instead of 60).
 //! `--responsive-only` runs only the hang and wake-up figures.
+//!
+//! Beside the markdown goes a chart of the Go-vs-tether table (`--out X.md` also writes `X.svg`,
+//! see `chart`); `--chart-from X.md` only redraws that chart from an existing report.
 
 // A directory without main.rs: not a binary of its own.
+#[path = "bench/chart.rs"]
+mod chart;
 #[path = "bench/responsive.rs"]
 mod responsive;
 
@@ -41,6 +46,8 @@ struct Args {
     wakeup_window: Duration,
     /// Only the hang and wake-up figures (`--responsive-only`).
     responsive_only: bool,
+    /// Only redraw the chart of this report (`--chart-from`).
+    chart_from: Option<PathBuf>,
 }
 
 /// The manager's figures.
@@ -64,6 +71,7 @@ fn args() -> Args {
         restart_only: false,
         wakeup_window: Duration::from_secs(60),
         responsive_only: false,
+        chart_from: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -83,11 +91,12 @@ fn args() -> Args {
             }
             "--restart-only" => a.restart_only = true,
             "--responsive-only" => a.responsive_only = true,
+            "--chart-from" => a.chart_from = Some(PathBuf::from(val())),
             "--restart" => {
                 a.restart_live = val().parse().expect("--restart LIVE");
             }
             other => panic!(
-                "unknown argument {other} (--out P, --idle N, --runs N, --stream-mib N, --restart LIVE, --restart-only, --responsive-only, --quick)"
+                "unknown argument {other} (--out P, --idle N, --runs N, --stream-mib N, --restart LIVE, --restart-only, --responsive-only, --quick, --chart-from REPORT)"
             ),
         }
     }
@@ -404,8 +413,31 @@ fn host_pipe_once(mib: usize) -> f64 {
     (total as f64 / (1 << 20) as f64) / t0.elapsed().as_secs_f64()
 }
 
+/// The chart beside a report: `BENCHMARKS.md` -> `BENCHMARKS.svg`.
+fn chart_path(report: &Path) -> PathBuf {
+    report.with_extension("svg")
+}
+
+/// Draws the chart of `report`'s Go-vs-tether table beside `path` (nothing if it has none).
+fn write_chart(path: &Path, report: &str) {
+    let figures = chart::parse_table(report);
+    if figures.is_empty() {
+        return;
+    }
+    let svg = chart::svg("Tether's shim vs containerd-shim-runc-v2", &figures);
+    let out = chart_path(path);
+    std::fs::write(&out, svg).unwrap_or_else(|e| panic!("write {}: {e}", out.display()));
+    eprintln!("chart of {} figures: {}", figures.len(), out.display());
+}
+
 fn main() {
     let a = args();
+    if let Some(report) = &a.chart_from {
+        let md = std::fs::read_to_string(report)
+            .unwrap_or_else(|e| panic!("read {}: {e}", report.display()));
+        write_chart(report, &md);
+        return;
+    }
     // Freshly built binaries sit dirty in the page cache, which smaps counts as private memory
     // of every process mapping them; write them back first so shared pages count as shared.
     nix::unistd::sync();
@@ -459,6 +491,7 @@ fn main() {
         report.push_str(&render_restart(r));
     }
     std::fs::write(&a.out, &report).expect("write report");
+    write_chart(&a.out, &report);
     println!("{report}");
 }
 
@@ -574,6 +607,14 @@ fn render(a: &Args, host: f64, go: &Figures, ours: &Figures) -> String {
         go.wakeups_per_min,
         ours.wakeups_per_min,
         "",
+    );
+    let _ = writeln!(
+        s,
+        "\n![Go vs tether, one bar pair per figure]({})",
+        chart_path(&a.out)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     );
     if !a.responsive_only {
         let _ = writeln!(
