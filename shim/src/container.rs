@@ -31,6 +31,9 @@ pub struct Container {
     pub killing_all: bool,
     /// `runc start` of the init is in flight: an exit of the init waits for the start event.
     pub starting: bool,
+    /// Created from a checkpoint: `Start` restores it from this CRIU image (as containerd's
+    /// shim does); until then the runtime has no such container.
+    pub restore_from: Option<PathBuf>,
 }
 
 impl Container {
@@ -46,6 +49,7 @@ impl Container {
             kill_all_on_exit: false,
             killing_all: false,
             starting: false,
+            restore_from: None,
         }
     }
 

@@ -84,6 +84,11 @@ pub enum Then {
     Start {
         id: String,
     },
+    /// `runc restore` of a container created from a checkpoint.
+    Restore {
+        id: String,
+        console: Option<ConsoleSocket>,
+    },
     StartExec(Box<StartingExec>),
     Kill,
     /// The runtime killed a created, never started, init.
@@ -174,6 +179,7 @@ impl Service {
                 Flow::Done(Err(error))
             }
             Then::Start { id } => Flow::Done(self.started(&id, result)),
+            Then::Restore { id, console } => Flow::Done(self.restored(&id, console, result)),
             Then::StartExec(s) => Flow::Done(self.exec_started(*s, result)),
             Then::Kill => Flow::Done(result.and_then(|_| encode(&Empty::new()))),
             Then::DeleteCreated { id } => self.deleted_created(&id, result, ctx),
@@ -237,12 +243,19 @@ impl Service {
                 config_json.display()
             )));
         }
-        if !req.checkpoint.is_empty() {
-            return Err(ShimError::Unimplemented(format!(
-                "container {}: restore from a checkpoint is not implemented",
-                req.id
-            )));
-        }
+        let restore_from = if req.checkpoint.is_empty() {
+            None
+        } else {
+            let image = PathBuf::from(&req.checkpoint);
+            if !image.is_absolute() || !image.is_dir() {
+                return Err(ShimError::InvalidArgument(format!(
+                    "container {}: checkpoint {:?} is not a directory (an absolute path to a \
+                     CRIU image)",
+                    req.id, req.checkpoint
+                )));
+            }
+            Some(image)
+        };
         let opts = crate::options::from_any(&req.options)?;
         let config = RuntimeConfig::from_options(&opts, &self.namespace);
         store::write_with(
@@ -279,6 +292,19 @@ impl Service {
             checkpoint: req.checkpoint,
             ..Default::default()
         };
+        if let Some(image) = restore_from {
+            // As containerd's shim: the runtime restores the container at Start.
+            log::info!(
+                "container {}: created from checkpoint {}",
+                req.id,
+                image.display()
+            );
+            c.restore_from = Some(image);
+            self.publisher
+                .publish(&self.registry, topics::TASK_CREATE, &event);
+            self.containers.insert(req.id, c);
+            return Ok(Flow::Done(encode(&CreateTaskResponse::default())));
+        }
         let pid_file = bundle.join(INIT_PID_FILE);
         let who = Who {
             namespace: &self.namespace,
@@ -363,11 +389,96 @@ impl Service {
             }
             let c = find(&mut self.containers, &req.id)?;
             c.init.check_start()?;
+            if c.restore_from.is_some() {
+                return self.begin_restore(&req.id, ctx);
+            }
             let call = c.runtime.start(&c.id)?;
             c.starting = true;
             Ok(self.park(ctx, call, Then::Start { id: req.id }))
         })();
         begun.unwrap_or_else(|e| Flow::Done(Err(e)))
+    }
+
+    /// `Start` of a container created from a checkpoint: `runc restore` with its stdio.
+    fn begin_restore(&mut self, id: &str, ctx: Ctx) -> Result<Flow> {
+        let c = find(&mut self.containers, id)?;
+        let Some(image) = c.restore_from.clone() else {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {id}: nothing to restore"
+            )));
+        };
+        let work = if c.runtime.config.criu_work_path.is_empty() {
+            c.bundle.join("criu-work")
+        } else {
+            PathBuf::from(&c.runtime.config.criu_work_path)
+        };
+        std::fs::create_dir_all(&work)
+            .map_err(ShimError::io(format!("create {}", work.display())))?;
+        let pid_file = c.bundle.join(INIT_PID_FILE);
+        let stdio = c.init.stdio.clone();
+        let who = Who {
+            namespace: &self.namespace,
+            id,
+            owner: stdio_owner(&c.runtime.config),
+        };
+        let (bundle, runtime) = (&c.bundle, &c.runtime);
+        let (io, console, call) = launch(&mut self.pumps, &stdio, &who, |console, rstdio| {
+            runtime.restore(id, bundle, &pid_file, &image, &work, console, rstdio)
+        })?;
+        c.init.io = io;
+        c.starting = true;
+        let then = Then::Restore {
+            id: id.to_string(),
+            console,
+        };
+        Ok(self.park(ctx, call, then))
+    }
+
+    /// `runc restore` exited: the container runs again (its init's pid in the pid file), or
+    /// it stays created from its checkpoint, its stdio closed, for another Start or a Delete.
+    fn restored(
+        &mut self,
+        id: &str,
+        console: Option<ConsoleSocket>,
+        result: Result<String>,
+    ) -> Result<Vec<u8>> {
+        let pumps = &mut self.pumps;
+        let c = find(&mut self.containers, id)?;
+        c.starting = false;
+        let pid = result.and_then(|_| {
+            if let Some(socket) = &console {
+                let master = socket.receive_master()?;
+                c.init.io = pumps.open_terminal(&c.init.stdio, &master)?;
+                c.init.console = Some(master);
+            }
+            read_pid_file(&c.bundle.join(INIT_PID_FILE))
+        });
+        let pid = match pid {
+            Ok(pid) => pid,
+            Err(e) => {
+                pumps.close(&mut c.init.io);
+                c.init.console = None;
+                return Err(e);
+            }
+        };
+        c.init.pid = Some(pid);
+        c.restore_from = None;
+        c.init.started(pid)?;
+        log::info!("container {id}: restored, init pid {pid}");
+        self.watch_oom(id, pid);
+        self.publisher.publish(
+            &self.registry,
+            topics::TASK_START,
+            &TaskStart {
+                container_id: id.to_string(),
+                pid: pid.as_u32(),
+                ..Default::default()
+            },
+        );
+        encode(&StartResponse {
+            pid: pid.as_u32(),
+            ..Default::default()
+        })
     }
 
     fn started(&mut self, id: &str, result: Result<String>) -> Result<Vec<u8>> {
@@ -550,6 +661,10 @@ impl Service {
             }
             let c = find(&mut self.containers, &req.id)?;
             c.init.check_delete()?;
+            if c.restore_from.is_some() {
+                // Never restored: the runtime has no such container.
+                return Ok(Flow::Done(self.finish_delete(&req.id)));
+            }
             if !c.init.is_stopped() {
                 // Created, never started: the runtime kills the init (its exit is real, and no
                 // other process can have joined it).

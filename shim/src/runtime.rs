@@ -221,6 +221,48 @@ impl Runtime {
         self.spawn("create", &args, stdio)
     }
 
+    /// `restore --detach`: the container comes back from the CRIU image in `image`, running;
+    /// its init's pid goes to `pid_file`. The shim stays the subreaper (`--no-subreaper`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        image: &Path,
+        work: &Path,
+        console_socket: Option<&Path>,
+        stdio: ProcessStdio,
+    ) -> Result<RuntimeCall> {
+        let bundle = bundle.display().to_string();
+        let pid_file = pid_file.display().to_string();
+        let image = image.display().to_string();
+        let work = work.display().to_string();
+        let mut args = vec![
+            "restore",
+            "--detach",
+            "--no-subreaper",
+            "--bundle",
+            &bundle,
+            "--pid-file",
+            &pid_file,
+            "--image-path",
+            &image,
+            "--work-path",
+            &work,
+        ];
+        let console;
+        if let Some(c) = console_socket {
+            console = c.display().to_string();
+            args.extend(["--console-socket", &console]);
+        }
+        if self.config.no_pivot_root {
+            args.push("--no-pivot");
+        }
+        args.push(id);
+        self.spawn("restore", &args, stdio)
+    }
+
     pub fn start(&self, id: &str) -> Result<RuntimeCall> {
         self.spawn("start", &["start", id], ProcessStdio::default())
     }

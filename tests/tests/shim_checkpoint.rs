@@ -160,3 +160,110 @@ fn checkpoint_writes_an_image_and_leaves_the_container_running() {
     drop(shim);
     finish(cd, &[&id]);
 }
+
+/// A bundle for a second container of the shim serving `first`: its spec, the read-only busybox
+/// rootfs, its own cgroup.
+fn second_bundle(cd: &Containerd, ns: &str, first: &str, id: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp bundle dir");
+    let config = cd.bundle(ns, first).join("config.json");
+    let text = std::fs::read_to_string(&config).expect("the first container's config.json");
+    let mut spec: serde_json::Value = serde_json::from_str(&text).expect("config.json is JSON");
+    spec["root"] = serde_json::json!({ "path": busybox_rootfs(), "readonly": true });
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{ns}/{id}"));
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_vec(&spec).expect("serialize the spec"),
+    )
+    .expect("write config.json");
+    dir
+}
+
+/// `Create` with a checkpoint is restored at `Start` (as with containerd's shim). An image CRIU
+/// cannot restore fails that Start with the runtime's error; the container stays created, with
+/// no pid to signal, and can be deleted; the shim serves on.
+#[test]
+fn restore_from_an_unusable_image_fails_at_start_and_the_shim_serves_on() {
+    use tether_protocol::api::task::{
+        CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, KillRequest,
+        StartRequest, StartResponse, Status,
+    };
+    let cd = Containerd::start();
+    let ns = unique_id("ns");
+    let ctr = cd.ctr(&ns);
+    let first = unique_id("c");
+    sleeper(&ctr, &first, &[]);
+    let shim = shim_client(&cd, &ns, &first);
+    let id = unique_id("r");
+    let bundle = second_bundle(&cd, &ns, &first, &id);
+    let create = |checkpoint: &str| CreateTaskRequest {
+        id: id.clone(),
+        bundle: bundle.path().display().to_string(),
+        checkpoint: checkpoint.to_string(),
+        ..Default::default()
+    };
+    let code = rpc_code(
+        shim.call::<_, CreateTaskResponse>("Create", &create("/nonexistent/image"), T),
+        "Create from a checkpoint that does not exist",
+    );
+    assert_eq!(code, tether_protocol::api::ttrpc::Code::INVALID_ARGUMENT);
+
+    let image = tempfile::tempdir().expect("an empty image dir");
+    let created: CreateTaskResponse = shim
+        .call("Create", &create(&image.path().display().to_string()), T)
+        .expect("Create from a checkpoint is accepted; the restore comes at Start");
+    assert_eq!(created.pid, 0, "nothing runs before the restore");
+    let state: StateResponse = shim
+        .call(
+            "State",
+            &StateRequest {
+                id: id.clone(),
+                ..Default::default()
+            },
+            T,
+        )
+        .expect("State");
+    assert_eq!(state.status.enum_value(), Ok(Status::CREATED), "{state:?}");
+
+    let start = StartRequest {
+        id: id.clone(),
+        ..Default::default()
+    };
+    let failed = shim.call::<_, StartResponse>("Start", &start, T);
+    let status = match failed {
+        Err(tether_protocol::api::ttrpc::Error::RpcStatus(s)) => s,
+        other => panic!("Start of an empty image must fail: {other:?}"),
+    };
+    assert!(
+        status.message().contains("restore"),
+        "the runtime's restore error: {status:?}"
+    );
+    let kill = KillRequest {
+        id: id.clone(),
+        signal: 9,
+        ..Default::default()
+    };
+    let code = rpc_code(
+        shim.call::<_, Empty>("Kill", &kill, T),
+        "Kill of a container that was never restored",
+    );
+    assert_eq!(code, tether_protocol::api::ttrpc::Code::FAILED_PRECONDITION);
+    let _: DeleteResponse = shim
+        .call(
+            "Delete",
+            &DeleteRequest {
+                id: id.clone(),
+                ..Default::default()
+            },
+            T,
+        )
+        .expect("Delete of a container never restored");
+    assert_still_running(&shim, &ctr, &first);
+    drop(shim);
+    assert!(ctr.task_kill(&first, "SIGKILL").success());
+    assert!(tether_tests::wait_until(T, || ctr
+        .task(&first)
+        .is_some_and(|t| t.status == "STOPPED")));
+    assert_eq!(ctr.task_delete_status(&first), 137);
+    assert!(ctr.container_delete(&first).success());
+    finish(cd, &[&first, &id]);
+}
