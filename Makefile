@@ -24,7 +24,7 @@ MATRIX_TESTS ?= --test harness --test 'shim_*'
 test-containerd-1.7: MATRIX_TESTS += --test cri
 test-containerd-2: MATRIX_TESTS += --test cri
 
-.PHONY: all build deps containerd-versions test test-system lint run install bench clean
+.PHONY: all build deps containerd-versions criu test test-system lint run install bench clean
 
 all: build
 
@@ -49,6 +49,12 @@ lint:
 # Once per machine (skipped when present and working): needs Debian's archive the first time.
 containerd-versions:
 	$(if $(CONTAINERD_VERSIONS),bash scripts/containerd-versions.sh,@true)
+
+# Prints the path of a CRIU that passes `criu check`: the system's, else CRIU 4.x built once per
+# machine from Debian's source archive into /var/cache/tether/criu/VERSION (needs the archive
+# and installs the missing build dependencies the first time).
+criu:
+	@bash scripts/criu.sh
 
 test: deps lint build containerd-versions test-system $(addprefix test-containerd-,$(CONTAINERD_VERSIONS))
 
