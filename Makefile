@@ -56,17 +56,17 @@ containerd-versions:
 criu:
 	@bash scripts/criu.sh
 
-test: deps lint build containerd-versions test-system $(addprefix test-containerd-,$(CONTAINERD_VERSIONS))
+test: deps lint build containerd-versions criu test-system $(addprefix test-containerd-,$(CONTAINERD_VERSIONS))
 
 # Every test, on the system's containerd.
 test-system:
 	@echo "=== containerd $$(containerd --version | awk '{ print $$3 }') (system): every test"
-	$(CARGO) test --workspace -- --test-threads=4
+	TETHER_CRIU=$$(bash scripts/criu.sh) $(CARGO) test --workspace -- --test-threads=4
 
 # The containerd suites on another containerd version; a failure names it (target and command).
 test-containerd-%:
 	@echo "=== containerd $*: $(MATRIX_TESTS)"
-	TETHER_CONTAINERD_VERSION=$* $(CARGO) test -p tether-tests $(MATRIX_TESTS) -- --test-threads=4
+	TETHER_CRIU=$$(bash scripts/criu.sh) TETHER_CONTAINERD_VERSION=$* $(CARGO) test -p tether-tests $(MATRIX_TESTS) -- --test-threads=4
 
 run: deps build
 	@bash scripts/demo.sh

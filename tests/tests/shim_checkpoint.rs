@@ -129,15 +129,23 @@ fn checkpoint_reports_criu_errors_and_leaves_the_container_running() {
     finish(cd, &[&id]);
 }
 
+/// `--leave-running` (CheckpointOptions.exit false) with the CRIU of the `CriuPath` option (as
+/// `ctr --runtime-config-path` passes it): an image, and the container runs on.
 #[test]
-#[ignore = "CRIU 3.17 (Debian 12's) cannot dump on this kernel (`criu check`: vDSO area bounds); \
-            run with --ignored where `criu check` passes (CRIU 4.x built from source works)"]
 fn checkpoint_writes_an_image_and_leaves_the_container_running() {
     let cd = Containerd::start();
     let ns = unique_id("ns");
     let ctr = cd.ctr(&ns);
     let id = unique_id("c");
-    sleeper(&ctr, &id, &[]);
+    let config = tempfile::tempdir().expect("tempdir");
+    let toml = config.path().join("tether.toml");
+    let criu = working_criu().display().to_string();
+    std::fs::write(&toml, format!("CriuPath = {criu:?}\n")).expect("write tether.toml");
+    sleeper(
+        &ctr,
+        &id,
+        &[&format!("--runtime-config-path={}", toml.display())],
+    );
     let shim = shim_client(&cd, &ns, &id);
     let dir = tempfile::tempdir().expect("tempdir for the image");
     let image = dir.path().join("image");
@@ -266,4 +274,153 @@ fn restore_from_an_unusable_image_fails_at_start_and_the_shim_serves_on() {
     assert_eq!(ctr.task_delete_status(&first), 137);
     assert!(ctr.container_delete(&first).success());
     finish(cd, &[&first, &id]);
+}
+
+/// A CRIU that works on this machine: `TETHER_CRIU` (what `make test` sets, from
+/// `scripts/criu.sh`), else the newest one `make criu` built.
+fn working_criu() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("TETHER_CRIU").filter(|p| !p.is_empty()) {
+        return p.into();
+    }
+    let mut built: Vec<std::path::PathBuf> = std::fs::read_dir("/var/cache/tether/criu")
+        .map(|d| d.flatten().map(|e| e.path().join("criu")).collect())
+        .unwrap_or_default();
+    built.retain(|p| p.is_file());
+    built.sort();
+    built.pop().unwrap_or_else(|| {
+        panic!("no CRIU that works here: run `make criu` (make test does) or set TETHER_CRIU")
+    })
+}
+
+fn lines_of(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// The whole round trip through the task API, as containerd drives it: a counting container is
+/// checkpointed (and exits), deleted, created again from its image under a new id and started:
+/// it counts on from the next number, its output through the new container's stdio.
+#[test]
+fn checkpoint_then_restore_counts_on_where_it_stopped() {
+    use tether_protocol::api::task::{
+        CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, KillRequest,
+        StartRequest, StartResponse, WaitRequest, WaitResponse,
+    };
+    use tether_protocol::runtime_options::RuntimeOptions;
+    let criu = working_criu();
+    let cd = Containerd::start();
+    let ns = unique_id("ns");
+    let ctr = cd.ctr(&ns);
+    let first = unique_id("c");
+    sleeper(&ctr, &first, &[]);
+    let shim = shim_client(&cd, &ns, &first);
+    let options = RuntimeOptions {
+        config_body: format!("CriuPath = {:?}\n", criu.display().to_string()).into_bytes(),
+        ..Default::default()
+    }
+    .to_any()
+    .expect("encode the runtime options");
+    let work = tempfile::tempdir().expect("tempdir");
+    let image = work.path().join("image");
+    let counter = |id: &str| {
+        let b = second_bundle(&cd, &ns, &first, id);
+        let path = b.path().join("config.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("spec")).expect("JSON");
+        spec["process"]["args"] = serde_json::json!([
+            "/bin/sh",
+            "-c",
+            "i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done"
+        ]);
+        std::fs::write(&path, serde_json::to_vec(&spec).expect("encode")).expect("write");
+        b
+    };
+    let run = |id: &str, bundle: &std::path::Path, out: &std::path::Path, checkpoint: &str| {
+        let req = CreateTaskRequest {
+            id: id.to_string(),
+            bundle: bundle.display().to_string(),
+            stdout: format!("file://{}", out.display()),
+            checkpoint: checkpoint.to_string(),
+            options: protobuf::MessageField::some(options.clone()),
+            ..Default::default()
+        };
+        let _: CreateTaskResponse = shim
+            .call("Create", &req, T)
+            .unwrap_or_else(|e| panic!("Create {id}: {e:?}"));
+        let start = StartRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let started: StartResponse = shim
+            .call("Start", &start, T)
+            .unwrap_or_else(|e| panic!("Start {id}: {e:?}"));
+        assert!(started.pid > 0, "{started:?}");
+    };
+    let end = |id: &str| {
+        let wait = WaitRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let _: WaitResponse = shim.call("Wait", &wait, T).expect("Wait");
+        let del = DeleteRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let _: DeleteResponse = shim.call("Delete", &del, T).expect("Delete");
+    };
+
+    let a = unique_id("n");
+    let bundle_a = counter(&a);
+    let out_a = work.path().join("a.log");
+    run(&a, bundle_a.path(), &out_a, "");
+    assert!(
+        tether_tests::wait_until(T, || lines_of(&out_a).len() >= 5),
+        "the counter counts: {:?}",
+        lines_of(&out_a)
+    );
+    let opts = pack_any(&CheckpointOptions {
+        exit: true,
+        ..Default::default()
+    })
+    .expect("pack options");
+    let req = checkpoint(&a, &image.display().to_string(), Some(opts));
+    shim.call::<_, Empty>("Checkpoint", &req, T)
+        .unwrap_or_else(|e| panic!("checkpoint with {}: {e:?}", criu.display()));
+    end(&a);
+    let before = lines_of(&out_a);
+    let last = *before.last().expect("counted before the checkpoint");
+
+    let b = unique_id("n");
+    let bundle_b = counter(&b);
+    let out_b = work.path().join("b.log");
+    run(&b, bundle_b.path(), &out_b, &image.display().to_string());
+    assert!(
+        tether_tests::wait_until(T, || lines_of(&out_b).len() >= 3),
+        "the restored counter counts on: {:?}",
+        lines_of(&out_b)
+    );
+    assert_eq!(
+        lines_of(&out_b)[0],
+        last + 1,
+        "it resumes after {last}, where it stopped"
+    );
+    let kill = KillRequest {
+        id: b.clone(),
+        signal: 9,
+        ..Default::default()
+    };
+    shim.call::<_, Empty>("Kill", &kill, T).expect("Kill");
+    end(&b);
+    assert_still_running(&shim, &ctr, &first);
+    drop(shim);
+    assert!(ctr.task_kill(&first, "SIGKILL").success());
+    assert!(tether_tests::wait_until(T, || ctr
+        .task(&first)
+        .is_some_and(|t| t.status == "STOPPED")));
+    assert_eq!(ctr.task_delete_status(&first), 137);
+    assert!(ctr.container_delete(&first).success());
+    finish(cd, &[&first, &a, &b]);
 }
