@@ -424,3 +424,44 @@ fn checkpoint_then_restore_counts_on_where_it_stopped() {
     assert!(ctr.container_delete(&first).success());
     finish(cd, &[&first, &a, &b]);
 }
+
+/// `ctr task checkpoint`: containerd's client pauses the task, has the shim dump it into a
+/// directory of its own, resumes it, and stores the image in its content store (ctr 1.6 takes
+/// `--image-path` only for runc's runtime types). A paused container must checkpoint, as with
+/// containerd's shim.
+#[test]
+fn ctr_task_checkpoint_of_a_running_container_through_containerd() {
+    let cd = Containerd::start();
+    let ns = unique_id("ns");
+    let ctr = cd.ctr(&ns);
+    let id = unique_id("c");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = dir.path().join("tether.toml");
+    let criu = working_criu().display().to_string();
+    std::fs::write(&toml, format!("CriuPath = {criu:?}\n")).expect("write tether.toml");
+    sleeper(
+        &ctr,
+        &id,
+        &[&format!("--runtime-config-path={}", toml.display())],
+    );
+    let out = ctr.call(&["task", "checkpoint", &id]);
+    assert!(
+        out.success(),
+        "ctr task checkpoint: {out}\n{}",
+        cd.log_excerpt()
+    );
+    let name = out.stdout.trim().to_string();
+    assert!(
+        name.contains("checkpoint"),
+        "ctr names the checkpoint: {out}"
+    );
+    let images = ctr.call(&["images", "ls", "-q"]);
+    assert!(
+        images.stdout.lines().any(|l| l.trim() == name),
+        "the checkpoint {name} is an image in containerd's store: {images}"
+    );
+    let shim = shim_client(&cd, &ns, &id);
+    assert_still_running(&shim, &ctr, &id);
+    drop(shim);
+    finish(cd, &[&id]);
+}
