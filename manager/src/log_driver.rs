@@ -184,6 +184,10 @@ pub fn run(opts: Options) -> i32 {
         }
     };
     let _ = std::fs::remove_file(&ended);
+    // containerd's Go shim closes the pipes and sends SIGTERM at once when the task is
+    // deleted: what is still in the pipes must be written first, and EOF ends us anyway.
+    // SAFETY: ignoring a signal installs no handler.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
     // Ready: the shim may start the container.
     drop(inherited(5));
     let mut inputs = [

@@ -57,6 +57,13 @@ fn log_file(d: &Daemon, ns: &str, id: &str) -> PathBuf {
     d.state().join(ns).join(id).join("container.log")
 }
 
+/// Whether the logger marked the output's end (what ends `logs -f`).
+fn ended_marker(d: &Daemon, ns: &str, id: &str) -> bool {
+    log_file(d, ns, id)
+        .with_file_name("container.log.ended")
+        .exists()
+}
+
 /// How many `line N` records the current log file holds (read directly: the daemon may be down).
 fn lines_in_file(d: &Daemon, ns: &str, id: &str) -> usize {
     std::fs::read_to_string(log_file(d, ns, id))
@@ -162,6 +169,10 @@ fn follow_prints_each_line_once_and_ends_with_the_output() {
     assert_eq!(out.stdout, lines(1, 1000));
     assert_eq!(out.stderr, "done\n");
     wait_exit(&d, &ns, &id);
+    assert!(
+        ended_marker(&d, &ns, &id),
+        "the logger saw the output end and said so"
+    );
     d.ok(&["--namespace", &ns, "delete", &id]);
 }
 
@@ -231,6 +242,14 @@ fn across_sigkill(runtime: &str) {
     assert!(follow.success(), "{follow}");
     assert_eq!(follow.stdout, lines(1, 1000));
     wait_exit(&d, &ns, &id);
+    // containerd's Go shim holds the pipes' write ends until the task is deleted: its logger
+    // sees the end (and `-f` stops) only by the container's exit.
+    if runtime == TETHER_RUNTIME {
+        assert!(
+            ended_marker(&d, &ns, &id),
+            "the logger saw the output end and said so"
+        );
+    }
     let out = d.ok(&["--namespace", &ns, "logs", &id]);
     assert_eq!(out.stdout, lines(1, 1000), "every line exactly once");
     assert_eq!(out.stderr, "done\n");
