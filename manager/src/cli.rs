@@ -56,6 +56,26 @@ pub enum Command {
     /// Stream events, optionally filtered: 'topic~=/tasks/.+,namespace==bb' (',' is AND;
     /// several filters are OR; operators ==, != and ~= (regular expression)).
     Events(EventsArgs),
+    /// Print a detached container's output (stdout to stdout, stderr to stderr), kept in
+    /// CRI's log format in its directory, rotated at the daemon's --log-max-size.
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub id: String,
+    /// Keep printing new output until the container's output ends.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only the last N lines (of stdout and stderr together).
+    #[arg(long)]
+    pub tail: Option<usize>,
+    /// Only lines since an RFC 3339 time (2026-01-02T15:04:05Z) or a duration ago (10m, 1h30m).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Start each line with the time it arrived (RFC 3339, nanoseconds).
+    #[arg(long, short = 't')]
+    pub timestamps: bool,
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +89,12 @@ pub struct DaemonArgs {
     /// Start shims with -debug and log at debug level.
     #[arg(long)]
     pub debug: bool,
+    /// A detached container's log file is rotated when it would pass this many bytes.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub log_max_size: u64,
+    /// How many log files a container keeps (the current one and rotated ones).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub log_max_files: u32,
 }
 
 #[derive(Debug, Args)]

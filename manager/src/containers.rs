@@ -43,6 +43,9 @@ pub struct Config {
     pub state: PathBuf,
     pub socket: PathBuf,
     pub debug: bool,
+    /// Bounds of a detached container's log files (see `log_driver`).
+    pub log_max_size: u64,
+    pub log_max_files: u32,
 }
 
 pub struct ShimConn {
@@ -456,7 +459,10 @@ impl Containers {
         if let Some(m) = self.monitor() {
             m.watch_shim(c.key.clone(), shim.pid);
         }
-        let stdio = req.stdio.clone().unwrap_or_default();
+        let stdio = match req.stdio.clone().into_option() {
+            Some(s) => s,
+            None => self.log_stdio(dir, spec),
+        };
         let creq = task::CreateTaskRequest {
             id: c.key.1.clone(),
             bundle: dir.display().to_string(),
@@ -476,6 +482,41 @@ impl Containers {
             Ok(())
         })?;
         Ok(to_api(&rec))
+    }
+
+    /// A detached container's stdio: no stdin, and (without a terminal, which the binary
+    /// logging protocol cannot carry) stdout and stderr to our logger, which writes the
+    /// container's log file in its directory.
+    fn log_stdio(&self, dir: &Path, spec: &oci_spec::runtime::Spec) -> api::Stdio {
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let exe = std::env::current_exe();
+        let uri = match exe {
+            Ok(exe)
+                if !terminal
+                    && crate::log_driver::uri_safe(&exe)
+                    && crate::log_driver::uri_safe(dir) =>
+            {
+                crate::log_driver::uri(&exe, dir, self.cfg.log_max_size, self.cfg.log_max_files)
+            }
+            Ok(_) if terminal => String::new(),
+            other => {
+                log::warn!(
+                    "no log file for {}: the paths of {other:?} and {} cannot go into a binary:// URI",
+                    dir.display(),
+                    dir.display()
+                );
+                String::new()
+            }
+        };
+        api::Stdio {
+            stdout: uri.clone(),
+            stderr: uri,
+            ..Default::default()
+        }
     }
 
     /// Creates the bundle's `log` FIFO and hands its read end to the monitor.

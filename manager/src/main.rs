@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod commands;
 mod containers;
+mod cri_log;
 mod daemon;
 mod dedup;
 mod error;
@@ -17,6 +18,8 @@ mod events;
 mod filter;
 mod journal;
 mod launcher;
+mod log_driver;
+mod logs;
 mod monitor;
 mod output;
 mod reaper;
@@ -30,6 +33,11 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() {
+    // Started by a shim as a container's binary:// logger (see log_driver).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(opts) = log_driver::invocation(&args) {
+        std::process::exit(log_driver::run(opts));
+    }
     let cli = Cli::parse();
     let ns = cli.namespace.as_str();
     let socket = cli.socket.as_path();
@@ -43,6 +51,8 @@ fn main() {
                 state: d.state.clone(),
                 socket: socket.to_path_buf(),
                 debug: d.debug,
+                log_max_size: d.log_max_size,
+                log_max_files: d.log_max_files,
             })
             .map(|()| 0)
         }
@@ -60,6 +70,7 @@ fn main() {
         Command::Stats(a) => commands::stats(socket, ns, a),
         Command::Delete(d) => commands::delete(socket, ns, d),
         Command::Events(e) => commands::events(socket, e),
+        Command::Logs(l) => logs::logs(socket, ns, l),
     };
     match result {
         Ok(code) => std::process::exit(code),

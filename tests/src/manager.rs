@@ -27,11 +27,18 @@ pub struct Daemon {
     child: Option<Child>,
     /// Namespaces named in CLI calls: their (empty) cgroup parents are removed on drop.
     namespaces: Mutex<Vec<String>>,
+    /// More `tether daemon` flags (kept for restarts).
+    extra: Vec<String>,
 }
 
 impl Daemon {
     /// Starts a daemon and waits until its socket answers.
     pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// Starts a daemon with more flags (`--log-max-size 4096`), kept across restarts.
+    pub fn start_with(extra: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("tether-mgr-")
             .tempdir()
@@ -40,6 +47,7 @@ impl Daemon {
             dir,
             child: None,
             namespaces: Mutex::new(Vec::new()),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         d.spawn();
         d
@@ -62,6 +70,7 @@ impl Daemon {
             .arg(d.state())
             .arg("--socket")
             .arg(d.socket())
+            .args(&d.extra)
             .env_remove("TETHER_SOCKET")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
