@@ -212,10 +212,17 @@ impl Cri {
 
     /// CRI configured by `config`; the images imported and known to the plugin.
     pub fn start_with(config: CriConfig) -> Cri {
+        Self::start_with_path(config, Vec::new())
+    }
+
+    /// CRI configured by `config`, with `path_prefix` first on containerd's `PATH` (and so on
+    /// its shims'): for example the directory of a CRIU that works here.
+    pub fn start_with_path(config: CriConfig, path_prefix: Vec<PathBuf>) -> Cri {
         let busybox = busybox_image();
         let pause = pause_image();
         let cd = Containerd::start_with(Options {
             cri: Some(config),
+            path_prefix,
             ..Options::default()
         });
         let mut me = Cri {

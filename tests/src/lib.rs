@@ -13,6 +13,7 @@
 //! | [`ctr`] | `ctr --address A -n NS ...` with a deadline; `ctr run` builder; parsed `task ls/ps` |
 //! | [`flavor`] | which containerd and ctr: the system's, or 1.7/2.x by `TETHER_CONTAINERD_VERSION` |
 //! | [`events`] | `ctr events` streamed in the background, with `wait_for(pred, timeout)` |
+//! | [`criu`] | a CRIU that works on this machine (`TETHER_CRIU`, else the one `make criu` built) |
 //! | [`cmd`] | run a child with a deadline, capturing stdout/stderr (killed by pid on timeout) |
 //! | [`manager`] | a private `tether daemon` per test, CLI calls against it, `tether events` streams |
 //! | [`procs`] | processes by command line, children, zombies, descendants, shims of a daemon |
@@ -64,6 +65,7 @@ pub mod cgroups;
 pub mod cmd;
 pub mod containerd;
 pub mod cri;
+pub mod criu;
 pub mod ctr;
 pub mod events;
 pub mod flavor;

@@ -9,6 +9,7 @@ use tether_protocol::api::runc_options::CheckpointOptions;
 use tether_protocol::api::task::{CheckpointTaskRequest, StateRequest, StateResponse};
 use tether_protocol::api::{pack_any, Any, Empty};
 use tether_protocol::task_service::TaskCaller;
+use tether_tests::criu::working_criu;
 use tether_tests::{busybox_rootfs, unique_id, Containerd, Ctr, TETHER_RUNTIME};
 
 fn checkpoint(id: &str, path: &str, options: Option<Any>) -> CheckpointTaskRequest {
@@ -274,22 +275,6 @@ fn restore_from_an_unusable_image_fails_at_start_and_the_shim_serves_on() {
     assert_eq!(ctr.task_delete_status(&first), 137);
     assert!(ctr.container_delete(&first).success());
     finish(cd, &[&first, &id]);
-}
-
-/// A CRIU that works on this machine: `TETHER_CRIU` (what `make test` sets, from
-/// `scripts/criu.sh`), else the newest one `make criu` built.
-fn working_criu() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("TETHER_CRIU").filter(|p| !p.is_empty()) {
-        return p.into();
-    }
-    let mut built: Vec<std::path::PathBuf> = std::fs::read_dir("/var/cache/tether/criu")
-        .map(|d| d.flatten().map(|e| e.path().join("criu")).collect())
-        .unwrap_or_default();
-    built.retain(|p| p.is_file());
-    built.sort();
-    built.pop().unwrap_or_else(|| {
-        panic!("no CRIU that works here: run `make criu` (make test does) or set TETHER_CRIU")
-    })
 }
 
 fn lines_of(path: &std::path::Path) -> Vec<u64> {

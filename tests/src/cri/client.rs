@@ -273,4 +273,27 @@ impl CriClient {
         .stats
         .ok_or_else(|| Status::internal(format!("no stats for container {id}")))
     }
+
+    /// CheckpointContainer: the running container `id` dumped (it keeps running) into the
+    /// archive `location`, with `timeout` seconds for the whole operation.
+    pub fn checkpoint_container(
+        &self,
+        id: &str,
+        location: &Path,
+        timeout: i64,
+    ) -> Result<(), Status> {
+        let mut c = self.runtime.clone();
+        let req = CheckpointContainerRequest {
+            container_id: id.to_string(),
+            location: location.display().to_string(),
+            timeout,
+        };
+        let deadline = Duration::from_secs(timeout.unsigned_abs()).max(DEFAULT_TIMEOUT);
+        self.call(
+            deadline,
+            req,
+            |r| async move { c.checkpoint_container(r).await },
+        )
+        .map(drop)
+    }
 }
