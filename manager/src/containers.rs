@@ -439,7 +439,13 @@ impl Containers {
         store::write(&c.record_path(), &*lock(&c.record))?;
         self.open_log(c)?;
 
-        let address = cmd.start(&[])?;
+        // The runtime root under the daemon's root, as containerd passes options: on `start`'s
+        // stdin and in `Create`.
+        let options = crate::runtime_root::options(&self.cfg.root)?;
+        let options_bytes = options
+            .write_to_bytes()
+            .map_err(|e| Error::Shim(format!("encode the runtime options: {e}")))?;
+        let address = cmd.start(&options_bytes)?;
         store::write_bytes(
             &dir.join("shim-address"),
             address.as_bytes(),
@@ -464,6 +470,7 @@ impl Containers {
             stdin: stdio.stdin,
             stdout: stdio.stdout,
             stderr: stdio.stderr,
+            options: MessageField::some(options),
             ..Default::default()
         };
         let resp: task::CreateTaskResponse = shim

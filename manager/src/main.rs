@@ -22,6 +22,7 @@ mod output;
 mod reaper;
 mod recovery;
 mod run;
+mod runtime_root;
 mod service;
 mod shim_client;
 mod stats;
