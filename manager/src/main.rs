@@ -25,6 +25,7 @@ mod run;
 mod runtime_root;
 mod service;
 mod shim_client;
+mod sig_proxy;
 mod stats;
 
 use clap::Parser;

@@ -58,7 +58,7 @@ fn two_daemons_same_id(runtime: &str) {
             "{v}"
         );
         // Each daemon's runc knows its own container, under its own root.
-        assert_eq!(d.runc_list(&ns), [id.clone()], "{}", d.log());
+        assert_eq!(d.runc_list(&ns), std::slice::from_ref(&id), "{}", d.log());
         // The runtime reaches the right one: an exec runs in this daemon's container.
         let out = d.ok(&[
             "--namespace",
@@ -81,7 +81,7 @@ fn two_daemons_same_id(runtime: &str) {
     a.ok(&["--namespace", &ns, "delete", &id]);
     assert!(a.runc_list(&ns).is_empty(), "A's runc root still lists it");
     assert_eq!(state(&b, &ns, &id)["status"], "RUNNING");
-    assert_eq!(b.runc_list(&ns), [id.clone()]);
+    assert_eq!(b.runc_list(&ns), std::slice::from_ref(&id));
 
     // B's shim dies: the daemon's clean-up (the shim's `delete` action) removes the container
     // from B's runc root too, not from a default one.
