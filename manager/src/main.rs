@@ -33,7 +33,7 @@ use cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
-    let ns = cli.namespace.as_str();
+    let ns = cli.namespace.as_deref().unwrap_or("default");
     let socket = cli.socket.as_path();
     let result = match &cli.command {
         Command::Daemon(d) => {
@@ -61,7 +61,7 @@ fn main() {
         Command::Update(u) => commands::update(socket, ns, u),
         Command::Stats(a) => commands::stats(socket, ns, a),
         Command::Delete(d) => commands::delete(socket, ns, d),
-        Command::Events(e) => commands::events(socket, e),
+        Command::Events(e) => commands::events(socket, cli.namespace.as_deref(), e),
     };
     match result {
         Ok(code) => std::process::exit(code),

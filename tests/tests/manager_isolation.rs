@@ -114,3 +114,62 @@ fn two_daemons_run_the_same_id_with_our_shim() {
 fn two_daemons_run_the_same_id_with_containerds_go_shim() {
     two_daemons_same_id(RUNC_RUNTIME);
 }
+
+/// `tether --namespace NS events` shows that namespace's events only, filters or not; without
+/// `--namespace` every namespace's.
+#[test]
+fn events_honour_the_namespace() {
+    let d = Daemon::start();
+    let (mine, other) = (unique_id("ns"), unique_id("ns"));
+    let rootfs = busybox_rootfs().display().to_string();
+    let all = d.events(&["--json", "--since", "0"]);
+    let only = d.events(&["--namespace", &mine, "--json", "--since", "0"]);
+    let exits = d.events(&["-n", &mine, "--json", "--since", "0", "topic==/tasks/exit"]);
+    let (id_other, id_mine) = (unique_id("c"), unique_id("c"));
+    for (ns, id) in [(&other, &id_other), (&mine, &id_mine)] {
+        d.ok(&[
+            "--namespace",
+            ns,
+            "run",
+            "--rm",
+            "--rootfs",
+            &rootfs,
+            id,
+            "--",
+            "true",
+        ]);
+    }
+    // Events come in order: once my container's delete is there, the other's came before.
+    let deleted = |evs: &[Value], id: &str| {
+        evs.iter()
+            .any(|e| e["topic"] == "/tasks/delete" && e["event"]["container_id"] == id)
+    };
+    let t = std::time::Duration::from_secs(30);
+    assert!(all.wait_for(t, |evs| deleted(evs, &id_mine) && deleted(evs, &id_other)));
+    assert!(
+        only.wait_for(t, |evs| deleted(evs, &id_mine)),
+        "{:?}",
+        only.lines()
+    );
+    assert!(exits.wait_for(t, |evs| evs
+        .iter()
+        .any(|e| e["event"]["container_id"] == *id_mine)));
+    let namespaces = |evs: Vec<Value>| -> Vec<String> {
+        let mut ns: Vec<String> = evs
+            .iter()
+            .map(|e| e["namespace"].as_str().unwrap_or_default().to_string())
+            .collect();
+        ns.dedup();
+        ns
+    };
+    assert_eq!(
+        namespaces(only.json()),
+        std::slice::from_ref(&mine),
+        "{:?}",
+        only.lines()
+    );
+    let exit_topics: Vec<Value> = exits.json();
+    assert_eq!(namespaces(exit_topics.clone()), std::slice::from_ref(&mine));
+    assert!(exit_topics.iter().all(|e| e["topic"] == "/tasks/exit"));
+    assert!(namespaces(all.json()).contains(&other));
+}
