@@ -28,6 +28,12 @@ use tether_protocol::{
 
 /// How long ordinary shim calls may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Calls that run the OCI runtime (start, kill, pause, resume, update, delete): the shims'
+/// own default runtime timeout (ours and containerd's: 60 s). It goes to the shim as the call's
+/// deadline, and the daemon waits a margin longer (see `ShimClient::call`), so a runtime that
+/// finishes late is either reported done or undone by the shim, never done behind a reported
+/// failure.
+const RUNTIME_TIMEOUT: Duration = Duration::from_secs(60);
 /// `Create` runs the OCI runtime and may take longer on a loaded machine.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a shim asked to exit may take: it flushes its events for up to 3 s.
@@ -546,7 +552,7 @@ impl Containers {
                     exec_id: req.exec_id.clone(),
                     ..Default::default()
                 },
-                CALL_TIMEOUT,
+                RUNTIME_TIMEOUT,
             )
             .map_err(|e| Error::shim(&format!("start {}", describe(&req.id, &req.exec_id)), e))?;
         if req.exec_id.is_empty() {
@@ -607,7 +613,7 @@ impl Containers {
             ..Default::default()
         };
         shim.task
-            .call::<_, tether_protocol::api::Empty>("Kill", &kreq, CALL_TIMEOUT)
+            .call::<_, tether_protocol::api::Empty>("Kill", &kreq, RUNTIME_TIMEOUT)
             .map_err(|e| Error::shim(&format!("kill {}", describe(&req.id, &req.exec_id)), e))?;
         Ok(())
     }
@@ -713,7 +719,7 @@ impl Containers {
                     id: req.id.clone(),
                     ..Default::default()
                 },
-                CALL_TIMEOUT,
+                RUNTIME_TIMEOUT,
             )
             .map_err(|e| Error::shim(&format!("{verb} container {}", req.id), e))?;
         c.update(|r| {
@@ -742,7 +748,7 @@ impl Containers {
             ..Default::default()
         };
         shim.task
-            .call::<_, tether_protocol::api::Empty>("Update", &ureq, CALL_TIMEOUT)
+            .call::<_, tether_protocol::api::Empty>("Update", &ureq, RUNTIME_TIMEOUT)
             .map_err(|e| Error::shim(&format!("update container {}", req.id), e))?;
         Ok(())
     }
@@ -826,7 +832,7 @@ impl Containers {
                             id: req.id.clone(),
                             ..Default::default()
                         },
-                        CALL_TIMEOUT,
+                        RUNTIME_TIMEOUT,
                     );
                 }
                 let kreq = task::KillRequest {
@@ -835,9 +841,11 @@ impl Containers {
                     all: true,
                     ..Default::default()
                 };
-                let _ =
-                    shim.task
-                        .call::<_, tether_protocol::api::Empty>("Kill", &kreq, CALL_TIMEOUT);
+                let _ = shim.task.call::<_, tether_protocol::api::Empty>(
+                    "Kill",
+                    &kreq,
+                    RUNTIME_TIMEOUT,
+                );
                 let wreq = task::WaitRequest {
                     id: req.id.clone(),
                     ..Default::default()
@@ -860,7 +868,7 @@ impl Containers {
             };
             match shim
                 .task
-                .call::<_, task::DeleteResponse>("Delete", &dreq, CALL_TIMEOUT)
+                .call::<_, task::DeleteResponse>("Delete", &dreq, RUNTIME_TIMEOUT)
             {
                 Ok(d) => exit = Some(d),
                 Err(e) if is_disconnected(&e) => {}
