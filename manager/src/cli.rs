@@ -11,9 +11,10 @@ use std::path::PathBuf;
     after_help = "Start the daemon first (`tether daemon`), then e.g.\n  tether run --rm --rootfs ./rootfs c1 -- /bin/echo hello"
 )]
 pub struct Cli {
-    /// The namespace containers live in.
-    #[arg(long, short = 'n', global = true, default_value = "default")]
-    pub namespace: String,
+    /// The namespace containers live in [default: default]; `events` shows every namespace
+    /// unless one is named.
+    #[arg(long, short = 'n', global = true)]
+    pub namespace: Option<String>,
     /// The daemon's socket.
     #[arg(long, global = true, env = "TETHER_SOCKET", default_value = crate::daemon::DEFAULT_SOCKET)]
     pub socket: PathBuf,

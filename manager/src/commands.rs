@@ -186,9 +186,28 @@ pub fn delete(socket: &Path, ns: &str, d: &DeleteArgs) -> Result<i32> {
 }
 
 /// Streams events until the daemon goes away or stdout is closed.
-pub fn events(socket: &Path, e: &EventsArgs) -> Result<i32> {
-    // Parse here too, so a bad filter is reported before anything else.
+/// The filters `tether events` asks for: the user's, each narrowed to `namespace` when one
+/// was named (`--namespace`); without one, every namespace's events.
+fn scoped_filters(filters: &[String], namespace: Option<&str>) -> Vec<String> {
+    let Some(ns) = namespace else {
+        return filters.to_vec();
+    };
+    // Quoted: a validated namespace holds no quote, and dots stay part of the value.
+    let only = format!("namespace==\"{ns}\"");
+    if filters.is_empty() {
+        return vec![only];
+    }
+    filters.iter().map(|f| format!("{f},{only}")).collect()
+}
+
+pub fn events(socket: &Path, namespace: Option<&str>, e: &EventsArgs) -> Result<i32> {
+    // Parse here too, so a bad filter is reported before anything else (and before it is
+    // narrowed to the namespace, so the error shows what the user wrote).
     Filters::parse(&e.filters)?;
+    if let Some(ns) = namespace {
+        validate_namespace(ns)?;
+    }
+    let filters = scoped_filters(&e.filters, namespace);
     let client = Client::connect(socket)?;
     let mut since = e.since.unwrap_or(0);
     let mut from_now = e.since.is_none();
@@ -197,7 +216,7 @@ pub fn events(socket: &Path, e: &EventsArgs) -> Result<i32> {
         let req = api::EventsRequest {
             since,
             from_now,
-            filters: e.filters.clone(),
+            filters: filters.clone(),
             timeout_ms: 10_000,
             max: 0,
             ..Default::default()
@@ -239,5 +258,34 @@ mod tests {
         assert_eq!(parse_signal("2").expect("ok"), 2);
         assert!(parse_signal("BOGUS").is_err());
         assert!(parse_signal("0").is_err());
+    }
+
+    struct Ev(&'static str, &'static str);
+
+    impl crate::filter::Fields for Ev {
+        fn field(&self, path: &[String]) -> Option<String> {
+            match path.join(".").as_str() {
+                "namespace" => Some(self.0.into()),
+                "topic" => Some(self.1.into()),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn a_named_namespace_narrows_every_filter() {
+        let scoped = |f: &[&str], ns| {
+            let f: Vec<String> = f.iter().map(|s| s.to_string()).collect();
+            Filters::parse(&scoped_filters(&f, ns)).expect("parses")
+        };
+        let (mine, other) = (Ev("a.b", "/tasks/exit"), Ev("c", "/tasks/exit"));
+        let start = Ev("a.b", "/tasks/start");
+        let all = scoped(&[], None);
+        assert!(all.matches(&mine) && all.matches(&other));
+        let ns = scoped(&[], Some("a.b"));
+        assert!(ns.matches(&mine) && !ns.matches(&other));
+        // OR of filters, each ANDed with the namespace.
+        let f = scoped(&["topic==/tasks/exit", "topic==/tasks/delete"], Some("a.b"));
+        assert!(f.matches(&mine) && !f.matches(&other) && !f.matches(&start));
     }
 }

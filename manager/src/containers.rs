@@ -28,6 +28,12 @@ use tether_protocol::{
 
 /// How long ordinary shim calls may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Calls that run the OCI runtime (start, kill, pause, resume, update, delete): the shims'
+/// own default runtime timeout (ours and containerd's: 60 s). It goes to the shim as the call's
+/// deadline, and the daemon waits a margin longer (see `ShimClient::call`), so a runtime that
+/// finishes late is either reported done or undone by the shim, never done behind a reported
+/// failure.
+const RUNTIME_TIMEOUT: Duration = Duration::from_secs(60);
 /// `Create` runs the OCI runtime and may take longer on a loaded machine.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a shim asked to exit may take: it flushes its events for up to 3 s.
@@ -442,7 +448,13 @@ impl Containers {
         store::write(&c.record_path(), &*lock(&c.record))?;
         self.open_log(c)?;
 
-        let address = cmd.start(&[])?;
+        // The runtime root under the daemon's root, as containerd passes options: on `start`'s
+        // stdin and in `Create`.
+        let options = crate::runtime_root::options(&self.cfg.root)?;
+        let options_bytes = options
+            .write_to_bytes()
+            .map_err(|e| Error::Shim(format!("encode the runtime options: {e}")))?;
+        let address = cmd.start(&options_bytes)?;
         store::write_bytes(
             &dir.join("shim-address"),
             address.as_bytes(),
@@ -470,6 +482,7 @@ impl Containers {
             stdin: stdio.stdin,
             stdout: stdio.stdout,
             stderr: stdio.stderr,
+            options: MessageField::some(options),
             ..Default::default()
         };
         let resp: task::CreateTaskResponse = shim
@@ -580,7 +593,7 @@ impl Containers {
                     exec_id: req.exec_id.clone(),
                     ..Default::default()
                 },
-                CALL_TIMEOUT,
+                RUNTIME_TIMEOUT,
             )
             .map_err(|e| Error::shim(&format!("start {}", describe(&req.id, &req.exec_id)), e))?;
         if req.exec_id.is_empty() {
@@ -641,7 +654,7 @@ impl Containers {
             ..Default::default()
         };
         shim.task
-            .call::<_, tether_protocol::api::Empty>("Kill", &kreq, CALL_TIMEOUT)
+            .call::<_, tether_protocol::api::Empty>("Kill", &kreq, RUNTIME_TIMEOUT)
             .map_err(|e| Error::shim(&format!("kill {}", describe(&req.id, &req.exec_id)), e))?;
         Ok(())
     }
@@ -747,7 +760,7 @@ impl Containers {
                     id: req.id.clone(),
                     ..Default::default()
                 },
-                CALL_TIMEOUT,
+                RUNTIME_TIMEOUT,
             )
             .map_err(|e| Error::shim(&format!("{verb} container {}", req.id), e))?;
         c.update(|r| {
@@ -776,7 +789,7 @@ impl Containers {
             ..Default::default()
         };
         shim.task
-            .call::<_, tether_protocol::api::Empty>("Update", &ureq, CALL_TIMEOUT)
+            .call::<_, tether_protocol::api::Empty>("Update", &ureq, RUNTIME_TIMEOUT)
             .map_err(|e| Error::shim(&format!("update container {}", req.id), e))?;
         Ok(())
     }
@@ -860,7 +873,7 @@ impl Containers {
                             id: req.id.clone(),
                             ..Default::default()
                         },
-                        CALL_TIMEOUT,
+                        RUNTIME_TIMEOUT,
                     );
                 }
                 let kreq = task::KillRequest {
@@ -869,9 +882,11 @@ impl Containers {
                     all: true,
                     ..Default::default()
                 };
-                let _ =
-                    shim.task
-                        .call::<_, tether_protocol::api::Empty>("Kill", &kreq, CALL_TIMEOUT);
+                let _ = shim.task.call::<_, tether_protocol::api::Empty>(
+                    "Kill",
+                    &kreq,
+                    RUNTIME_TIMEOUT,
+                );
                 let wreq = task::WaitRequest {
                     id: req.id.clone(),
                     ..Default::default()
@@ -894,7 +909,7 @@ impl Containers {
             };
             match shim
                 .task
-                .call::<_, task::DeleteResponse>("Delete", &dreq, CALL_TIMEOUT)
+                .call::<_, task::DeleteResponse>("Delete", &dreq, RUNTIME_TIMEOUT)
             {
                 Ok(d) => exit = Some(d),
                 Err(e) if is_disconnected(&e) => {}

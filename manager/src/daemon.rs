@@ -61,8 +61,11 @@ fn prepare_socket(socket: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run(cfg: Config) -> Result<()> {
+pub fn run(mut cfg: Config) -> Result<()> {
     make_dir(&cfg.root, 0o700)?;
+    // Shims get paths under it (their runtime root) and run in their bundle: make it absolute.
+    cfg.root = std::fs::canonicalize(&cfg.root)
+        .map_err(Error::io(format!("resolve {}", cfg.root.display())))?;
     make_dir(&cfg.state, 0o711)?;
     prepare_socket(&cfg.socket)?;
 

@@ -25,8 +25,10 @@ mod output;
 mod reaper;
 mod recovery;
 mod run;
+mod runtime_root;
 mod service;
 mod shim_client;
+mod sig_proxy;
 mod stats;
 
 use clap::Parser;
@@ -39,7 +41,7 @@ fn main() {
         std::process::exit(log_driver::run(opts));
     }
     let cli = Cli::parse();
-    let ns = cli.namespace.as_str();
+    let ns = cli.namespace.as_deref().unwrap_or("default");
     let socket = cli.socket.as_path();
     let result = match &cli.command {
         Command::Daemon(d) => {
@@ -69,7 +71,7 @@ fn main() {
         Command::Update(u) => commands::update(socket, ns, u),
         Command::Stats(a) => commands::stats(socket, ns, a),
         Command::Delete(d) => commands::delete(socket, ns, d),
-        Command::Events(e) => commands::events(socket, e),
+        Command::Events(e) => commands::events(socket, cli.namespace.as_deref(), e),
         Command::Logs(l) => logs::logs(socket, ns, l),
     };
     match result {

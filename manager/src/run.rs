@@ -5,6 +5,7 @@ use crate::bundle::{self, SpecOptions};
 use crate::cli::{CreateArgs, ExecArgs, RunArgs};
 use crate::client::{Client, CALL_TIMEOUT};
 use crate::error::{Error, Result};
+use crate::sig_proxy::{self, SignalProxy};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
@@ -157,6 +158,8 @@ pub fn run(socket: &Path, ns: &str, r: &RunArgs) -> Result<i32> {
     let req = create_request(ns, a, Some(fifos.stdio()))?;
     let mut copiers = Copiers::spawn(&fifos, close_stdin(socket, ns, &a.id, ""));
     client.call(CALL_TIMEOUT, |m, ctx| m.create(ctx, &req))?;
+    // Before the start, so a signal sent as soon as the container runs is not lost.
+    let mut proxy = SignalProxy::install(sig_proxy::target(socket, ns, &a.id, "", a.tty))?;
     let raw = a.tty.then(RawMode::enter);
     let start = api::StartRequest {
         namespace: ns.into(),
@@ -165,6 +168,7 @@ pub fn run(socket: &Path, ns: &str, r: &RunArgs) -> Result<i32> {
     };
     let started = client.call(CALL_TIMEOUT, |m, ctx| m.start(ctx, &start));
     if let Err(e) = started {
+        proxy.stop();
         drop(raw);
         if r.rm {
             let del = api::DeleteRequest {
@@ -177,6 +181,7 @@ pub fn run(socket: &Path, ns: &str, r: &RunArgs) -> Result<i32> {
         }
         return Err(e);
     }
+    proxy.started();
     if a.tty {
         resize(&client, ns, &a.id, "");
     }
@@ -187,6 +192,7 @@ pub fn run(socket: &Path, ns: &str, r: &RunArgs) -> Result<i32> {
         ..Default::default()
     };
     let status = client.call(Duration::ZERO, |m, ctx| m.wait(ctx, &wait));
+    proxy.stop();
     copiers.finish(DRAIN_LIMIT);
     drop(raw);
     let status = status?;

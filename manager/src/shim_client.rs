@@ -11,6 +11,10 @@ use tether_protocol::api::ttrpc::{self, Code};
 use tether_protocol::task_service::{TASK_SERVICE_V2, TASK_SERVICE_V3};
 use tether_protocol::wire;
 
+/// How much longer than the deadline it gives a shim the daemon waits for the answer: the
+/// shim's own bookkeeping after its deadline (killing the runtime, replying).
+pub const REPLY_MARGIN: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct ShimClient {
     socket: PathBuf,
@@ -55,7 +59,11 @@ impl ShimClient {
         &self.socket
     }
 
-    /// Calls `method`; a zero timeout waits for ever (as `Wait` must).
+    /// Calls `method` with `timeout` as the shim's deadline (`timeout_nano`, which both our
+    /// shim and containerd's honour: a runtime call past it is killed and answered
+    /// `DeadlineExceeded`), waiting [`REPLY_MARGIN`] longer for the answer, so the daemon
+    /// never reports as failed what the shim then does. A zero timeout waits for ever (as
+    /// `Wait` must).
     pub fn call<Req: Message, Resp: Message>(
         &self,
         method: &str,
@@ -65,7 +73,13 @@ impl ShimClient {
         let payload = req
             .write_to_bytes()
             .map_err(|e| ttrpc::Error::Others(format!("encode {method} request: {e}")))?;
-        let answer = wire::call(&self.socket, self.service, method, payload, timeout)?;
+        let wait = if timeout.is_zero() {
+            Duration::ZERO
+        } else {
+            timeout + REPLY_MARGIN
+        };
+        let answer =
+            wire::call_with_deadline(&self.socket, self.service, method, payload, timeout, wait)?;
         Resp::parse_from_bytes(&answer)
             .map_err(|e| ttrpc::Error::Others(format!("decode {method} response: {e}")))
     }
@@ -147,5 +161,61 @@ impl ShimProcess {
                 std::io::Error::last_os_error()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+    use tether_protocol::api::task::StateRequest;
+    use ttrpc::proto::{MessageHeader, MESSAGE_HEADER_LENGTH};
+
+    /// A shim that takes the whole deadline it was given before answering (as one whose runtime
+    /// call ran until killed at the deadline would): the daemon still gets its answer, and the
+    /// shim was told the daemon's deadline.
+    #[test]
+    fn the_answer_at_the_shims_deadline_still_reaches_the_daemon() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("shim.sock");
+        let listener = UnixListener::bind(&socket).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut header = [0u8; MESSAGE_HEADER_LENGTH];
+            conn.read_exact(&mut header).expect("header");
+            let h = MessageHeader::from(&header[..]);
+            let mut body = vec![0u8; h.length as usize];
+            conn.read_exact(&mut body).expect("body");
+            let req = ttrpc::Request::parse_from_bytes(&body).expect("request");
+            let told = Duration::from_nanos(u64::try_from(req.timeout_nano).unwrap_or(0));
+            // Past the deadline the shim was given (the client waits a margin longer).
+            std::thread::sleep(told + Duration::from_millis(300));
+            let resp = ttrpc::Response {
+                payload: ConnectResponse::default().write_to_bytes().expect("encode"),
+                ..Default::default()
+            };
+            let bytes = resp.write_to_bytes().expect("encode response");
+            conn.write_all(&wire::encode(
+                h.stream_id,
+                wire::MESSAGE_TYPE_RESPONSE,
+                &bytes,
+            ))
+            .expect("reply");
+            told
+        });
+        let client = ShimClient {
+            socket: socket.clone(),
+            service: TASK_SERVICE_V2,
+        };
+        let deadline = Duration::from_millis(200);
+        let r: ttrpc::Result<ConnectResponse> =
+            client.call("State", &StateRequest::default(), deadline);
+        let told = server.join().expect("server");
+        assert_eq!(told, deadline, "the shim is told the daemon's deadline");
+        assert!(
+            r.is_ok(),
+            "the daemon gave up before the shim answered: {r:?}"
+        );
     }
 }

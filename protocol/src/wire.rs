@@ -157,6 +157,21 @@ pub fn call(
     payload: Vec<u8>,
     timeout: Duration,
 ) -> ttrpc::Result<Vec<u8>> {
+    call_with_deadline(socket, service, method, payload, timeout, timeout)
+}
+
+/// Like [`call`], telling the server `deadline` (`timeout_nano`, zero: none) and waiting up to
+/// `timeout` for its answer. A caller that waits a little longer than the deadline it gives
+/// always gets the server's verdict (done, or `DeadlineExceeded` and undone) rather than
+/// giving up on work the server then completes.
+pub fn call_with_deadline(
+    socket: &Path,
+    service: &str,
+    method: &str,
+    payload: Vec<u8>,
+    deadline: Duration,
+    timeout: Duration,
+) -> ttrpc::Result<Vec<u8>> {
     let sock_err = |what: &str, e: io::Error| {
         ttrpc::Error::Socket(format!("{what} {}: {e}", socket.display()))
     };
@@ -169,7 +184,7 @@ pub fn call(
     let req = ttrpc::Request {
         service: service.to_string(),
         method: method.to_string(),
-        timeout_nano: timeout.as_nanos().min(i64::MAX as u128) as i64,
+        timeout_nano: deadline.as_nanos().min(i64::MAX as u128) as i64,
         payload,
         ..Default::default()
     };

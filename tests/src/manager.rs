@@ -114,6 +114,14 @@ impl Daemon {
     pub fn state(&self) -> PathBuf {
         self.dir().join("state")
     }
+    /// The OCI runtime root this daemon's shims use (`<--root>/runc`, issue 12).
+    pub fn runc_root(&self) -> PathBuf {
+        self.root().join("runc")
+    }
+    /// `runc --root <runc_root>/<ns> list -q`: the containers runc keeps for this daemon.
+    pub fn runc_list(&self, namespace: &str) -> Vec<String> {
+        crate::shim::runc_list_in(&self.runc_root().join(namespace))
+    }
     pub fn socket(&self) -> PathBuf {
         self.dir().join("run").join("tether.sock")
     }

@@ -52,11 +52,15 @@ pub fn runc_state_dir(namespace: &str, id: &str) -> PathBuf {
 
 /// `runc --root /run/containerd/runc/<ns> list -q`: the containers runc knows in `namespace`.
 pub fn runc_list(namespace: &str) -> Vec<String> {
-    let root = Path::new(RUNC_ROOT).join(namespace);
+    runc_list_in(&Path::new(RUNC_ROOT).join(namespace))
+}
+
+/// `runc --root ROOT list -q` (a root runc never created lists nothing).
+pub fn runc_list_in(root: &Path) -> Vec<String> {
     let out = cmd::run(
         Command::new("runc")
             .arg("--root")
-            .arg(&root)
+            .arg(root)
             .args(["list", "-q"]),
         None,
         Duration::from_secs(10),

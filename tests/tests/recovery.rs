@@ -310,6 +310,14 @@ fn manager_sigkills_lose_no_exit_and_report_none_twice() {
 /// No zombie (of the daemon or of the test), no mount under the daemon's directory, no shim
 /// socket, no container directory.
 fn assert_no_leftovers(d: &Daemon, ns: &str, sockets: Vec<PathBuf>) {
+    // The runtime state: gone from this daemon's runc root, never in containerd's.
+    assert!(
+        d.runc_list(ns).is_empty(),
+        "left in {}",
+        d.runc_root().display()
+    );
+    let shared = Path::new(tether_tests::shim::RUNC_ROOT).join(ns);
+    assert!(!shared.exists(), "{} exists", shared.display());
     let daemon = d.pid().expect("running");
     let clean = wait_until(T, || {
         procs::reap_orphans();

@@ -1,0 +1,175 @@
+//! Issue 12, isolation: each daemon's shims keep their containers in an OCI runtime root under
+//! the daemon's `--root`, so two daemons (or a daemon and containerd) run the same id in the
+//! same namespace side by side, and nothing lands in containerd's runc root.
+
+use serde_json::Value;
+use std::path::Path;
+use tether_tests::manager::{Daemon, RUNC_RUNTIME, TETHER_RUNTIME};
+use tether_tests::shim::{runc_list, RUNC_ROOT};
+use tether_tests::{busybox_rootfs, procs, unique_id};
+
+fn state(d: &Daemon, ns: &str, id: &str) -> Value {
+    let out = d.ok(&["--namespace", ns, "state", id, "--json"]);
+    serde_json::from_str(&out.stdout).expect("state --json")
+}
+
+fn run_detached(d: &Daemon, runtime: &str, ns: &str, id: &str) -> u32 {
+    let rootfs = busybox_rootfs().display().to_string();
+    let out = d.ok(&[
+        "--namespace",
+        ns,
+        "run",
+        "-d",
+        "--runtime",
+        runtime,
+        "--rootfs",
+        &rootfs,
+        id,
+        "--",
+        "sleep",
+        "300",
+    ]);
+    out.stdout.trim().parse().expect("run -d prints the pid")
+}
+
+/// containerd's runc root for `ns` holds nothing (runc would have created the directory).
+fn assert_nothing_in_containerds_root(ns: &str) {
+    assert!(
+        !Path::new(RUNC_ROOT).join(ns).exists(),
+        "{RUNC_ROOT}/{ns} exists: {:?}",
+        runc_list(ns)
+    );
+}
+
+fn two_daemons_same_id(runtime: &str) {
+    let a = Daemon::start();
+    let b = Daemon::start();
+    let ns = unique_id("ns");
+    let id = unique_id("web");
+
+    let pid_a = run_detached(&a, runtime, &ns, &id);
+    let pid_b = run_detached(&b, runtime, &ns, &id);
+    assert_ne!(pid_a, pid_b);
+    for (d, pid) in [(&a, pid_a), (&b, pid_b)] {
+        let v = state(d, &ns, &id);
+        assert_eq!(
+            (v["status"].as_str(), v["pid"].as_u64()),
+            (Some("RUNNING"), Some(pid as u64)),
+            "{v}"
+        );
+        // Each daemon's runc knows its own container, under its own root.
+        assert_eq!(d.runc_list(&ns), std::slice::from_ref(&id), "{}", d.log());
+        // The runtime reaches the right one: an exec runs in this daemon's container.
+        let out = d.ok(&[
+            "--namespace",
+            &ns,
+            "exec",
+            "--exec-id",
+            "e1",
+            &id,
+            "--",
+            "cat",
+            "/proc/1/stat",
+        ]);
+        assert!(out.stdout.starts_with("1 (sleep)"), "{out}");
+    }
+    assert_nothing_in_containerds_root(&ns);
+
+    // A stops; B's container is untouched.
+    a.ok(&["--namespace", &ns, "kill", "-s", "KILL", &id]);
+    assert_eq!(a.run(&["--namespace", &ns, "wait", &id]).code, 137);
+    a.ok(&["--namespace", &ns, "delete", &id]);
+    assert!(a.runc_list(&ns).is_empty(), "A's runc root still lists it");
+    assert_eq!(state(&b, &ns, &id)["status"], "RUNNING");
+    assert_eq!(b.runc_list(&ns), std::slice::from_ref(&id));
+
+    // B's shim dies: the daemon's clean-up (the shim's `delete` action) removes the container
+    // from B's runc root too, not from a default one.
+    let shims = b.shim_pids();
+    assert_eq!(shims.len(), 1, "one shim: {shims:?}");
+    assert!(procs::signal(shims[0], libc::SIGKILL));
+    assert_eq!(
+        b.run(&["--namespace", &ns, "wait", &id]).code,
+        137,
+        "{}",
+        b.log()
+    );
+    b.ok(&["--namespace", &ns, "delete", &id]);
+    assert!(
+        tether_tests::wait_until(std::time::Duration::from_secs(30), || b
+            .runc_list(&ns)
+            .is_empty()),
+        "B's runc root still lists it: {}",
+        b.log()
+    );
+    assert_nothing_in_containerds_root(&ns);
+}
+
+#[test]
+fn two_daemons_run_the_same_id_with_our_shim() {
+    two_daemons_same_id(TETHER_RUNTIME);
+}
+
+#[test]
+fn two_daemons_run_the_same_id_with_containerds_go_shim() {
+    two_daemons_same_id(RUNC_RUNTIME);
+}
+
+/// `tether --namespace NS events` shows that namespace's events only, filters or not; without
+/// `--namespace` every namespace's.
+#[test]
+fn events_honour_the_namespace() {
+    let d = Daemon::start();
+    let (mine, other) = (unique_id("ns"), unique_id("ns"));
+    let rootfs = busybox_rootfs().display().to_string();
+    let all = d.events(&["--json", "--since", "0"]);
+    let only = d.events(&["--namespace", &mine, "--json", "--since", "0"]);
+    let exits = d.events(&["-n", &mine, "--json", "--since", "0", "topic==/tasks/exit"]);
+    let (id_other, id_mine) = (unique_id("c"), unique_id("c"));
+    for (ns, id) in [(&other, &id_other), (&mine, &id_mine)] {
+        d.ok(&[
+            "--namespace",
+            ns,
+            "run",
+            "--rm",
+            "--rootfs",
+            &rootfs,
+            id,
+            "--",
+            "true",
+        ]);
+    }
+    // Events come in order: once my container's delete is there, the other's came before.
+    let deleted = |evs: &[Value], id: &str| {
+        evs.iter()
+            .any(|e| e["topic"] == "/tasks/delete" && e["event"]["container_id"] == id)
+    };
+    let t = std::time::Duration::from_secs(30);
+    assert!(all.wait_for(t, |evs| deleted(evs, &id_mine) && deleted(evs, &id_other)));
+    assert!(
+        only.wait_for(t, |evs| deleted(evs, &id_mine)),
+        "{:?}",
+        only.lines()
+    );
+    assert!(exits.wait_for(t, |evs| evs
+        .iter()
+        .any(|e| e["event"]["container_id"] == *id_mine)));
+    let namespaces = |evs: Vec<Value>| -> Vec<String> {
+        let mut ns: Vec<String> = evs
+            .iter()
+            .map(|e| e["namespace"].as_str().unwrap_or_default().to_string())
+            .collect();
+        ns.dedup();
+        ns
+    };
+    assert_eq!(
+        namespaces(only.json()),
+        std::slice::from_ref(&mine),
+        "{:?}",
+        only.lines()
+    );
+    let exit_topics: Vec<Value> = exits.json();
+    assert_eq!(namespaces(exit_topics.clone()), std::slice::from_ref(&mine));
+    assert!(exit_topics.iter().all(|e| e["topic"] == "/tasks/exit"));
+    assert!(namespaces(all.json()).contains(&other));
+}

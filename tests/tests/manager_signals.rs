@@ -1,0 +1,232 @@
+//! Issue 12, signals: an attached `tether run` forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT,
+//! SIGUSR1 and SIGUSR2 to the container's init (which decides what they mean), and returns the
+//! exit status the container chose.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc::channel;
+use std::thread;
+use std::time::{Duration, Instant};
+use tether_tests::manager::{Daemon, RUNC_RUNTIME, TETHER_RUNTIME};
+use tether_tests::{busybox_rootfs, cmd, procs, unique_id};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Each forwarded signal and the exit code the container's trap answers it with.
+const TRAPS: [(i32, &str, i32); 6] = [
+    (libc::SIGINT, "INT", 41),
+    (libc::SIGTERM, "TERM", 42),
+    (libc::SIGHUP, "HUP", 43),
+    (libc::SIGQUIT, "QUIT", 44),
+    (libc::SIGUSR1, "USR1", 45),
+    (libc::SIGUSR2, "USR2", 46),
+];
+
+/// Kills (by pid) and reaps a `tether run` the test did not see through.
+struct Reaped(Option<Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `tether run` (attached) of a shell that traps every forwarded signal; sends it `sig` once the
+/// trap is set and returns the CLI's exit code.
+fn run_and_signal(d: &Daemon, runtime: &str, ns: &str, sig: i32) -> i32 {
+    let traps: String = TRAPS
+        .iter()
+        .map(|(_, name, code)| format!("trap 'exit {code}' {name}; "))
+        .collect();
+    // `wait` returns as soon as a trapped signal arrives; the sleep goes with the container.
+    let script = format!("{traps}echo ready; sleep 300 & wait");
+    let id = unique_id("sig");
+    let rootfs = busybox_rootfs().display().to_string();
+    let mut child = d
+        .tether()
+        .args([
+            "--namespace",
+            ns,
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--rootfs",
+        ])
+        .args([rootfs.as_str(), &id, "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start tether run");
+    let stdout = child.stdout.take().expect("piped");
+    let pid = child.id() as i32;
+    let mut guard = Reaped(Some(child));
+    let (tx, rx) = channel();
+    let reader = thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(T);
+    assert_eq!(
+        first.as_deref(),
+        Ok("ready"),
+        "the container never said ready\n{}",
+        d.log()
+    );
+    assert!(procs::signal(pid, sig), "signal tether run ({pid})");
+    let mut child = guard.0.take().expect("not reaped yet");
+    let (status, timed_out) = cmd::wait_deadline(&mut child, Instant::now() + T, "tether run");
+    let _ = reader.join();
+    assert!(
+        !timed_out,
+        "tether run did not exit after signal {sig}\n{}",
+        d.log()
+    );
+    cmd::exit_code(status)
+}
+
+fn forwards_every_signal(runtime: &str) {
+    let d = Daemon::start();
+    let ns = unique_id("ns");
+    thread::scope(|s| {
+        let runs: Vec<_> = TRAPS
+            .iter()
+            .map(|&(sig, name, code)| {
+                let (d, ns) = (&d, &ns);
+                s.spawn(move || (name, code, run_and_signal(d, runtime, ns, sig)))
+            })
+            .collect();
+        for r in runs {
+            let (name, want, got) = r.join().expect("run thread");
+            assert_eq!(
+                got, want,
+                "SIG{name}: the container's trap decides the exit code"
+            );
+        }
+    });
+    // --rm removed every one of them.
+    let ps = d.ok(&["--namespace", &ns, "ps", "--json"]);
+    assert_eq!(ps.stdout.trim(), "[]", "{ps}");
+}
+
+#[test]
+fn run_forwards_signals_to_the_container_with_our_shim() {
+    forwards_every_signal(TETHER_RUNTIME);
+}
+
+#[test]
+fn run_forwards_signals_to_the_container_with_containerds_go_shim() {
+    forwards_every_signal(RUNC_RUNTIME);
+}
+
+/// Sets the terminal size on the pty `fd` (the kernel then signals SIGWINCH to the terminal's
+/// foreground process group: the `tether run` whose controlling terminal it is).
+fn set_size(fd: &impl std::os::fd::AsRawFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads the winsize we pass.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+}
+
+fn resizes_follow_the_terminal(runtime: &str) {
+    use std::os::unix::process::CommandExt;
+    use std::sync::{Arc, Mutex};
+
+    let d = Daemon::start();
+    let ns = unique_id("ns");
+    let id = unique_id("tty");
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    set_size(&pty.master, 24, 80);
+    let rootfs = busybox_rootfs().display().to_string();
+    // Every SIGWINCH the container's shell gets, it prints its terminal's size.
+    let script = "trap 'stty size' WINCH; trap 'exit 7' TERM; echo ready; \
+                  while :; do sleep 300 & wait; done";
+    let slave = std::fs::File::from(pty.slave);
+    let mut command = d.tether();
+    command
+        .args([
+            "--namespace",
+            &ns,
+            "run",
+            "--rm",
+            "-t",
+            "--runtime",
+            runtime,
+        ])
+        .args(["--rootfs", &rootfs, &id, "--", "sh", "-c", script])
+        .stdin(slave.try_clone().expect("dup pty"))
+        .stdout(slave.try_clone().expect("dup pty"))
+        .stderr(slave);
+    // SAFETY: setsid and ioctl are async-signal-safe; the pty becomes the controlling terminal
+    // of `tether run`, as a shell's would be.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().expect("start tether run -t");
+    drop(command);
+    let pid = child.id() as i32;
+    let mut guard = Reaped(Some(child));
+    let seen = Arc::new(Mutex::new(String::new()));
+    let sink = seen.clone();
+    let mut master = std::fs::File::from(pty.master);
+    let master_fd = master.try_clone().expect("dup master");
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Ends with EIO once every slave is closed (the CLI exited).
+        while let Ok(n) = std::io::Read::read(&mut master, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_str(&text);
+        }
+    });
+    let output = || seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let saw = |what: &str| tether_tests::wait_until(T, || output().contains(what));
+    assert!(saw("ready"), "no ready: {:?}\n{}", output(), d.log());
+    for (rows, cols) in [(50, 132), (30, 100)] {
+        set_size(&master_fd, rows, cols);
+        let want = format!("{rows} {cols}");
+        assert!(
+            saw(&want),
+            "the container never saw {want}: {:?}\n{}",
+            output(),
+            d.log()
+        );
+    }
+    assert!(procs::signal(pid, libc::SIGTERM));
+    let mut child = guard.0.take().expect("not reaped yet");
+    let (status, timed_out) = cmd::wait_deadline(&mut child, Instant::now() + T, "tether run");
+    assert!(!timed_out, "tether run -t did not exit\n{}", d.log());
+    assert_eq!(cmd::exit_code(status), 7, "{:?}", output());
+    drop(master_fd);
+    let _ = reader.join();
+}
+
+#[test]
+fn every_resize_reaches_the_container_with_our_shim() {
+    resizes_follow_the_terminal(TETHER_RUNTIME);
+}
+
+#[test]
+fn every_resize_reaches_the_container_with_containerds_go_shim() {
+    resizes_follow_the_terminal(RUNC_RUNTIME);
+}
