@@ -150,3 +150,28 @@ pub fn wait_reaped(pid: i32, args: &[String], timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A bundle for a second container of the shim serving `first` (through its task API, as CRI
+/// groups a pod's containers in one shim): `first`'s spec with the read-only busybox rootfs, its
+/// own cgroup and `args` as its process.
+pub fn second_bundle(
+    cd: &crate::Containerd,
+    ns: &str,
+    first: &str,
+    id: &str,
+    args: &[&str],
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp bundle dir");
+    let config = cd.bundle(ns, first).join("config.json");
+    let text = std::fs::read_to_string(&config).expect("the first container's config.json");
+    let mut spec: serde_json::Value = serde_json::from_str(&text).expect("config.json is JSON");
+    spec["root"] = serde_json::json!({ "path": crate::busybox_rootfs(), "readonly": true });
+    spec["process"]["args"] = serde_json::json!(args);
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{ns}/{id}"));
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_vec(&spec).expect("serialize the spec"),
+    )
+    .expect("write config.json");
+    dir
+}

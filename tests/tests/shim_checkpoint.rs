@@ -170,23 +170,6 @@ fn checkpoint_writes_an_image_and_leaves_the_container_running() {
     finish(cd, &[&id]);
 }
 
-/// A bundle for a second container of the shim serving `first`: its spec, the read-only busybox
-/// rootfs, its own cgroup.
-fn second_bundle(cd: &Containerd, ns: &str, first: &str, id: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp bundle dir");
-    let config = cd.bundle(ns, first).join("config.json");
-    let text = std::fs::read_to_string(&config).expect("the first container's config.json");
-    let mut spec: serde_json::Value = serde_json::from_str(&text).expect("config.json is JSON");
-    spec["root"] = serde_json::json!({ "path": busybox_rootfs(), "readonly": true });
-    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{ns}/{id}"));
-    std::fs::write(
-        dir.path().join("config.json"),
-        serde_json::to_vec(&spec).expect("serialize the spec"),
-    )
-    .expect("write config.json");
-    dir
-}
-
 /// `Create` with a checkpoint is restored at `Start` (as with containerd's shim). An image CRIU
 /// cannot restore fails that Start with the runtime's error; the container stays created, with
 /// no pid to signal, and can be deleted; the shim serves on.
@@ -203,7 +186,7 @@ fn restore_from_an_unusable_image_fails_at_start_and_the_shim_serves_on() {
     sleeper(&ctr, &first, &[]);
     let shim = shim_client(&cd, &ns, &first);
     let id = unique_id("r");
-    let bundle = second_bundle(&cd, &ns, &first, &id);
+    let bundle = tether_tests::shim::second_bundle(&cd, &ns, &first, &id, &["/bin/sleep", "1000"]);
     let create = |checkpoint: &str| CreateTaskRequest {
         id: id.clone(),
         bundle: bundle.path().display().to_string(),
@@ -311,17 +294,8 @@ fn checkpoint_then_restore_counts_on_where_it_stopped() {
     let work = tempfile::tempdir().expect("tempdir");
     let image = work.path().join("image");
     let counter = |id: &str| {
-        let b = second_bundle(&cd, &ns, &first, id);
-        let path = b.path().join("config.json");
-        let mut spec: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).expect("spec")).expect("JSON");
-        spec["process"]["args"] = serde_json::json!([
-            "/bin/sh",
-            "-c",
-            "i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done"
-        ]);
-        std::fs::write(&path, serde_json::to_vec(&spec).expect("encode")).expect("write");
-        b
+        let count = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done";
+        tether_tests::shim::second_bundle(&cd, &ns, &first, id, &["/bin/sh", "-c", count])
     };
     let run = |id: &str, bundle: &std::path::Path, out: &std::path::Path, checkpoint: &str| {
         let req = CreateTaskRequest {

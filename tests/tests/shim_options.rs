@@ -148,24 +148,6 @@ fn runtime_config_path_reaches_the_runtime() {
     check.assert_clean();
 }
 
-/// The spec of a second container for the shim serving `first`: same process settings, its own
-/// cgroup, the read-only busybox rootfs.
-fn second_bundle(cd: &Containerd, ns: &str, first: &str, id: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp bundle dir");
-    let config = cd.bundle(ns, first).join("config.json");
-    let text = std::fs::read_to_string(&config).expect("the first container's config.json");
-    let mut spec: serde_json::Value = serde_json::from_str(&text).expect("config.json is JSON");
-    spec["root"] = serde_json::json!({ "path": busybox_rootfs(), "readonly": true });
-    spec["process"]["args"] = serde_json::json!(["/bin/true"]);
-    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{ns}/{id}"));
-    std::fs::write(
-        dir.path().join("config.json"),
-        serde_json::to_vec(&spec).expect("serialize the spec"),
-    )
-    .expect("write config.json");
-    dir
-}
-
 #[test]
 fn config_body_options_reach_the_runtime_through_the_task_api() {
     tether_tests::shim_binary();
@@ -187,7 +169,7 @@ fn config_body_options_reach_the_runtime_through_the_task_api() {
     // A second container through the same shim, with the options as containerd 1.7/2.x's CRI
     // plugin sends them for our runtime type.
     let id = unique_id("c");
-    let bundle = second_bundle(&cd, &ns, &first, &id);
+    let bundle = shim::second_bundle(&cd, &ns, &first, &id, &["/bin/true"]);
     let options = RuntimeOptions {
         config_body: w.toml().into_bytes(),
         ..Default::default()
@@ -296,7 +278,7 @@ fn stdout_owner_as_user(
 ) -> (u32, String) {
     use tether_protocol::api::task::{StartRequest, StartResponse, WaitRequest, WaitResponse};
     let id = unique_id("c");
-    let bundle = second_bundle(cd, ns, first, &id);
+    let bundle = shim::second_bundle(cd, ns, first, &id, &["/bin/true"]);
     let config = bundle.path().join("config.json");
     let mut spec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&config).expect("read spec")).expect("spec");
