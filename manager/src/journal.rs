@@ -3,7 +3,8 @@
 //!
 //! Retention is bounded: past `2 * keep` lines the file is rewritten (temp, fsync, rename) with
 //! the newest `keep`. On open, a torn last line (the daemon was killed mid-append) is truncated
-//! with a warning; a bad line elsewhere is reported (file and line) and skipped. Nothing in the
+//! with a warning; a bad line elsewhere is reported (file and line) and skipped, leaving a hole in
+//! the sequence that readers step over (`Bus::poll` searches by number). Nothing in the
 //! file can stop the daemon from starting.
 
 use crate::error::{Error, Result};
