@@ -26,6 +26,8 @@ use tether_protocol::{
     store, topics, validate_id, validate_namespace, ContainerRecord, ContainerStatus,
 };
 
+/// Why a container ended when its shim died under a running daemon.
+pub const REASON_SHIM_DIED: &str = "shim died";
 /// How long ordinary shim calls may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Calls that run the OCI runtime (start, kill, pause, resume, update, delete): the shims'
@@ -33,7 +35,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// deadline, and the daemon waits a margin longer (see `ShimClient::call`), so a runtime that
 /// finishes late is either reported done or undone by the shim, never done behind a reported
 /// failure.
-const RUNTIME_TIMEOUT: Duration = Duration::from_secs(60);
+pub const RUNTIME_TIMEOUT: Duration = Duration::from_secs(60);
 /// `Create` runs the OCI runtime and may take longer on a loaded machine.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a shim asked to exit may take: it flushes its events for up to 3 s.
@@ -969,7 +971,7 @@ impl Containers {
         log::warn!("container {}/{}: shim {} died", key.0, key.1, shim.pid);
         let deleted = shim.command.delete();
         crate::shim_client::remove_dead_socket(shim.task.socket());
-        let (status, at, pid) = match deleted {
+        let (status, at, pid, reason) = match deleted {
             Ok(d) => (
                 d.exit_status,
                 d.exited_at
@@ -977,14 +979,21 @@ impl Containers {
                     .map(tether_protocol::time::from_timestamp)
                     .unwrap_or_else(now_nanos),
                 d.pid,
+                REASON_SHIM_DIED.to_string(),
             ),
             Err(e) => {
                 log::warn!("container {}/{}: {e}", key.0, key.1);
-                (128 + libc::SIGKILL as u32, now_nanos(), lock(&c.record).pid)
+                (
+                    128 + libc::SIGKILL as u32,
+                    now_nanos(),
+                    lock(&c.record).pid,
+                    // Said where users look (`ps`, `inspect`): e.g. a delete action that hung.
+                    format!("{REASON_SHIM_DIED}; its cleanup failed: {e}"),
+                )
             }
         };
         let already = lock(&c.record).finished_at != 0;
-        c.record_exit(status, at, "shim died");
+        c.record_exit(status, at, &reason);
         if !already {
             self.publish_exit(&key, pid, status, at, false);
         }

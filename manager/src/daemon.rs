@@ -2,8 +2,8 @@
 //! ttrpc API; the shims' events endpoint on the monitor's loop), and waiting for
 //! SIGTERM/SIGINT. Shims outlive the daemon, as they outlive containerd.
 //!
-//! Threads: this one (signals), the monitor's loop, the janitor (cleans up after dead shims,
-//! which may take a while), and the ttrpc server's for the CLI. None per container.
+//! Threads: this one (signals), the monitor's loop, a few janitors (clean up after dead shims,
+//! which may take a while, in parallel), and the ttrpc server's for the CLI. None per container.
 
 use crate::containers::{Config, Containers};
 use crate::error::{Error, Result};
@@ -144,21 +144,31 @@ pub fn run(mut cfg: Config) -> Result<()> {
     Ok(())
 }
 
-/// The thread that handles shim deaths the monitor reports: the shim's `delete` action runs
-/// there, off the loop.
+/// Threads cleaning up after dead shims. A `delete` action mostly waits (for the runtime to
+/// kill and remove the container) and may hang until its deadline: a few run at once, so one
+/// slow clean-up does not hold up the others, and their number does not grow with the deaths.
+const JANITORS: usize = 4;
+
+/// The threads that handle shim deaths the monitor reports: each shim's `delete` action runs
+/// there (bounded in time, see `ShimCommand::delete`), off the loop.
 fn start_janitor(containers: &Arc<Containers>) -> Result<std::sync::mpsc::Sender<Key>> {
     let (tx, rx) = std::sync::mpsc::channel::<Key>();
-    let weak = Arc::downgrade(containers);
-    std::thread::Builder::new()
-        .name("janitor".into())
-        .spawn(move || {
-            for key in rx {
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for i in 0..JANITORS {
+        let weak = Arc::downgrade(containers);
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("janitor-{i}"))
+            .spawn(move || loop {
+                // The lock is held only while taking the next death, not while handling it.
+                let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok(key) = next else { return };
                 match weak.upgrade() {
                     Some(c) => c.shim_died(key),
                     None => return,
                 }
-            }
-        })
-        .map_err(Error::io("spawn the janitor thread"))?;
+            })
+            .map_err(Error::io("spawn a janitor thread"))?;
+    }
     Ok(tx)
 }

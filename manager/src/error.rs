@@ -31,6 +31,9 @@ pub enum Error {
     Transition(#[from] tether_protocol::TransitionError),
     #[error(transparent)]
     Filter(#[from] crate::filter::FilterError),
+    /// Something the daemon ran did not finish in time (and was killed).
+    #[error("{0}")]
+    TimedOut(String),
     /// A shim refused or failed a call.
     #[error("{0}")]
     Shim(String),
@@ -59,6 +62,7 @@ impl Error {
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::FailedPrecondition(_) | Error::Transition(_) => Code::FAILED_PRECONDITION,
             Error::Unavailable(_) => Code::UNAVAILABLE,
+            Error::TimedOut(_) => Code::DEADLINE_EXCEEDED,
             _ => Code::INTERNAL,
         }
     }

@@ -13,6 +13,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 use tether_protocol::api::task::DeleteResponse;
 
 /// The runtime used when none is named.
@@ -173,29 +174,60 @@ impl ShimCommand {
         Ok(normalize_address(&text))
     }
 
-    /// Runs the shim's `delete` action (cleanup after a dead shim) and parses its answer.
+    /// Runs the shim's `delete` action (cleanup after a dead shim) and parses its answer. It
+    /// runs the OCI runtime, which can hang: past [`delete_timeout`] its process group is killed
+    /// and the action reported as timed out.
     pub fn delete(&self) -> Result<DeleteResponse> {
         let what = format!("run {} delete", self.binary.display());
+        let limit = delete_timeout();
         let mut cmd = self.command("delete", true);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // Its own group: on a timeout, what it started (the runtime) is killed with it.
+            .process_group(0);
         let child = crate::reaper::spawn(&mut cmd).map_err(Error::io(what.clone()))?;
         let pid = child.id();
-        let out = child.wait_with_output();
+        let out = crate::bounded::wait_with_output(child, limit);
         crate::reaper::release(pid);
         let out = out.map_err(Error::io(what.clone()))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
+        let last_line = |bytes: &[u8]| {
+            String::from_utf8_lossy(bytes)
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("no output")
+                .to_string()
+        };
+        let Some(status) = out.status else {
+            return Err(Error::TimedOut(format!(
+                "{what} (pid {pid}) did not finish in {} ms: killed with its process group; \
+                 last error output: {}",
+                limit.as_millis(),
+                last_line(&out.stderr)
+            )));
+        };
+        if !status.success() {
             return Err(Error::Shim(format!(
-                "{what} failed ({}): {}",
-                out.status,
-                err.trim().lines().last().unwrap_or("no output")
+                "{what} failed ({status}): {}",
+                last_line(&out.stderr)
             )));
         }
         DeleteResponse::parse_from_bytes(&out.stdout)
             .map_err(|e| Error::Shim(format!("{what}: not a DeleteResponse: {e}")))
     }
+}
+
+/// How long a shim's `delete` action may run: the runtime timeout the shim gives runc (60 s)
+/// plus the margin the daemon allows any shim call. `TETHER_SHIM_DELETE_TIMEOUT_MS` overrides it
+/// (tests with a shim that hangs on purpose).
+pub fn delete_timeout() -> Duration {
+    std::env::var("TETHER_SHIM_DELETE_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .unwrap_or(crate::containers::RUNTIME_TIMEOUT + crate::shim_client::REPLY_MARGIN)
 }
 
 /// A shim's printed address as a ttrpc client address (`unix:///path`).

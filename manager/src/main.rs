@@ -4,6 +4,7 @@
 //! CLI talks to the daemon over our own ttrpc API (`tether.manager.v1.Manager`).
 
 mod attach;
+mod bounded;
 mod bundle;
 mod cli;
 mod client;

@@ -29,6 +29,8 @@ pub struct Daemon {
     namespaces: Mutex<Vec<String>>,
     /// More `tether daemon` flags (kept for restarts).
     extra: Vec<String>,
+    /// More environment for the daemon (and so its shims), kept for restarts.
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -39,6 +41,12 @@ impl Daemon {
 
     /// Starts a daemon with more flags (`--log-max-size 4096`), kept across restarts.
     pub fn start_with(extra: &[&str]) -> Daemon {
+        Daemon::start_env(extra, &[])
+    }
+
+    /// Starts a daemon with more flags and environment variables (`PATH` with a test's own
+    /// shim), both kept across restarts.
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("tether-mgr-")
             .tempdir()
@@ -48,6 +56,10 @@ impl Daemon {
             child: None,
             namespaces: Mutex::new(Vec::new()),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn();
         d
@@ -71,6 +83,7 @@ impl Daemon {
             .arg("--socket")
             .arg(d.socket())
             .args(&d.extra)
+            .envs(d.env.iter().map(|(k, v)| (k, v)))
             .env_remove("TETHER_SOCKET")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))

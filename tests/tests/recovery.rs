@@ -614,3 +614,119 @@ fn interrupted_create_is_undone_silently_and_leaves_no_shim() {
     d.ok(&["--namespace", &ns, "delete", &id]);
     assert_no_leftovers(&d, &ns, sockets);
 }
+
+/// The shim process of container `id` among the daemon's shims.
+fn shim_of(d: &Daemon, id: &str) -> Option<i32> {
+    d.shim_pids().into_iter().find(|&p| {
+        procs::cmdline(p).is_some_and(|a| a.windows(2).any(|w| w[0] == "-id" && w[1] == id))
+    })
+}
+
+/// Dead shims are cleaned up in parallel and each clean-up is bounded in time. Runtime
+/// `io.containerd.hang.v2` is our shim behind a script whose `delete` action does its work and
+/// then hangs (as a stuck runtime would): past the deadline the daemon kills it and reports the
+/// container exited with that reason, and meanwhile another dead shim's clean-up goes through.
+#[test]
+fn a_hanging_delete_action_is_killed_and_holds_up_no_other_cleanup() {
+    procs::become_subreaper();
+    let bin = tempfile::Builder::new()
+        .prefix("tether-hang-")
+        .tempdir()
+        .expect("tempdir");
+    let script = bin.path().join("containerd-shim-hang-v2");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             # The action is the last argument; -id ID comes before it.\n\
+             id=; prev=; for a; do [ \"$prev\" = -id ] && id=$a; prev=$a; done\n\
+             if [ \"$prev\" = delete ]; then\n\
+             \x20 {shim} \"$@\" || exit\n\
+             \x20 echo $$ > {dir}/$id.hang\n\
+             \x20 exec sleep 1000\n\
+             fi\n\
+             exec {shim} \"$@\"\n",
+            shim = tether_tests::shim_binary().display(),
+            dir = bin.path().display(),
+        ),
+    )
+    .expect("write the hanging shim");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // Far longer than a clean-up takes, so "meanwhile" is not a race.
+    let d = Daemon::start_env(
+        &[],
+        &[("PATH", &path), ("TETHER_SHIM_DELETE_TIMEOUT_MS", "15000")],
+    );
+    let ns = unique_id("ns");
+    let (hung, other) = (unique_id("hung"), unique_id("other"));
+    for (id, runtime) in [(&hung, "io.containerd.hang.v2"), (&other, TETHER_RUNTIME)] {
+        d.ok(&[
+            "--namespace",
+            &ns,
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            "--rootfs",
+            &rootfs(),
+            id,
+            "--",
+            "sleep",
+            "300",
+        ]);
+    }
+    let sockets = shim_sockets(&d, &ns);
+    let status = |id: &str| state_json(&d.socket(), &ns, id).unwrap_or_default();
+
+    // The first death: its clean-up starts and hangs.
+    let shim = shim_of(&d, &hung).expect("the hanging runtime's shim");
+    procs::signal(shim, libc::SIGKILL);
+    let pidfile = bin.path().join(format!("{hung}.hang"));
+    let hanging = wait_until(T, || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim().parse::<i32>().is_ok())
+    });
+    assert!(hanging, "the delete action never ran:\n{}", d.log());
+    let hang_pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid");
+
+    // The second death is cleaned up while the first still hangs.
+    let shim = shim_of(&d, &other).expect("the other shim");
+    procs::signal(shim, libc::SIGKILL);
+    let cleaned = wait_until(T, || status(&other)["status"] == "EXITED");
+    assert!(cleaned, "{}\n{}", status(&other), d.log());
+    assert_eq!(status(&other)["reason"], "shim died");
+    assert!(
+        procs::is_alive(hang_pid),
+        "the other clean-up waited behind the hanging one:\n{}",
+        d.log()
+    );
+
+    // The hanging one is killed at its deadline and reported.
+    let reported = wait_until(T, || status(&hung)["status"] == "EXITED");
+    assert!(reported, "{}\n{}", status(&hung), d.log());
+    let v = status(&hung);
+    assert_eq!(v["exit_status"], 137, "{v}");
+    let reason = v["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("shim died; its cleanup failed:")
+            && reason.contains("did not finish in 15000 ms: killed"),
+        "{v}"
+    );
+    assert!(
+        procs::wait_gone(&[hang_pid], T).is_empty(),
+        "the hung action lives on"
+    );
+    for id in [&hung, &other] {
+        d.ok(&["--namespace", &ns, "delete", id]);
+    }
+    assert_no_leftovers(&d, &ns, sockets);
+}
