@@ -231,8 +231,15 @@ pub fn exec(socket: &Path, ns: &str, e: &ExecArgs) -> Result<i32> {
     let fifos = Fifos::new(ns, &format!("{}-{}", e.id, e.exec_id), e.tty)?;
     req.stdio = Some(fifos.stdio()).into();
     let mut copiers = Copiers::spawn(&fifos, close_stdin(socket, ns, &e.id, &e.exec_id));
+    // As for `run`: signals to the CLI go to the exec'd process, resizes to its terminal; the
+    // handlers are in place before it starts, and what comes before is held until it runs.
+    let mut proxy = SignalProxy::install(sig_proxy::target(socket, ns, &e.id, &e.exec_id, e.tty))?;
     let raw = e.tty.then(RawMode::enter);
-    client.call(CALL_TIMEOUT, |m, ctx| m.exec(ctx, &req))?;
+    if let Err(err) = client.call(CALL_TIMEOUT, |m, ctx| m.exec(ctx, &req)) {
+        proxy.stop();
+        return Err(err);
+    }
+    proxy.started();
     if e.tty {
         resize(&client, ns, &e.id, &e.exec_id);
     }
@@ -244,6 +251,7 @@ pub fn exec(socket: &Path, ns: &str, e: &ExecArgs) -> Result<i32> {
         ..Default::default()
     };
     let status = client.call(Duration::ZERO, |m, ctx| m.wait(ctx, &wait));
+    proxy.stop();
     copiers.finish(DRAIN_LIMIT);
     drop(raw);
     Ok(exit_code(status?.exit_status))

@@ -1,7 +1,8 @@
-//! Signal forwarding for an attached `tether run` (like `docker run`'s default `--sig-proxy`):
-//! SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to the CLI go to the container's
-//! init as a `Kill`, and with a terminal every SIGWINCH becomes a `ResizePty` with the CLI's
-//! current size. Otherwise Ctrl-C would kill the CLI and leave the container running.
+//! Signal forwarding for an attached `tether run` or `tether exec` (like `docker run`'s default
+//! `--sig-proxy`): SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to the CLI go to the
+//! container's init (or the exec'd process) as a `Kill`, and with a terminal every SIGWINCH
+//! becomes a `ResizePty` with the CLI's current size. Otherwise Ctrl-C would kill the CLI and
+//! leave the container running.
 //!
 //! The handlers are installed before the container starts, so no signal is lost in between;
 //! what arrives before the start is held and forwarded once the process runs (a `Kill` before

@@ -1,6 +1,6 @@
 //! Issue 12, signals: an attached `tether run` forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT,
 //! SIGUSR1 and SIGUSR2 to the container's init (which decides what they mean), and returns the
-//! exit status the container chose.
+//! exit status the container chose. An attached `tether exec` does the same for its process.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -37,26 +37,42 @@ impl Drop for Reaped {
 /// `tether run` (attached) of a shell that traps every forwarded signal; sends it `sig` once the
 /// trap is set and returns the CLI's exit code.
 fn run_and_signal(d: &Daemon, runtime: &str, ns: &str, sig: i32) -> i32 {
+    let id = unique_id("sig");
+    let rootfs = busybox_rootfs().display().to_string();
+    let verb = [
+        "--namespace",
+        ns,
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        "--rootfs",
+        &rootfs,
+        &id,
+    ];
+    attached_and_signal(d, &verb, sig)
+}
+
+/// `tether exec` (attached) of the same trapping shell in running container `id`.
+fn exec_and_signal(d: &Daemon, ns: &str, id: &str, sig: i32) -> i32 {
+    let exec_id = unique_id("e");
+    let verb = ["--namespace", ns, "exec", "--exec-id", &exec_id, id];
+    attached_and_signal(d, &verb, sig)
+}
+
+/// `tether VERB -- sh -c SCRIPT`, where the shell traps every forwarded signal; sends the CLI
+/// `sig` once the trap is set and returns the CLI's exit code.
+fn attached_and_signal(d: &Daemon, verb: &[&str], sig: i32) -> i32 {
     let traps: String = TRAPS
         .iter()
         .map(|(_, name, code)| format!("trap 'exit {code}' {name}; "))
         .collect();
     // `wait` returns as soon as a trapped signal arrives; the sleep goes with the container.
     let script = format!("{traps}echo ready; sleep 300 & wait");
-    let id = unique_id("sig");
-    let rootfs = busybox_rootfs().display().to_string();
     let mut child = d
         .tether()
-        .args([
-            "--namespace",
-            ns,
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            "--rootfs",
-        ])
-        .args([rootfs.as_str(), &id, "--", "sh", "-c", &script])
+        .args(verb)
+        .args(["--", "sh", "-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -81,11 +97,11 @@ fn run_and_signal(d: &Daemon, runtime: &str, ns: &str, sig: i32) -> i32 {
     );
     assert!(procs::signal(pid, sig), "signal tether run ({pid})");
     let mut child = guard.0.take().expect("not reaped yet");
-    let (status, timed_out) = cmd::wait_deadline(&mut child, Instant::now() + T, "tether run");
+    let (status, timed_out) = cmd::wait_deadline(&mut child, Instant::now() + T, "tether");
     let _ = reader.join();
     assert!(
         !timed_out,
-        "tether run did not exit after signal {sig}\n{}",
+        "tether {verb:?} did not exit after signal {sig}\n{}",
         d.log()
     );
     cmd::exit_code(status)
@@ -125,6 +141,48 @@ fn run_forwards_signals_to_the_container_with_containerds_go_shim() {
     forwards_every_signal(RUNC_RUNTIME);
 }
 
+/// An attached `tether exec` forwards every signal to its process, not to the container's init:
+/// each exec's trap decides its exit code, and the container runs on.
+#[test]
+fn exec_forwards_signals_to_its_process() {
+    let d = Daemon::start();
+    let ns = unique_id("ns");
+    let id = unique_id("c");
+    let rootfs = busybox_rootfs().display().to_string();
+    d.ok(&[
+        "--namespace",
+        &ns,
+        "run",
+        "-d",
+        "--rootfs",
+        &rootfs,
+        &id,
+        "--",
+        "sleep",
+        "300",
+    ]);
+    thread::scope(|s| {
+        let execs: Vec<_> = TRAPS
+            .iter()
+            .map(|&(sig, name, code)| {
+                let (d, ns, id) = (&d, &ns, &id);
+                s.spawn(move || (name, code, exec_and_signal(d, ns, id, sig)))
+            })
+            .collect();
+        for e in execs {
+            let (name, want, got) = e.join().expect("exec thread");
+            assert_eq!(
+                got, want,
+                "SIG{name}: the exec's trap decides the exit code"
+            );
+        }
+    });
+    let state = d.ok(&["--namespace", &ns, "state", &id, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&state.stdout).expect("state json");
+    assert_eq!(v["status"], "RUNNING", "the init got none of them: {v}");
+    d.ok(&["--namespace", &ns, "delete", "-f", &id]);
+}
+
 /// Sets the terminal size on the pty `fd` (the kernel then signals SIGWINCH to the terminal's
 /// foreground process group: the `tether run` whose controlling terminal it is).
 fn set_size(fd: &impl std::os::fd::AsRawFd, rows: u16, cols: u16) {
@@ -140,6 +198,12 @@ fn set_size(fd: &impl std::os::fd::AsRawFd, rows: u16, cols: u16) {
 }
 
 fn resizes_follow_the_terminal(runtime: &str) {
+    resizes_follow(runtime, false);
+}
+
+/// A terminal's resizes reach the container's process: through `tether run -t`, or (`exec`)
+/// through `tether exec -t` into a running container.
+fn resizes_follow(runtime: &str, exec: bool) {
     use std::os::unix::process::CommandExt;
     use std::sync::{Arc, Mutex};
 
@@ -154,17 +218,37 @@ fn resizes_follow_the_terminal(runtime: &str) {
                   while :; do sleep 300 & wait; done";
     let slave = std::fs::File::from(pty.slave);
     let mut command = d.tether();
-    command
-        .args([
+    if exec {
+        d.ok(&[
             "--namespace",
             &ns,
             "run",
-            "--rm",
-            "-t",
+            "-d",
             "--runtime",
             runtime,
-        ])
-        .args(["--rootfs", &rootfs, &id, "--", "sh", "-c", script])
+            "--rootfs",
+            &rootfs,
+            &id,
+            "--",
+            "sleep",
+            "300",
+        ]);
+        command.args(["--namespace", &ns, "exec", "-t", "--exec-id", "tty", &id]);
+    } else {
+        command
+            .args([
+                "--namespace",
+                &ns,
+                "run",
+                "--rm",
+                "-t",
+                "--runtime",
+                runtime,
+            ])
+            .args(["--rootfs", &rootfs, &id]);
+    }
+    command
+        .args(["--", "sh", "-c", script])
         .stdin(slave.try_clone().expect("dup pty"))
         .stdout(slave.try_clone().expect("dup pty"))
         .stderr(slave);
@@ -219,6 +303,9 @@ fn resizes_follow_the_terminal(runtime: &str) {
     assert_eq!(cmd::exit_code(status), 7, "{:?}", output());
     drop(master_fd);
     let _ = reader.join();
+    if exec {
+        d.ok(&["--namespace", &ns, "delete", "-f", &id]);
+    }
 }
 
 #[test]
@@ -229,4 +316,9 @@ fn every_resize_reaches_the_container_with_our_shim() {
 #[test]
 fn every_resize_reaches_the_container_with_containerds_go_shim() {
     resizes_follow_the_terminal(RUNC_RUNTIME);
+}
+
+#[test]
+fn every_resize_reaches_an_exec_with_our_shim() {
+    resizes_follow(TETHER_RUNTIME, true);
 }
