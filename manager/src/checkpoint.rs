@@ -163,6 +163,23 @@ mod tests {
     }
 
     #[test]
+    fn a_too_old_criu_is_named_with_its_version() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let criu = dir.path().join("criu");
+        std::fs::write(&criu, "#!/bin/sh\necho Version: 3.15\n").expect("write");
+        std::fs::set_permissions(&criu, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let e = check_criu(&criu).expect_err("too old");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("31500") && msg.contains(&criu.display().to_string()),
+            "{msg}"
+        );
+        std::fs::write(&criu, "#!/bin/sh\necho Version: 4.2.1\n").expect("write");
+        assert_eq!(check_criu(&criu).expect("new enough"), criu);
+    }
+
+    #[test]
     fn a_missing_criu_is_named() {
         let e = check_criu(Path::new("/nonexistent/criu")).expect_err("missing");
         assert!(e.to_string().contains("/nonexistent/criu"), "{e}");
