@@ -60,6 +60,11 @@ pub enum Command {
     /// Print a detached container's output (stdout to stdout, stderr to stderr), kept in
     /// CRI's log format in its directory, rotated at the daemon's --log-max-size.
     Logs(LogsArgs),
+    /// Dump a container with CRIU into an archive (CRI's layout); it exits unless
+    /// --leave-running.
+    Checkpoint(crate::cpcli::CheckpointArgs),
+    /// Create and start a container from a `tether checkpoint --export` archive.
+    Restore(crate::cpcli::RestoreArgs),
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +101,9 @@ pub struct DaemonArgs {
     /// How many log files a container keeps (the current one and rotated ones).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub log_max_files: u32,
+    /// The CRIU shims use for checkpoint and restore (at least 3.16).
+    #[arg(long, value_name = "PATH", default_value = "criu")]
+    pub criu: PathBuf,
 }
 
 #[derive(Debug, Args)]

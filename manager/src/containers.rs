@@ -54,6 +54,8 @@ pub struct Config {
     /// Bounds of a detached container's log files (see `log_driver`).
     pub log_max_size: u64,
     pub log_max_files: u32,
+    /// The CRIU shims use for checkpoints (`--criu`): a path or a name on PATH.
+    pub criu: PathBuf,
 }
 
 pub struct ShimConn {
@@ -81,7 +83,7 @@ impl Container {
         self.dir.join("record.json")
     }
 
-    fn shim(&self) -> Result<Arc<ShimConn>> {
+    pub(crate) fn shim(&self) -> Result<Arc<ShimConn>> {
         lock(&self.shim).clone().ok_or_else(|| {
             Error::FailedPrecondition(format!(
                 "container {}: its shim is not running (the task has ended)",
@@ -360,7 +362,7 @@ impl Containers {
         lock(&self.monitor).clone()
     }
 
-    fn get(&self, namespace: &str, id: &str) -> Result<Arc<Container>> {
+    pub(crate) fn get(&self, namespace: &str, id: &str) -> Result<Arc<Container>> {
         let key = check_key(namespace, id)?;
         lock(&self.table).get(&key).cloned().ok_or_else(|| {
             Error::NotFound(format!(
@@ -450,9 +452,9 @@ impl Containers {
         store::write(&c.record_path(), &*lock(&c.record))?;
         self.open_log(c)?;
 
-        // The runtime root under the daemon's root, as containerd passes options: on `start`'s
-        // stdin and in `Create`.
-        let options = crate::runtime_root::options(&self.cfg.root)?;
+        // The runtime root under the daemon's root (and our CRIU), as containerd passes
+        // options: on `start`'s stdin and in `Create`.
+        let options = crate::checkpoint::runtime_options(&self.cfg)?;
         let options_bytes = options
             .write_to_bytes()
             .map_err(|e| Error::Shim(format!("encode the runtime options: {e}")))?;
@@ -485,6 +487,7 @@ impl Containers {
             stdout: stdio.stdout,
             stderr: stdio.stderr,
             options: MessageField::some(options),
+            checkpoint: req.checkpoint.clone(),
             ..Default::default()
         };
         let resp: task::CreateTaskResponse = shim

@@ -3,13 +3,16 @@
 //! The daemon launches shims exactly as containerd does and serves their Events service; the
 //! CLI talks to the daemon over our own ttrpc API (`tether.manager.v1.Manager`).
 
+mod archive;
 mod attach;
 mod bounded;
 mod bundle;
+mod checkpoint;
 mod cli;
 mod client;
 mod commands;
 mod containers;
+mod cpcli;
 mod cri_log;
 mod daemon;
 mod dedup;
@@ -56,6 +59,7 @@ fn main() {
                 debug: d.debug,
                 log_max_size: d.log_max_size,
                 log_max_files: d.log_max_files,
+                criu: d.criu.clone(),
             })
             .map(|()| 0)
         }
@@ -74,6 +78,8 @@ fn main() {
         Command::Delete(d) => commands::delete(socket, ns, d),
         Command::Events(e) => commands::events(socket, cli.namespace.as_deref(), e),
         Command::Logs(l) => logs::logs(socket, ns, l),
+        Command::Checkpoint(a) => cpcli::checkpoint(socket, ns, a),
+        Command::Restore(a) => cpcli::restore(socket, ns, a),
     };
     match result {
         Ok(code) => std::process::exit(code),

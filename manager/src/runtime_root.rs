@@ -7,9 +7,12 @@
 //! Both our shim and containerd's Go shim append the namespace to it and remember it in the
 //! bundle for their `delete` action, so a crashed container is cleaned in the right root too.
 
+#[cfg(test)]
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
+#[cfg(test)]
 use tether_protocol::api::runc_options::Options as RuncOptions;
+#[cfg(test)]
 use tether_protocol::api::{pack_any, Any};
 
 /// The runtime root's directory under the daemon's `--root`.
@@ -21,7 +24,8 @@ pub fn runtime_root(root: &Path) -> PathBuf {
     root.join(DIR_NAME)
 }
 
-/// The runtime options every shim of this daemon gets.
+/// The runtime options every shim of this daemon gets (without CRIU; see `checkpoint`).
+#[cfg(test)]
 pub fn options(root: &Path) -> Result<Any> {
     let opts = RuncOptions {
         root: runtime_root(root).display().to_string(),

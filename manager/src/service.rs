@@ -74,6 +74,10 @@ impl Manager for ManagerService {
         self.containers.resize_pty(req)?;
         Ok(api::Empty::new())
     }
+    fn checkpoint(&self, _: &TtrpcContext, req: api::CheckpointRequest) -> R<api::Empty> {
+        self.containers.checkpoint(req)?;
+        Ok(api::Empty::default())
+    }
     fn events(&self, _: &TtrpcContext, req: api::EventsRequest) -> R<api::EventsResponse> {
         let filters = Filters::parse(&req.filters).map_err(crate::error::Error::from)?;
         let since = if req.from_now {
