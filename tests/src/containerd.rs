@@ -417,6 +417,26 @@ impl Containerd {
             Ok(done) => report.unmounted = done,
             Err(e) => report.problems.push(e),
         }
+        // A container whose shim was killed with containerd down keeps its (stopped) runc state;
+        // runc forgets it only when told.
+        for (ns, id) in &bundles {
+            let root = Path::new(crate::shim::RUNC_ROOT).join(ns);
+            if root.join(id).exists() {
+                let out = cmd::run(
+                    Command::new("runc")
+                        .arg("--root")
+                        .arg(&root)
+                        .args(["delete", "--force", id]),
+                    None,
+                    Duration::from_secs(10),
+                );
+                if !out.success() {
+                    report
+                        .problems
+                        .push(format!("runc delete --force {ns}/{id}: {out}"));
+                }
+            }
+        }
         for ns in self.task_namespaces() {
             // runc keeps its state root per namespace and never removes it; empty, it is ours.
             let _ = fs::remove_dir(Path::new(crate::shim::RUNC_ROOT).join(&ns));
