@@ -49,24 +49,18 @@ pub fn check_criu(criu: &Path) -> Result<PathBuf> {
             criu.display()
         ))
     })?;
-    // The daemon is a subreaper whose reaper may take this child's exit first (`output()` then
-    // fails with ECHILD): read what it prints to the end, and do not depend on its status.
-    let mut child = std::process::Command::new(&found)
-        .arg("--version")
+    // The daemon is a subreaper: its reaper leaves this child to us (`reaper::spawn`).
+    let mut cmd = std::process::Command::new(&found);
+    cmd.arg("--version")
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
+        .stderr(std::process::Stdio::null());
+    let child = crate::reaper::spawn(cmd.stdout(std::process::Stdio::piped()))
         .map_err(Error::io(format!("run {} --version", found.display())))?;
-    let mut printed = Vec::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        use std::io::Read;
-        stdout
-            .read_to_end(&mut printed)
-            .map_err(Error::io(format!("read {} --version", found.display())))?;
-    }
-    let _ = child.wait();
-    let text = String::from_utf8_lossy(&printed);
+    let pid = child.id();
+    let out = child.wait_with_output();
+    crate::reaper::release(pid);
+    let out = out.map_err(Error::io(format!("run {} --version", found.display())))?;
+    let text = String::from_utf8_lossy(&out.stdout);
     let version = parse_version(&text).ok_or_else(|| {
         Error::FailedPrecondition(format!(
             "CRIU {}: cannot read its version from {:?}",
