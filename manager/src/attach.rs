@@ -71,11 +71,14 @@ pub struct Copiers {
     done: Receiver<()>,
     outputs: usize,
     started: Option<Sender<()>>,
+    /// Holds a terminal's stdin FIFO open after our stdin ended (see `spawn`).
+    _kept_stdin: Receiver<File>,
 }
 
 impl Copiers {
     /// Starts copying. `close_stdin` is called once our stdin is at EOF and the process has
-    /// started ([`Copiers::started`]): it tells the shim to close the process's stdin.
+    /// started ([`Copiers::started`]): it tells the shim to close the process's stdin. Never
+    /// with a terminal (see below).
     pub fn spawn(fifos: &Fifos, close_stdin: impl FnOnce() + Send + 'static) -> Copiers {
         let (done_tx, done) = channel();
         let mut outputs = 0;
@@ -115,8 +118,13 @@ impl Copiers {
         }
         let (started_tx, started_rx) = channel::<()>();
         let stdin_path = fifos.stdin.clone();
+        let terminal = fifos.terminal;
+        let (keep_tx, kept_stdin) = channel::<File>();
         thread::spawn(move || {
-            if let Ok(mut f) = OpenOptions::new().write(true).open(&stdin_path) {
+            let Ok(mut f) = OpenOptions::new().write(true).open(&stdin_path) else {
+                return;
+            };
+            {
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut input = std::io::stdin().lock();
                 loop {
@@ -132,7 +140,15 @@ impl Copiers {
                     }
                 }
             }
-            if started_rx.recv().is_ok() {
+            // A terminal's end of input is a byte (^D, passed through in raw mode), not the
+            // end of our stdin: with `-t` and a stdin that ends (a pipe, /dev/null), closing
+            // the container's stdin would tear its terminal down under it (containerd's Go
+            // shim shuts the console when its stdin FIFO ends), losing what it prints after.
+            // As with `docker run -t`, the terminal stays open until the process exits: the
+            // FIFO's write end is kept until the copiers are dropped.
+            if terminal {
+                let _ = keep_tx.send(f);
+            } else if started_rx.recv().is_ok() {
                 close_stdin();
             }
         });
@@ -140,6 +156,7 @@ impl Copiers {
             done,
             outputs,
             started: Some(started_tx),
+            _kept_stdin: kept_stdin,
         }
     }
 

@@ -255,7 +255,10 @@ fn terminal(runtime: &str) {
         "--",
         "sh",
         "-c",
-        "test -t 0 && test -t 1 && echo on-a-tty; exit 4",
+        // The sleep lets our stdin (/dev/null) reach its end first: that must not take the
+        // container's terminal away (it did, with containerd's Go shim, before the CLI kept
+        // a terminal's stdin open).
+        "sleep 1; test -t 0 && test -t 1 && echo on-a-tty; exit 4",
     ]);
     assert_eq!(out.code, 4, "{out}\n{}", d.log());
     // A terminal turns \n into \r\n.
