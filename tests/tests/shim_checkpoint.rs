@@ -424,3 +424,115 @@ fn ctr_task_checkpoint_of_a_running_container_through_containerd() {
     drop(shim);
     finish(cd, &[&id]);
 }
+
+/// What `cat /count` in container `id` shows: the numbers the counter wrote, in order.
+fn counted(ctr: &Ctr, id: &str, exec_id: &str) -> Vec<u64> {
+    let out = ctr.call(&["task", "exec", "--exec-id", exec_id, id, "cat", "/count"]);
+    out.stdout
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// `ctr container checkpoint --task --rw` and `ctr container restore --live --rw`, as a user of
+/// containerd does it, on an image-based container: the counter writes into its own rootfs;
+/// its checkpoint (memory and rw layer) is an image in containerd's store; after the original
+/// is gone, the container restored under a new id counts on from the number after the last one
+/// in the restored file (a fresh start would write 0 again, a restore without the rw layer would
+/// lose the beginning), and is an ordinary task afterwards (exec, kill, delete).
+#[test]
+fn ctr_container_checkpoint_and_restore_count_on() {
+    let cd = Containerd::start();
+    let ns = unique_id("ns");
+    let ctr = cd.ctr(&ns);
+    ctr.image_import(&tether_tests::busybox_image().path);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = dir.path().join("tether.toml");
+    let criu = working_criu().display().to_string();
+    std::fs::write(&toml, format!("CriuPath = {criu:?}\n")).expect("write tether.toml");
+    let first = unique_id("c");
+    ctr.run(&first)
+        .runtime(TETHER_RUNTIME)
+        .image(tether_tests::BUSYBOX_IMAGE)
+        .flag(&format!("--runtime-config-path={}", toml.display()))
+        .detach()
+        .args(&[
+            "sh",
+            "-c",
+            "i=0; while :; do echo $i >> /count; i=$((i+1)); sleep 0.1; done",
+        ])
+        .success();
+    assert!(
+        tether_tests::wait_until(T, || counted(&ctr, &first, "n1").len() >= 5),
+        "the counter counts: {:?}",
+        counted(&ctr, &first, "n2")
+    );
+    let reference = format!("tether.test/checkpoint/{first}:1");
+    let out = ctr.call(&[
+        "containers",
+        "checkpoint",
+        "--task",
+        "--rw",
+        &first,
+        &reference,
+    ]);
+    assert!(
+        out.success(),
+        "ctr containers checkpoint: {out}\n{}",
+        cd.log_excerpt()
+    );
+    assert!(
+        ctr.images().contains(&reference),
+        "the checkpoint is an image: {:?}",
+        ctr.images()
+    );
+    // The original runs on after its checkpoint; then it is gone, snapshot and all.
+    let shim = shim_client(&cd, &ns, &first);
+    assert_still_running(&shim, &ctr, &first);
+    drop(shim);
+    assert!(ctr.task_kill(&first, "SIGKILL").success());
+    assert!(tether_tests::wait_until(T, || ctr
+        .task(&first)
+        .is_some_and(|t| t.status == "STOPPED")));
+    assert_eq!(ctr.task_delete_status(&first), 137);
+    assert!(ctr.container_delete(&first).success());
+
+    let second = unique_id("c");
+    let out = ctr.call(&[
+        "containers",
+        "restore",
+        "--live",
+        "--rw",
+        &second,
+        &reference,
+    ]);
+    assert!(
+        out.success(),
+        "ctr containers restore: {out}\n{}",
+        cd.log_excerpt()
+    );
+    let task = ctr.task(&second).expect("the restored task is listed");
+    assert_eq!(task.status, "RUNNING", "{task:?}");
+    let mut seen = counted(&ctr, &second, "r1");
+    let before = seen.len();
+    assert!(before >= 5, "the rw layer came back: {seen:?}");
+    assert!(
+        tether_tests::wait_until(T, || {
+            seen = counted(&ctr, &second, "r2");
+            seen.len() >= before + 3
+        }),
+        "the restored counter counts on: {seen:?}"
+    );
+    let expected: Vec<u64> = (0..seen.len() as u64).collect();
+    assert_eq!(
+        seen, expected,
+        "one run of numbers from 0: the rw layer came back and the count went on from it"
+    );
+    assert!(ctr.task_kill(&second, "SIGKILL").success());
+    assert!(tether_tests::wait_until(T, || ctr
+        .task(&second)
+        .is_some_and(|t| t.status == "STOPPED")));
+    assert_eq!(ctr.task_delete_status(&second), 137);
+    assert!(ctr.container_delete(&second).success());
+    finish(cd, &[&first, &second]);
+}
