@@ -76,6 +76,7 @@ pub mod mounts;
 pub mod pause;
 pub mod procs;
 pub mod rawttrpc;
+pub mod registry;
 pub mod rootfs;
 pub mod scratch;
 pub mod shim;

@@ -8,11 +8,13 @@
 //! cgroup, then the harness's leak check once containerd is gone.
 
 use std::time::Duration;
+use tether_tests::cri::api::ImageSpec;
 use tether_tests::cri::api::{ContainerState, NamespaceMode, PodSandboxState};
 use tether_tests::cri::{
     log, tables_of, Cri, CriConfig, Pod, CRI_NAMESPACE, RUNC_HANDLER, TETHER_HANDLER,
 };
 use tether_tests::criu::{working_criu, working_criu_dir};
+use tether_tests::registry::Registry;
 use tether_tests::{flavor, procs, wait_until};
 
 /// Generous: a stop or remove that hangs (the failure mode of issue 9) shows as an error.
@@ -41,7 +43,7 @@ for_both_handlers!(
     oom_killed,
     container_restarted_in_the_same_pod,
     shared_pid_namespace_leftovers_killed_on_exit,
-    checkpoint_container_writes_the_cri_archive,
+    checkpoint_container_archive_restores,
 );
 
 /// The shim binary a handler must run.
@@ -527,11 +529,24 @@ fn readme_toml_block(head: &str, needle: &str) -> String {
 }
 
 /// A shell printing 0, 1, 2, ... on stdout, one number a tenth of a second.
+/// Counts to its stdout (the CRI log) and into `/count` in its own rootfs.
 const COUNTER: &[&str] = &[
     "sh",
     "-c",
-    "i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done",
+    "i=0; while :; do echo $i; echo $i >> /count; i=$((i+1)); sleep 0.1; done",
 ];
+
+/// The numbers in `/count` of container `id`, read with ExecSync.
+fn counted_in_rootfs(cri: &Cri, id: &str) -> Vec<u64> {
+    let out = cri
+        .client()
+        .exec_sync(id, &["cat", "/count"], 10)
+        .unwrap_or_else(|e| panic!("ExecSync cat /count in {id}: {e:?}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
 
 /// The numbers container `id` has printed so far, from its CRI log.
 fn counted(cri: &Cri, id: &str) -> Vec<u64> {
@@ -585,17 +600,13 @@ fn tar_json(path: &std::path::Path, name: &str) -> serde_json::Value {
 /// the running container, dumps it through the handler's shim with CRIU while it keeps running,
 /// and writes the archive `location`: CRIU's images under `checkpoint/`, `config.dump` (naming
 /// the container and the runtime that dumped it) and `spec.dump` (its OCI spec). The container
-/// counts on afterwards. containerd 1.6/1.7's CRI plugin does not implement it: it must answer
+/// counts on afterwards. Then the archive is restored as the kubelet restores one (CreateContainer
+/// whose image is the archive, StartContainer): containerd 2.x first pulls the checkpoint's base
+/// image by the repository digest the archive names, so the container runs an image pulled from
+/// a registry on the loopback ([`Registry`]); the restored container counts on from its dump.
+/// containerd 1.6/1.7's CRI plugin does not implement checkpoints: it must answer
 /// Unimplemented, not hang or half-do it.
-///
-/// Restoring such an archive through CRI (CreateContainer whose image is the archive) is not
-/// tested: containerd 2.1's `CRImportCheckpoint` always pulls the checkpoint's base image
-/// (`client.Pull(config.dump's rootfsImageRef)`, default resolver), and for the tests' images,
-/// imported offline, that ref is the bare image id `sha256:...`, which it cannot pull (tried:
-/// "failed to pull checkpoint base image sha256:...: failed to resolve reference"). It needs an
-/// image pulled from a registry. The shim's restore is tested through the task API in
-/// `shim_checkpoint.rs`.
-fn checkpoint_container_writes_the_cri_archive(handler: &str) {
+fn checkpoint_container_archive_restores(handler: &str) {
     let version = flavor().version;
     let dir = tempfile::tempdir().expect("tempdir for the archive");
     let archive = dir.path().join("checkpoint.tar");
@@ -628,8 +639,20 @@ fn checkpoint_container_writes_the_cri_archive(handler: &str) {
         CriConfig::new(&format!("{}\n{options}", tables_of(&drop_in))),
         vec![working_criu_dir()],
     );
+    // Restoring needs the checkpoint's base image pulled from a registry (see below).
+    let registry = Registry::serve(&tether_tests::busybox_image().path);
+    let image = format!("{}/tether-busybox:test", registry.host());
+    let pulled = cri
+        .client()
+        .pull_image(&image)
+        .unwrap_or_else(|e| panic!("PullImage {image}: {e:?}\n{}", cri.log_excerpt()));
     let pod = run_pod(&cri, handler, NamespaceMode::Container);
-    let id = cri.run_container(&pod, "counter", COUNTER);
+    let mut config = cri.container_config(&pod, "counter", 0, COUNTER);
+    config.image = Some(ImageSpec {
+        image: image.clone(),
+        ..Default::default()
+    });
+    let id = cri.start_container(&pod, &config);
     cri.wait_state(&id, ContainerState::ContainerRunning);
     assert!(
         wait_until(Duration::from_secs(20), || counted(&cri, &id).len() >= 3),
@@ -637,6 +660,7 @@ fn checkpoint_container_writes_the_cri_archive(handler: &str) {
         counted(&cri, &id)
     );
 
+    let before_checkpoint = counted_in_rootfs(&cri, &id).len() as u64;
     cri.client()
         .checkpoint_container(&id, &archive, 60)
         .unwrap_or_else(|e| {
@@ -696,5 +720,51 @@ fn checkpoint_container_writes_the_cri_archive(handler: &str) {
         counted(&cri, &id)
     );
     cri.client().stop_container(&id, 0).expect("StopContainer");
+    cri.wait_state(&id, ContainerState::ContainerExited);
+    cri.client().remove_container(&id).expect("RemoveContainer");
+
+    // Restore, as the kubelet does: CreateContainer whose image is the archive, then
+    // StartContainer. containerd pulls the base image again (by the digest the archive
+    // names, from the registry above) and restores the container through the handler's shim.
+    let mut restore = cri.container_config(&pod, "counter", 1, COUNTER);
+    restore.command.clear();
+    restore.image = Some(ImageSpec {
+        image: archive.display().to_string(),
+        ..Default::default()
+    });
+    let restored = cri.start_container(&pod, &restore);
+    let st = cri.wait_state(&restored, ContainerState::ContainerRunning);
+    assert_eq!(
+        st.annotations.get("restored").map(String::as_str),
+        Some("true"),
+        "{st:?}"
+    );
+    assert!(
+        st.image_ref
+            .starts_with(&format!("{}/tether-busybox@sha256:", registry.host())),
+        "the base image, pulled by digest: {st:?} (pulled as {pulled})"
+    );
+    // Its rootfs changes came back (`/count` up to the number the dump caught) and the process
+    // counts on from its memory: one unbroken run from 0. A fresh start would write 0 again;
+    // a restore without the rootfs changes would start the file in the middle.
+    let mut seen = counted_in_rootfs(&cri, &restored);
+    let at_restore = seen.len();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            seen = counted_in_rootfs(&cri, &restored);
+            seen.len() >= at_restore + 3
+        }),
+        "the restored counter does not count on: {seen:?}\n{}",
+        cri.log_excerpt()
+    );
+    let expected: Vec<u64> = (0..seen.len() as u64).collect();
+    assert_eq!(seen, expected, "restored from the dump, rootfs and memory");
+    assert!(
+        at_restore as u64 >= before_checkpoint,
+        "the file holds what was counted before the checkpoint ({before_checkpoint}): {seen:?}"
+    );
+    cri.client()
+        .stop_container(&restored, 0)
+        .expect("StopContainer");
     finish(cri, &[&pod]);
 }

@@ -105,6 +105,24 @@ impl CriClient {
         .map(|r| r.image)
     }
 
+    /// PullImage of `image` (no credentials); the image reference CRI answers with.
+    pub fn pull_image(&self, image: &str) -> Result<String, Status> {
+        let mut c = self.images.clone();
+        let req = PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.call(
+            DEFAULT_TIMEOUT,
+            req,
+            |r| async move { c.pull_image(r).await },
+        )
+        .map(|r| r.image_ref)
+    }
+
     /// RunPodSandbox; the sandbox id.
     pub fn run_pod(&self, config: &PodSandboxConfig, handler: &str) -> Result<String, Status> {
         let mut c = self.runtime.clone();
