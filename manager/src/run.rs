@@ -1,12 +1,11 @@
 //! `tether run`, `create` and `exec`: build the spec, create, attach, start, wait, clean up.
 
-use crate::attach::{terminal_size, Copiers, Fifos, RawMode};
+use crate::attach::{Copiers, Fifos, RawMode};
 use crate::bundle::{self, SpecOptions};
 use crate::cli::{CreateArgs, ExecArgs, RunArgs};
 use crate::client::{Client, CALL_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::sig_proxy::{self, SignalProxy};
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 use tether_protocol::manager_api::manager as api;
@@ -111,20 +110,6 @@ fn close_stdin(socket: &Path, ns: &str, id: &str, exec_id: &str) -> impl FnOnce(
     }
 }
 
-fn resize(client: &Client, ns: &str, id: &str, exec_id: &str) {
-    if let Some((width, height)) = terminal_size(std::io::stdout().as_fd()) {
-        let req = api::ResizePtyRequest {
-            namespace: ns.into(),
-            id: id.into(),
-            exec_id: exec_id.into(),
-            width,
-            height,
-            ..Default::default()
-        };
-        let _ = client.call(CALL_TIMEOUT, |m, ctx| m.resize_pty(ctx, &req));
-    }
-}
-
 pub fn run(socket: &Path, ns: &str, r: &RunArgs) -> Result<i32> {
     let a = &r.create;
     if r.detach {
@@ -182,9 +167,6 @@ pub fn run(socket: &Path, ns: &str, r: &RunArgs) -> Result<i32> {
         return Err(e);
     }
     proxy.started();
-    if a.tty {
-        resize(&client, ns, &a.id, "");
-    }
     copiers.started();
     let wait = api::WaitRequest {
         namespace: ns.into(),
@@ -240,9 +222,6 @@ pub fn exec(socket: &Path, ns: &str, e: &ExecArgs) -> Result<i32> {
         return Err(err);
     }
     proxy.started();
-    if e.tty {
-        resize(&client, ns, &e.id, &e.exec_id);
-    }
     copiers.started();
     let wait = api::WaitRequest {
         namespace: ns.into(),

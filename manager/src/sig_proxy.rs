@@ -68,6 +68,12 @@ impl SignalProxy {
                 return;
             }
             let mut client = None;
+            // The first size goes from this thread too: every ResizePty then reads the size
+            // and sends it in one order, so the last one sent is the terminal's latest size
+            // (a first resize sent from another thread could overtake a SIGWINCH's and undo it).
+            if target.terminal {
+                forward(&target, &mut client, SIGWINCH);
+            }
             // Ends when the collector does (stop).
             while let Ok(sig) = sig_rx.recv() {
                 forward(&target, &mut client, sig);
