@@ -85,29 +85,14 @@ impl Copiers {
         let mut out = |path: PathBuf, to_stderr: bool| {
             let tx = done_tx.clone();
             outputs += 1;
+            // Opened now, before the process is created: a shim that writes and closes its
+            // end before a reader opened would leave the bytes in a FIFO nobody holds, and the
+            // kernel frees them with the last descriptor (a short exec's output was lost so
+            // under load). Non-blocking, so the open does not wait for the shim.
+            let fifo = open_output(&path);
             thread::spawn(move || {
-                // Blocks until the shim opens its end.
-                if let Ok(mut f) = File::open(&path) {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        match f.read(&mut buf) {
-                            Ok(0) => break,
-                            Ok(n) => {
-                                let r = if to_stderr {
-                                    let mut e = std::io::stderr().lock();
-                                    e.write_all(&buf[..n]).and_then(|_| e.flush())
-                                } else {
-                                    let mut o = std::io::stdout().lock();
-                                    o.write_all(&buf[..n]).and_then(|_| o.flush())
-                                };
-                                if r.is_err() {
-                                    break;
-                                }
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                            Err(_) => break,
-                        }
-                    }
+                if let Ok(f) = fifo {
+                    copy_output(f, to_stderr);
                 }
                 let _ = tx.send(());
             });
@@ -176,6 +161,51 @@ impl Copiers {
             if self.done.recv_timeout(left).is_err() {
                 break;
             }
+        }
+    }
+}
+
+/// Opens an output FIFO for reading without waiting for a writer.
+fn open_output(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// Copies an output FIFO to our stdout or stderr until its writers are gone. The FIFO is
+/// non-blocking and may have had no writer yet: `poll` waits for data or for the hang-up that
+/// follows the last writer's close (Linux reports no hang-up before a first writer came).
+fn copy_output(mut f: File, to_stderr: bool) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+        match f.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                let r = if to_stderr {
+                    let mut e = std::io::stderr().lock();
+                    e.write_all(&buf[..n]).and_then(|_| e.flush())
+                } else {
+                    let mut o = std::io::stdout().lock();
+                    o.write_all(&buf[..n]).and_then(|_| o.flush())
+                };
+                if r.is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) => {}
+            Err(_) => return,
         }
     }
 }
