@@ -6,7 +6,7 @@ use crate::cli::Flags;
 use crate::container::{INIT_EXIT_FILE, INIT_PID_FILE, RUNTIME_FILE};
 use crate::error::{Result, ShimError};
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::service::delete_response;
+use crate::task::delete_response;
 use std::path::{Path, PathBuf};
 use tether_protocol::api::task::DeleteResponse;
 use tether_protocol::time::now_nanos;

@@ -10,17 +10,16 @@ mod events;
 mod logging;
 mod mount;
 mod oom;
-mod ops;
 mod options;
 mod pid;
 mod process;
 mod reaper;
 mod runtime;
 mod server;
-mod service;
 mod start;
 mod stats;
 mod stdio;
+mod task;
 mod wire;
 
 use protobuf::Message;

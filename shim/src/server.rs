@@ -4,8 +4,8 @@
 use crate::error::{Result, ShimError};
 use crate::events::Publisher;
 use crate::reaper::Reaper;
-use crate::service::{Reply, ReplyTo, Service, FIRST_OOM};
 use crate::stdio::Pumps;
+use crate::task::{Flow, ReplyTo, Service, FIRST_OOM};
 use crate::wire::{Conn, MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
 use containerd_shim_protos::ttrpc;
 use mio::net::UnixListener;
@@ -222,11 +222,11 @@ impl Server {
             };
             let reply = match ttrpc::Request::parse_from_bytes(&f.payload) {
                 // ttrpc clients open odd streams; Go's server refuses even ones too.
-                _ if f.stream_id % 2 == 0 => Reply::Now(Err(ShimError::InvalidArgument(format!(
+                _ if f.stream_id % 2 == 0 => Flow::Done(Err(ShimError::InvalidArgument(format!(
                     "stream id {} is even: client streams are odd",
                     f.stream_id
                 )))),
-                Err(e) => Reply::Now(Err(ShimError::InvalidArgument(format!(
+                Err(e) => Flow::Done(Err(ShimError::InvalidArgument(format!(
                     "malformed ttrpc request: {e}"
                 )))),
                 Ok(req) => match task_method(&req.service, &req.method) {
@@ -234,13 +234,13 @@ impl Server {
                         let deadline = request_deadline(req.timeout_nano);
                         self.service.dispatch(m, &req.payload, to, deadline)
                     }
-                    None => Reply::Now(Err(ShimError::Unimplemented(format!(
+                    None => Flow::Done(Err(ShimError::Unimplemented(format!(
                         "service {} is not served here (method {})",
                         req.service, req.method
                     )))),
                 },
             };
-            if let Reply::Now(r) = reply {
+            if let Flow::Done(r) = reply {
                 if let Some(conn) = self.conns.get_mut(&token) {
                     send_response(conn, f.stream_id, r.map_err(|e| e.to_status()));
                 }
