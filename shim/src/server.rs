@@ -4,6 +4,7 @@
 use crate::error::{Result, ShimError};
 use crate::events::Publisher;
 use crate::reaper::Reaper;
+use crate::signals::Signals;
 use crate::stdio::Pumps;
 use crate::task::{Flow, ReplyTo, Service, FIRST_OOM};
 use crate::wire::{Conn, MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
@@ -11,9 +12,8 @@ use containerd_shim_protos::ttrpc;
 use mio::net::UnixListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::Signal;
 use protobuf::Message;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook_mio::v1_0::Signals;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -62,10 +62,9 @@ impl Server {
         registry
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(ShimError::io("register listener"))?;
-        let mut signals =
-            Signals::new([SIGTERM, SIGINT]).map_err(ShimError::io("signal handlers"))?;
+        let signals = Signals::catch(&[Signal::SIGTERM, Signal::SIGINT])?;
         registry
-            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .register(&mut SourceFd(&signals.fd()), SIGNALS, Interest::READABLE)
             .map_err(ShimError::io("register signals"))?;
         let reaper = Reaper::new()?;
         registry

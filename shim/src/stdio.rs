@@ -551,7 +551,8 @@ fn start_binary_logger(uri: &str, who: &Who) -> Result<(OwnedFd, OwnedFd, OwnedF
         pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(ShimError::nix("pipe2"))?;
     let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
     let mut cmd = Command::new(path);
-    cmd.args(&args)
+    crate::signals::unblocked(&mut cmd)
+        .args(&args)
         .env("CONTAINER_ID", who.id)
         .env("CONTAINER_NAMESPACE", who.namespace);
     // SAFETY: only async-signal-safe calls (dup2) between fork and exec.

@@ -56,10 +56,15 @@ impl Service {
                 req.id, req.exec_id
             ))
         };
-        serde_json::from_slice::<oci_spec::runtime::Process>(spec).map_err(invalid)?;
+        let mut spec: serde_json::Value = serde_json::from_slice(spec).map_err(invalid)?;
+        crate::spec::check::<crate::spec::Process>(&spec).map_err(|e| {
+            ShimError::InvalidArgument(format!(
+                "container {}: exec {:?}: the process spec is not a valid OCI process: {e}",
+                req.id, req.exec_id
+            ))
+        })?;
         // The request decides whether the process gets a terminal, as containerd's shim does:
         // a spec saying otherwise would make the runtime refuse the console socket.
-        let mut spec: serde_json::Value = serde_json::from_slice(spec).map_err(invalid)?;
         if let Some(obj) = spec.as_object_mut() {
             obj.insert("terminal".into(), serde_json::Value::Bool(req.terminal));
         }

@@ -18,14 +18,15 @@ impl Service {
                     req.id
                 )));
             };
-            serde_json::from_slice::<oci_spec::runtime::LinuxResources>(&res.value).map_err(
-                |e| {
+            serde_json::from_slice(&res.value)
+                .map_err(|e| e.to_string())
+                .and_then(|json| crate::spec::check::<crate::spec::Resources>(&json))
+                .map_err(|e| {
                     ShimError::InvalidArgument(format!(
                         "container {}: update resources are not valid JSON LinuxResources: {e}",
                         req.id
                     ))
-                },
-            )?;
+                })?;
             let path = c.bundle.join("update-resources.json");
             std::fs::write(&path, &res.value)
                 .map_err(ShimError::io(format!("write {}", path.display())))?;
