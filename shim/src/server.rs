@@ -310,18 +310,7 @@ fn send_response(
     stream_id: u32,
     result: std::result::Result<Vec<u8>, ttrpc::Status>,
 ) {
-    let mut res = ttrpc::Response::new();
-    match result {
-        Ok(payload) => {
-            res.payload = payload;
-            res.status = protobuf::MessageField::some(ttrpc::Status {
-                code: ttrpc::Code::OK.into(),
-                ..Default::default()
-            });
-        }
-        Err(status) => res.status = protobuf::MessageField::some(status),
-    }
-    match res.write_to_bytes() {
+    match tether_protocol::wire::response(result).write_to_bytes() {
         Ok(bytes) => conn.send(stream_id, MESSAGE_TYPE_RESPONSE, &bytes),
         Err(e) => log::error!("encode response: {e}"),
     }
