@@ -490,7 +490,9 @@ impl Target {
 fn new_pipe() -> Result<(OwnedFd, OwnedFd)> {
     let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(ShimError::nix("pipe2 for stdio"))?;
     grow_pipe(&r);
-    // Our ends are non-blocking; the container's ends stay blocking.
+    // Both ends stay blocking (the container's must: a process may not expect EAGAIN). Ours
+    // are only ever spliced with SPLICE_F_NONBLOCK, which makes the pipe side of each splice
+    // non-blocking; the other side is a FIFO opened O_NONBLOCK or a regular file.
     Ok((r, w))
 }
 
