@@ -9,7 +9,6 @@ use crate::error::{is_disconnected, Error, Result};
 use crate::events::{Bus, NewEvent};
 use crate::launcher::{self, ShimCommand};
 use crate::monitor::{Key, Monitor};
-use crate::shim_client::ShimClient;
 use protobuf::MessageFull;
 use protobuf::{Message, MessageField};
 use std::collections::HashMap;
@@ -21,6 +20,7 @@ use tether_protocol::api::events::{TaskDelete, TaskExit, TaskStart};
 use tether_protocol::api::task;
 use tether_protocol::api::Any;
 use tether_protocol::manager_api::manager as api;
+use tether_protocol::task_service::TaskCaller;
 use tether_protocol::time::{now_nanos, to_timestamp};
 use tether_protocol::{
     store, topics, validate_id, validate_namespace, ContainerRecord, ContainerStatus,
@@ -32,7 +32,7 @@ pub const REASON_SHIM_DIED: &str = "shim died";
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Calls that run the OCI runtime (start, kill, pause, resume, update, delete): the shims'
 /// own default runtime timeout (ours and containerd's: 60 s). It goes to the shim as the call's
-/// deadline, and the daemon waits a margin longer (see `ShimClient::call`), so a runtime that
+/// deadline, and the daemon waits a margin longer (see `TaskCaller::call`), so a runtime that
 /// finishes late is either reported done or undone by the shim, never done behind a reported
 /// failure.
 pub const RUNTIME_TIMEOUT: Duration = Duration::from_secs(60);
@@ -59,7 +59,7 @@ pub struct Config {
 }
 
 pub struct ShimConn {
-    pub task: ShimClient,
+    pub task: TaskCaller,
     pub pid: u32,
     pub command: ShimCommand,
 }
@@ -270,7 +270,7 @@ impl Containers {
     /// only handles now (sent before a crash, still queued on the old connection), and the
     /// shim is asked to exit. A shim that still runs after its flush time is SIGKILLed if it
     /// still holds the container; else it serves other containers of its group and stays.
-    pub fn stop_aborted_shim(&self, key: &Key, client: &ShimClient, shim_pid: u32, t: Duration) {
+    pub fn stop_aborted_shim(&self, key: &Key, client: &TaskCaller, shim_pid: u32, t: Duration) {
         let process = match crate::shim_client::ShimProcess::open(shim_pid) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -464,7 +464,7 @@ impl Containers {
             address.as_bytes(),
             store::Durability::Durable,
         )?;
-        let (task, connected) = ShimClient::connect(&address, CALL_TIMEOUT)
+        let (task, connected) = TaskCaller::connect_per_call(&address, CALL_TIMEOUT)
             .map_err(|e| Error::shim(&format!("connect to the shim at {address}"), e))?;
         let shim = Arc::new(ShimConn {
             task,
@@ -973,7 +973,9 @@ impl Containers {
         };
         log::warn!("container {}/{}: shim {} died", key.0, key.1, shim.pid);
         let deleted = shim.command.delete();
-        crate::shim_client::remove_dead_socket(shim.task.socket());
+        if let Some(socket) = shim.task.socket() {
+            crate::shim_client::remove_dead_socket(socket);
+        }
         let (status, at, pid, reason) = match deleted {
             Ok(d) => (
                 d.exit_status,

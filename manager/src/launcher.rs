@@ -227,7 +227,7 @@ pub fn delete_timeout() -> Duration {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis)
-        .unwrap_or(crate::containers::RUNTIME_TIMEOUT + crate::shim_client::REPLY_MARGIN)
+        .unwrap_or(crate::containers::RUNTIME_TIMEOUT + tether_protocol::task_service::REPLY_MARGIN)
 }
 
 /// A shim's printed address as a ttrpc client address (`unix:///path`).

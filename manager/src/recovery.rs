@@ -15,11 +15,11 @@
 
 use crate::containers::{remove_dir, Containers, ShimConn};
 use crate::monitor::Key;
-use crate::shim_client::ShimClient;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tether_protocol::api::task::{self, Status};
+use tether_protocol::task_service::TaskCaller;
 use tether_protocol::time::{from_timestamp, now_nanos};
 use tether_protocol::{store, validate_id, validate_namespace, ContainerRecord};
 
@@ -205,9 +205,9 @@ fn shim_address(dir: &Path) -> Option<String> {
 }
 
 /// Connects to the shim if it is alive; `None` at once if its socket refuses.
-fn probe(dir: &Path, key: &Key) -> Option<(ShimClient, task::ConnectResponse)> {
+fn probe(dir: &Path, key: &Key) -> Option<(TaskCaller, task::ConnectResponse)> {
     let address = shim_address(dir)?;
-    match ShimClient::connect(&address, PROBE_TIMEOUT) {
+    match TaskCaller::connect_per_call(&address, PROBE_TIMEOUT) {
         Ok(c) => Some(c),
         Err(e) => {
             log::debug!(
@@ -330,7 +330,7 @@ fn finish_interrupted(
     key: &Key,
     dir: &Path,
     record: &ContainerRecord,
-    shim: Option<(ShimClient, task::ConnectResponse)>,
+    shim: Option<(TaskCaller, task::ConnectResponse)>,
 ) {
     let create = record.created_at == 0;
     log::info!(

@@ -2,12 +2,8 @@
 //! `tether stats` shows.
 
 use protobuf::Message;
-use tether_protocol::api::{cgroups_v1, cgroups_v2, Any};
+use tether_protocol::api::{cgroups_v1, cgroups_v2, type_url, Any};
 use tether_protocol::manager_api::manager::StatsResponse;
-
-/// The type URLs containerd's shims use for their metrics.
-pub const V1_METRICS: &str = "io.containerd.cgroups.v1.Metrics";
-pub const V2_METRICS: &str = "io.containerd.cgroups.v2.Metrics";
 
 pub fn decode(any: Option<&Any>) -> StatsResponse {
     let mut out = StatsResponse::default();
@@ -17,7 +13,7 @@ pub fn decode(any: Option<&Any>) -> StatsResponse {
     out.type_url = any.type_url.clone();
     out.value = any.value.clone();
     let name = any.type_url.rsplit('/').next().unwrap_or_default();
-    if name == V1_METRICS {
+    if name == type_url::<cgroups_v1::Metrics>() {
         if let Ok(m) = cgroups_v1::Metrics::parse_from_bytes(&any.value) {
             if let Some(mem) = m.memory.as_ref().and_then(|mm| mm.usage.as_ref()) {
                 out.memory_usage_bytes = mem.usage;
@@ -31,7 +27,7 @@ pub fn decode(any: Option<&Any>) -> StatsResponse {
                 out.pids_limit = p.limit;
             }
         }
-    } else if name == V2_METRICS {
+    } else if name == type_url::<cgroups_v2::Metrics>() {
         if let Ok(m) = cgroups_v2::Metrics::parse_from_bytes(&any.value) {
             if let Some(mem) = m.memory.as_ref() {
                 out.memory_usage_bytes = mem.usage;

@@ -6,8 +6,10 @@
 
 use crate::api::shim_ttrpc::{create_task, Task};
 use crate::api::ttrpc::{self, Code};
+use crate::wire;
 use protobuf::Message;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,23 +50,68 @@ fn is_unknown_service(e: &ttrpc::Error) -> bool {
     }
 }
 
-/// A task API client that calls a shim under whichever service name it answers.
+/// How much longer than the deadline it gives a shim a one-call-per-connection caller waits for
+/// the answer: the shim's own bookkeeping after its deadline (killing the runtime, replying).
+pub const REPLY_MARGIN: Duration = Duration::from_secs(5);
+
+/// The one task API client: calls a shim under whichever service name it answers (learned once,
+/// at `Connect`, v2 first), over a ttrpc client connection or one connection per call.
 #[derive(Clone)]
 pub struct TaskCaller {
-    client: ttrpc::Client,
+    via: Via,
     service: &'static str,
 }
 
+/// How calls reach the shim.
+#[derive(Clone)]
+enum Via {
+    /// One long-lived connection of the `ttrpc` crate's client (tests, the bench).
+    Client(ttrpc::Client),
+    /// A fresh connection per call over `wire::call_with_deadline`: no client and no client
+    /// thread kept per shim (the daemon).
+    Socket(PathBuf),
+}
+
+impl std::fmt::Debug for TaskCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let via = match &self.via {
+            Via::Client(_) => "ttrpc client".to_string(),
+            Via::Socket(p) => p.display().to_string(),
+        };
+        write!(f, "TaskCaller({via}, {})", self.service)
+    }
+}
+
 impl TaskCaller {
-    /// Connects to a shim at a ttrpc address (`unix:///path`) and learns which name it answers
-    /// by calling `Connect` (v2 first). Returns the caller and the `Connect` answer.
+    /// Connects a ttrpc client to a shim at a ttrpc address (`unix:///path`) and learns which
+    /// name it answers by calling `Connect`. Returns the caller and the `Connect` answer.
     pub fn connect(
         address: &str,
         timeout: Duration,
     ) -> ttrpc::Result<(Self, crate::api::task::ConnectResponse)> {
         let client = ttrpc::Client::connect(address)?;
+        Self::learn_service(Via::Client(client), timeout)
+    }
+
+    /// Like [`TaskCaller::connect`], for a caller that opens one connection per call
+    /// (`address`: `unix:///path` or a path).
+    pub fn connect_per_call(
+        address: &str,
+        timeout: Duration,
+    ) -> ttrpc::Result<(Self, crate::api::task::ConnectResponse)> {
+        let socket = crate::socket::from_address(address).ok_or_else(|| {
+            ttrpc::Error::Others(format!("{address:?} is not a unix socket address"))
+        })?;
+        Self::learn_service(Via::Socket(socket), timeout)
+    }
+
+    /// `Connect` under the v2 name, else v3.
+    fn learn_service(
+        via: Via,
+        timeout: Duration,
+    ) -> ttrpc::Result<(Self, crate::api::task::ConnectResponse)> {
         let mut caller = TaskCaller {
-            client,
+            via,
             service: TASK_SERVICE_V2,
         };
         let req = crate::api::task::ConnectRequest::default();
@@ -81,14 +128,37 @@ impl TaskCaller {
 
     /// A caller over an existing client, calling `service` (one of the two names).
     pub fn with_service(client: ttrpc::Client, service: &'static str) -> Self {
-        TaskCaller { client, service }
+        TaskCaller {
+            via: Via::Client(client),
+            service,
+        }
+    }
+
+    /// A one-call-per-connection caller of the shim at `socket`, calling `service`.
+    pub fn per_call(socket: &Path, service: &'static str) -> Self {
+        TaskCaller {
+            via: Via::Socket(socket.to_path_buf()),
+            service,
+        }
     }
 
     pub fn service(&self) -> &'static str {
         self.service
     }
 
-    /// Calls `method` with `req`; a zero timeout waits for ever (as `Wait` must).
+    /// The shim's socket, for a one-call-per-connection caller.
+    pub fn socket(&self) -> Option<&Path> {
+        match &self.via {
+            Via::Socket(p) => Some(p),
+            Via::Client(_) => None,
+        }
+    }
+
+    /// Calls `method` with `timeout` as the shim's deadline (`timeout_nano`, which both our
+    /// shim and containerd's honour: a runtime call past it is killed and answered
+    /// `DeadlineExceeded`). A one-call-per-connection caller waits [`REPLY_MARGIN`] longer for
+    /// the answer, so it never reports as failed what the shim then does. A zero timeout waits
+    /// for ever (as `Wait` must).
     pub fn call<Req: Message, Resp: Message>(
         &self,
         method: &str,
@@ -98,15 +168,74 @@ impl TaskCaller {
         let payload = req
             .write_to_bytes()
             .map_err(|e| ttrpc::Error::Others(format!("encode {method} request: {e}")))?;
-        let creq = ttrpc::Request {
-            service: self.service.to_string(),
-            method: method.to_string(),
-            timeout_nano: timeout.as_nanos().min(i64::MAX as u128) as i64,
-            payload,
-            ..Default::default()
+        let answer = match &self.via {
+            Via::Client(client) => {
+                client
+                    .request(wire::request(self.service, method, payload, timeout))?
+                    .payload
+            }
+            Via::Socket(socket) => {
+                let wait = if timeout.is_zero() {
+                    Duration::ZERO
+                } else {
+                    timeout + REPLY_MARGIN
+                };
+                wire::call_with_deadline(socket, self.service, method, payload, timeout, wait)?
+            }
         };
-        let res = self.client.request(creq)?;
-        Resp::parse_from_bytes(&res.payload)
+        Resp::parse_from_bytes(&answer)
             .map_err(|e| ttrpc::Error::Others(format!("decode {method} response: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::task::{ConnectResponse, StateRequest};
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+    use ttrpc::proto::{MessageHeader, MESSAGE_HEADER_LENGTH};
+
+    /// A shim that takes the whole deadline it was given before answering (as one whose runtime
+    /// call ran until killed at the deadline would): a one-call-per-connection caller still gets
+    /// its answer, and the shim was told the caller's deadline.
+    #[test]
+    fn the_answer_at_the_shims_deadline_still_reaches_the_caller() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("shim.sock");
+        let listener = UnixListener::bind(&socket).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut header = [0u8; MESSAGE_HEADER_LENGTH];
+            conn.read_exact(&mut header).expect("header");
+            let h = MessageHeader::from(&header[..]);
+            let mut body = vec![0u8; h.length as usize];
+            conn.read_exact(&mut body).expect("body");
+            let req = ttrpc::Request::parse_from_bytes(&body).expect("request");
+            let told = Duration::from_nanos(u64::try_from(req.timeout_nano).unwrap_or(0));
+            // Past the deadline the shim was given (the client waits a margin longer).
+            std::thread::sleep(told + Duration::from_millis(300));
+            let payload = ConnectResponse::default().write_to_bytes().expect("encode");
+            let bytes = wire::response(Ok(payload))
+                .write_to_bytes()
+                .expect("encode response");
+            conn.write_all(&wire::encode(
+                h.stream_id,
+                wire::MESSAGE_TYPE_RESPONSE,
+                &bytes,
+            ))
+            .expect("reply");
+            told
+        });
+        let caller = TaskCaller::per_call(&socket, TASK_SERVICE_V2);
+        let deadline = Duration::from_millis(200);
+        let r: ttrpc::Result<ConnectResponse> =
+            caller.call("State", &StateRequest::default(), deadline);
+        let told = server.join().expect("server");
+        assert_eq!(told, deadline, "the shim is told the caller's deadline");
+        assert!(
+            r.is_ok(),
+            "the caller gave up before the shim answered: {r:?}"
+        );
     }
 }

@@ -144,6 +144,39 @@ impl<S: Read + Write> Conn<S> {
     }
 }
 
+/// A ttrpc request (the one place one is built): `deadline` is the server's (`timeout_nano`;
+/// zero: none).
+pub fn request(
+    service: &str,
+    method: &str,
+    payload: Vec<u8>,
+    deadline: Duration,
+) -> ttrpc::Request {
+    ttrpc::Request {
+        service: service.to_string(),
+        method: method.to_string(),
+        timeout_nano: deadline.as_nanos().min(i64::MAX as u128) as i64,
+        payload,
+        ..Default::default()
+    }
+}
+
+/// A ttrpc response (the one place one is built): the payload with status OK, or the error.
+pub fn response(result: Result<Vec<u8>, ttrpc::Status>) -> ttrpc::Response {
+    let mut res = ttrpc::Response::new();
+    match result {
+        Ok(payload) => {
+            res.payload = payload;
+            res.status = protobuf::MessageField::some(ttrpc::Status {
+                code: ttrpc::Code::OK.into(),
+                ..Default::default()
+            });
+        }
+        Err(status) => res.status = protobuf::MessageField::some(status),
+    }
+    res
+}
+
 static NEXT_STREAM: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 /// One blocking request on a fresh connection to the ttrpc server at `socket`: no thread, no
@@ -181,14 +214,7 @@ pub fn call_with_deadline(
         .set_read_timeout(limit)
         .and_then(|()| stream.set_write_timeout(limit))
         .map_err(|e| sock_err("set timeouts on", e))?;
-    let req = ttrpc::Request {
-        service: service.to_string(),
-        method: method.to_string(),
-        timeout_nano: deadline.as_nanos().min(i64::MAX as u128) as i64,
-        payload,
-        ..Default::default()
-    };
-    let bytes = req
+    let bytes = request(service, method, payload, deadline)
         .write_to_bytes()
         .map_err(|e| ttrpc::Error::Others(format!("encode {method} request: {e}")))?;
     // Each call gets its own (odd) stream id, so a reply can never be taken for another's.

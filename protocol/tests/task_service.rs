@@ -72,8 +72,7 @@ fn a_v3_only_server_refuses_v2_and_the_caller_falls_back() {
     // Connect is not implemented by Echo, so the fallback reports Connect's own error under v3,
     // which proves it moved on from v2.
     let err = TaskCaller::connect(&addr, Duration::from_secs(5))
-        .err()
-        .expect("Echo does not implement Connect");
+        .expect_err("Echo does not implement Connect");
     let text = format!("{err:?}");
     assert!(text.contains("containerd.task.v3.Task/Connect"), "{text}");
     server.shutdown();

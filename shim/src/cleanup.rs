@@ -1,12 +1,14 @@
 //! The `delete` action: containerd runs it after a task ends (1.6: after every task) and when a
 //! shim died. It must be fast and idempotent, and answer the real exit status the shim persisted
-//! when it reaped the init, not a made-up 137.
+//! when it reaped the init. Only when there is none (the shim died before it could reap the
+//! init) is the answer 137, SIGKILL: the forced delete here kills an init still running, and one
+//! that ended on its own with no shim to reap it left no status anyone can read.
 
 use crate::cli::Flags;
 use crate::container::{INIT_EXIT_FILE, INIT_PID_FILE, RUNTIME_FILE};
 use crate::error::{Result, ShimError};
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::service::delete_response;
+use crate::task::delete_response;
 use std::path::{Path, PathBuf};
 use tether_protocol::api::task::DeleteResponse;
 use tether_protocol::time::now_nanos;
@@ -49,7 +51,8 @@ pub fn delete(flags: &Flags) -> Result<DeleteResponse> {
             if !e.is_not_found() {
                 log::warn!("{e}");
             }
-            // No exit was recorded: the init died with its shim, killed by the delete above.
+            // No exit was recorded: the init outlived its shim and the delete above killed it
+            // (or it ended unreaped, its status lost): SIGKILL, as containerd's shim answers.
             let pid = std::fs::read_to_string(bundle.join(INIT_PID_FILE))
                 .ok()
                 .and_then(|s| s.trim().parse().ok())

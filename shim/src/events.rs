@@ -189,13 +189,8 @@ impl Publisher {
                 return;
             }
         };
-        let treq = ttrpc::Request {
-            service: EVENTS_SERVICE.to_string(),
-            method: "Forward".to_string(),
-            payload,
-            timeout_nano: REPLY_TIMEOUT.as_nanos() as i64,
-            ..Default::default()
-        };
+        let treq =
+            tether_protocol::wire::request(EVENTS_SERVICE, "Forward", payload, REPLY_TIMEOUT);
         let Ok(bytes) = treq.write_to_bytes() else {
             self.queue.pop_front();
             return;

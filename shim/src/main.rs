@@ -10,17 +10,18 @@ mod events;
 mod logging;
 mod mount;
 mod oom;
-mod ops;
 mod options;
 mod pid;
 mod process;
 mod reaper;
 mod runtime;
 mod server;
-mod service;
+mod signals;
+mod spec;
 mod start;
 mod stats;
 mod stdio;
+mod task;
 mod wire;
 
 use protobuf::Message;
@@ -70,8 +71,8 @@ fn main() -> ExitCode {
 /// The long-lived shim: serves on the socket `start` handed over as fd 3.
 fn serve(flags: &cli::Flags) -> error::Result<()> {
     logging::init(flags.debug, &flags.id);
-    // A parent may have left signals blocked; SIGCHLD must arrive, and the runtime and the
-    // container inherit our mask.
+    // A parent may have left signals blocked: start from none (the reaper and the server then
+    // block the ones they read from a signalfd).
     nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
         Some(&nix::sys::signal::SigSet::empty()),

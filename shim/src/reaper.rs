@@ -8,10 +8,10 @@
 
 use crate::error::{Result, ShimError};
 use crate::pid::Pid;
-use nix::fcntl::OFlag;
+use crate::signals::Signals;
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{pipe2, read};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use tether_protocol::time::now_nanos;
 
 /// A reaped process.
@@ -25,8 +25,8 @@ pub struct Exit {
 }
 
 pub struct Reaper {
-    /// Read end of the SIGCHLD self-pipe; signal-hook writes a byte per signal.
-    sigchld: OwnedFd,
+    /// SIGCHLD, blocked and read from a signalfd.
+    sigchld: Signals,
     pending: Vec<Exit>,
 }
 
@@ -35,25 +35,21 @@ impl Reaper {
     pub fn new() -> Result<Self> {
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(ShimError::nix("prctl(PR_SET_CHILD_SUBREAPER)"))?;
-        let (r, w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-            .map_err(ShimError::nix("pipe2 for SIGCHLD"))?;
-        signal_hook::low_level::pipe::register(signal_hook::consts::SIGCHLD, w)
-            .map_err(ShimError::io("register SIGCHLD handler"))?;
         Ok(Reaper {
-            sigchld: r,
+            sigchld: Signals::catch(&[Signal::SIGCHLD])?,
             pending: Vec::new(),
         })
     }
 
     /// The fd the event loop watches: readable after a SIGCHLD.
     pub fn fd(&self) -> RawFd {
-        self.sigchld.as_raw_fd()
+        self.sigchld.fd()
     }
 
     /// Reaps every child that has exited, into `pending`.
     pub fn reap(&mut self) {
-        let mut buf = [0u8; 64];
-        while matches!(read(&self.sigchld, &mut buf), Ok(n) if n > 0) {}
+        // Pending SIGCHLDs merge into one: the loop below reaps every child that exited.
+        self.sigchld.pending();
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => self.push(pid, code as u32),

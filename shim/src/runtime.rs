@@ -135,6 +135,7 @@ impl Runtime {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.config.binary);
+        crate::signals::unblocked(&mut cmd);
         cmd.arg("--root").arg(&self.config.root);
         cmd.arg("--log").arg(&self.log);
         cmd.arg("--log-format").arg("json");

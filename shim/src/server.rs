@@ -4,16 +4,16 @@
 use crate::error::{Result, ShimError};
 use crate::events::Publisher;
 use crate::reaper::Reaper;
-use crate::service::{Reply, ReplyTo, Service, FIRST_OOM};
+use crate::signals::Signals;
 use crate::stdio::Pumps;
+use crate::task::{Flow, ReplyTo, Service, FIRST_OOM};
 use crate::wire::{Conn, MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
 use containerd_shim_protos::ttrpc;
 use mio::net::UnixListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::Signal;
 use protobuf::Message;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook_mio::v1_0::Signals;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -62,10 +62,9 @@ impl Server {
         registry
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(ShimError::io("register listener"))?;
-        let mut signals =
-            Signals::new([SIGTERM, SIGINT]).map_err(ShimError::io("signal handlers"))?;
+        let signals = Signals::catch(&[Signal::SIGTERM, Signal::SIGINT])?;
         registry
-            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .register(&mut SourceFd(&signals.fd()), SIGNALS, Interest::READABLE)
             .map_err(ShimError::io("register signals"))?;
         let reaper = Reaper::new()?;
         registry
@@ -222,11 +221,11 @@ impl Server {
             };
             let reply = match ttrpc::Request::parse_from_bytes(&f.payload) {
                 // ttrpc clients open odd streams; Go's server refuses even ones too.
-                _ if f.stream_id % 2 == 0 => Reply::Now(Err(ShimError::InvalidArgument(format!(
+                _ if f.stream_id % 2 == 0 => Flow::Done(Err(ShimError::InvalidArgument(format!(
                     "stream id {} is even: client streams are odd",
                     f.stream_id
                 )))),
-                Err(e) => Reply::Now(Err(ShimError::InvalidArgument(format!(
+                Err(e) => Flow::Done(Err(ShimError::InvalidArgument(format!(
                     "malformed ttrpc request: {e}"
                 )))),
                 Ok(req) => match task_method(&req.service, &req.method) {
@@ -234,13 +233,13 @@ impl Server {
                         let deadline = request_deadline(req.timeout_nano);
                         self.service.dispatch(m, &req.payload, to, deadline)
                     }
-                    None => Reply::Now(Err(ShimError::Unimplemented(format!(
+                    None => Flow::Done(Err(ShimError::Unimplemented(format!(
                         "service {} is not served here (method {})",
                         req.service, req.method
                     )))),
                 },
             };
-            if let Reply::Now(r) = reply {
+            if let Flow::Done(r) = reply {
                 if let Some(conn) = self.conns.get_mut(&token) {
                     send_response(conn, f.stream_id, r.map_err(|e| e.to_status()));
                 }
@@ -311,18 +310,7 @@ fn send_response(
     stream_id: u32,
     result: std::result::Result<Vec<u8>, ttrpc::Status>,
 ) {
-    let mut res = ttrpc::Response::new();
-    match result {
-        Ok(payload) => {
-            res.payload = payload;
-            res.status = protobuf::MessageField::some(ttrpc::Status {
-                code: ttrpc::Code::OK.into(),
-                ..Default::default()
-            });
-        }
-        Err(status) => res.status = protobuf::MessageField::some(status),
-    }
-    match res.write_to_bytes() {
+    match tether_protocol::wire::response(result).write_to_bytes() {
         Ok(bytes) => conn.send(stream_id, MESSAGE_TYPE_RESPONSE, &bytes),
         Err(e) => log::error!("encode response: {e}"),
     }

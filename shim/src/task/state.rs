@@ -1,0 +1,76 @@
+//! The requests that only read the table: `State`, `Stats`, `Connect`, and `Shutdown` (which
+//! only sets a flag the loop reads).
+
+use super::Service;
+use crate::error::{Result, ShimError};
+use protobuf::MessageField;
+use tether_protocol::api::task::*;
+use tether_protocol::api::Empty;
+use tether_protocol::time::to_timestamp;
+
+impl Service {
+    pub(super) fn state(&mut self, req: StateRequest) -> Result<StateResponse> {
+        Self::check_exec_id(&req.exec_id)?;
+        let c = self.container(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        let (exit_status, exited_at) = match p.exit() {
+            Some((s, at)) => (s, MessageField::some(to_timestamp(at))),
+            None => (0, MessageField::none()),
+        };
+        Ok(StateResponse {
+            id: if req.exec_id.is_empty() {
+                c.id.clone()
+            } else {
+                req.exec_id.clone()
+            },
+            bundle: c.bundle.display().to_string(),
+            pid: p.wire_pid(),
+            status: p.status().into(),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exit_status,
+            exited_at,
+            exec_id: req.exec_id,
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn stats(&mut self, req: StatsRequest) -> Result<StatsResponse> {
+        let c = self.container(&req.id)?;
+        if c.init.is_stopped() {
+            return Err(ShimError::NotFound(format!(
+                "container {}: no metrics: its init process has exited",
+                req.id
+            )));
+        }
+        let pid = c.init.require_pid("read the metrics of")?;
+        let stats = crate::stats::collect(pid.as_u32())?;
+        Ok(StatsResponse {
+            stats: MessageField::some(stats),
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn connect(&mut self, req: ConnectRequest) -> Result<ConnectResponse> {
+        let task_pid = self
+            .containers
+            .get(&req.id)
+            .map(|c| c.init.wire_pid())
+            .unwrap_or(0);
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: concat!("tether ", env!("CARGO_PKG_VERSION")).to_string(),
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn shutdown_req(&mut self, _req: ShutdownRequest) -> Result<Empty> {
+        if self.is_empty() {
+            self.shutdown = true;
+        }
+        Ok(Empty::new())
+    }
+}
