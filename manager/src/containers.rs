@@ -72,6 +72,9 @@ pub struct Container {
     /// Notified whenever the record records an exit.
     exited: Condvar,
     shim: Mutex<Option<Arc<ShimConn>>>,
+    /// The write end of a `-i` container's stdin FIFO, held so the shim never sees its end
+    /// while nobody is attached (see `hold_stdin`).
+    stdin: Mutex<Option<std::fs::File>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -218,8 +221,16 @@ impl Containers {
             dir,
             record: Mutex::new(record),
             exited: Condvar::new(),
+            stdin: Mutex::new(None),
             shim: Mutex::new(shim.map(Arc::new)),
         });
+        if lock(&c.shim).is_some() && c.dir.join(STDIN_FIFO).exists() {
+            // Rediscovered after a restart: hold its stdin again (the logger held it meanwhile).
+            match hold_stdin(&c.dir) {
+                Ok(f) => *lock(&c.stdin) = Some(f),
+                Err(e) => log::warn!("container {}/{}: {e}", key.0, key.1),
+            }
+        }
         lock(&self.table).insert(key.clone(), c.clone());
         if let (Some(pid), Some(m)) = (pid, self.monitor()) {
             m.watch_shim(key, pid);
@@ -398,6 +409,7 @@ impl Containers {
             )),
             exited: Condvar::new(),
             shim: Mutex::new(None),
+            stdin: Mutex::new(None),
         });
         {
             let mut table = lock(&self.table);
@@ -477,7 +489,18 @@ impl Containers {
         }
         let stdio = match req.stdio.clone().into_option() {
             Some(s) => s,
-            None => self.log_stdio(dir, spec),
+            None => {
+                let stdin = if req.open_stdin {
+                    let fifo = dir.join(STDIN_FIFO);
+                    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                        .map_err(|e| Error::io(format!("mkfifo {}", fifo.display()))(e.into()))?;
+                    *lock(&c.stdin) = Some(hold_stdin(dir)?);
+                    Some(fifo)
+                } else {
+                    None
+                };
+                self.log_stdio(dir, spec, stdin.as_deref())
+            }
         };
         let creq = task::CreateTaskRequest {
             id: c.key.1.clone(),
@@ -502,10 +525,15 @@ impl Containers {
         Ok(to_api(&rec))
     }
 
-    /// A detached container's stdio: no stdin, and (without a terminal, which the binary
-    /// logging protocol cannot carry) stdout and stderr to our logger, which writes the
-    /// container's log file in its directory.
-    fn log_stdio(&self, dir: &Path, spec: &oci_spec::runtime::Spec) -> api::Stdio {
+    /// A detached container's stdio: its stdin FIFO with -i, and stdout and stderr (or its
+    /// terminal, as containerd's Go shim does with binary://) to our logger, which writes the
+    /// container's log file in its directory and holds the stdin FIFO while the daemon is away.
+    fn log_stdio(
+        &self,
+        dir: &Path,
+        spec: &oci_spec::runtime::Spec,
+        stdin: Option<&Path>,
+    ) -> api::Stdio {
         let terminal = spec
             .process()
             .as_ref()
@@ -513,14 +541,19 @@ impl Containers {
             .unwrap_or(false);
         let exe = std::env::current_exe();
         let uri = match exe {
-            Ok(exe)
-                if !terminal
-                    && crate::log_driver::uri_safe(&exe)
-                    && crate::log_driver::uri_safe(dir) =>
-            {
-                crate::log_driver::uri(&exe, dir, self.cfg.log_max_size, self.cfg.log_max_files)
+            Ok(exe) if crate::log_driver::uri_safe(&exe) && crate::log_driver::uri_safe(dir) => {
+                let extras = crate::log_driver::Extras {
+                    stdin,
+                    flush: terminal,
+                };
+                crate::log_driver::uri(
+                    &exe,
+                    dir,
+                    self.cfg.log_max_size,
+                    self.cfg.log_max_files,
+                    extras,
+                )
             }
-            Ok(_) if terminal => String::new(),
             other => {
                 log::warn!(
                     "no log file for {}: the paths of {other:?} and {} cannot go into a binary:// URI",
@@ -531,8 +564,11 @@ impl Containers {
             }
         };
         api::Stdio {
+            stdin: stdin.map(|p| p.display().to_string()).unwrap_or_default(),
             stdout: uri.clone(),
-            stderr: uri,
+            // A terminal has one output (the Go shim ignores stderr then; ours wants none).
+            stderr: if terminal { String::new() } else { uri },
+            terminal,
             ..Default::default()
         }
     }
@@ -1090,6 +1126,19 @@ fn shutdown(shim: &ShimConn, id: &str) {
 
 /// Removes a container directory, refusing if anything is still mounted below it (removing
 /// would delete the mounted files).
+/// A `-i` container's stdin FIFO in its directory.
+pub const STDIN_FIFO: &str = "stdin";
+
+/// Opens a container's stdin FIFO for writing without waiting for a reader (O_RDWR).
+fn hold_stdin(dir: &Path) -> Result<std::fs::File> {
+    let fifo = dir.join(STDIN_FIFO);
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .map_err(Error::io(format!("open {}", fifo.display())))
+}
+
 pub fn remove_dir(dir: &Path) -> Result<()> {
     let mounted = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
