@@ -338,7 +338,12 @@ impl Service {
         let finished = result.and_then(|_| {
             if let Some(socket) = &s.console {
                 let master = socket.receive_master()?;
-                s.c.init.io = self.pumps.open_terminal(&s.c.init.stdio, &master)?;
+                let who = Who {
+                    namespace: &self.namespace,
+                    id: &s.c.id,
+                    owner: stdio_owner(&s.c.runtime.config),
+                };
+                s.c.init.io = self.pumps.open_terminal(&s.c.init.stdio, &master, &who)?;
                 s.c.init.console = Some(master);
             }
             read_pid_file(&s.c.bundle.join(INIT_PID_FILE))
@@ -443,12 +448,18 @@ impl Service {
         result: Result<String>,
     ) -> Result<Vec<u8>> {
         let pumps = &mut self.pumps;
+        let namespace = &self.namespace;
         let c = find(&mut self.containers, id)?;
         c.starting = false;
         let pid = result.and_then(|_| {
             if let Some(socket) = &console {
                 let master = socket.receive_master()?;
-                c.init.io = pumps.open_terminal(&c.init.stdio, &master)?;
+                let who = Who {
+                    namespace,
+                    id,
+                    owner: stdio_owner(&c.runtime.config),
+                };
+                c.init.io = pumps.open_terminal(&c.init.stdio, &master, &who)?;
                 c.init.console = Some(master);
             }
             read_pid_file(&c.bundle.join(INIT_PID_FILE))
@@ -539,8 +550,15 @@ impl Service {
         let pid = result.and_then(|_| {
             if let Some(socket) = &s.console {
                 let m = socket.receive_master()?;
-                let stdio = self.container(&s.id)?.process(&s.exec_id)?.stdio.clone();
-                s.io = self.pumps.open_terminal(&stdio, &m)?;
+                let c = self.container(&s.id)?;
+                let stdio = c.process(&s.exec_id)?.stdio.clone();
+                let owner = stdio_owner(&c.runtime.config);
+                let who = Who {
+                    namespace: &self.namespace,
+                    id: &s.id,
+                    owner,
+                };
+                s.io = self.pumps.open_terminal(&stdio, &m, &who)?;
                 master = Some(m);
             }
             read_pid_file(&s.pid_file)
