@@ -77,7 +77,7 @@ pub fn attach(socket: &Path, ns: &str, a: &AttachArgs) -> Result<i32> {
         std::thread::spawn(move || copy_stdin(f, terminal, &d));
     }
     let mut printer = Printer::plain();
-    let followed = logs::follow(&client, ns, &a.id, &current, lines, &mut printer, &|| {
+    let followed = logs::follow(socket, ns, &a.id, &current, lines, &mut printer, &|| {
         detached.load(Ordering::SeqCst)
     });
     if let Some(p) = proxy {
@@ -202,7 +202,8 @@ fn exit_status(socket: &Path, ns: &str, id: &str) -> Result<i32> {
     };
     let deadline = Instant::now() + STATUS_LIMIT;
     loop {
-        let r = Client::connect(socket).and_then(|c| c.call(CALL_TIMEOUT, |m, ctx| m.wait(ctx, &req)));
+        let r =
+            Client::connect(socket).and_then(|c| c.call(CALL_TIMEOUT, |m, ctx| m.wait(ctx, &req)));
         match r {
             Ok(s) => return Ok(i32::try_from(s.exit_status).unwrap_or(255).min(255)),
             Err(Error::Unavailable(_)) if Instant::now() < deadline => {

@@ -75,6 +75,9 @@ pub struct Container {
     /// The write end of a `-i` container's stdin FIFO, held so the shim never sees its end
     /// while nobody is attached (see `hold_stdin`).
     stdin: Mutex<Option<std::fs::File>>,
+    /// The pid of the logger the daemon started for a `-i` container (`fifo_logger`), killed
+    /// if the creation fails.
+    logger: Mutex<Option<u32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -222,6 +225,7 @@ impl Containers {
             record: Mutex::new(record),
             exited: Condvar::new(),
             stdin: Mutex::new(None),
+            logger: Mutex::new(None),
             shim: Mutex::new(shim.map(Arc::new)),
         });
         if lock(&c.shim).is_some() && c.dir.join(STDIN_FIFO).exists() {
@@ -410,6 +414,7 @@ impl Containers {
             exited: Condvar::new(),
             shim: Mutex::new(None),
             stdin: Mutex::new(None),
+            logger: Mutex::new(None),
         });
         {
             let mut table = lock(&self.table);
@@ -489,18 +494,8 @@ impl Containers {
         }
         let stdio = match req.stdio.clone().into_option() {
             Some(s) => s,
-            None => {
-                let stdin = if req.open_stdin {
-                    let fifo = dir.join(STDIN_FIFO);
-                    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                        .map_err(|e| Error::io(format!("mkfifo {}", fifo.display()))(e.into()))?;
-                    *lock(&c.stdin) = Some(hold_stdin(dir)?);
-                    Some(fifo)
-                } else {
-                    None
-                };
-                self.log_stdio(dir, spec, stdin.as_deref())
-            }
+            None if req.open_stdin => self.interactive_stdio(c, spec)?,
+            None => self.log_stdio(dir, spec),
         };
         let creq = task::CreateTaskRequest {
             id: c.key.1.clone(),
@@ -525,25 +520,42 @@ impl Containers {
         Ok(to_api(&rec))
     }
 
-    /// A detached container's stdio: its stdin FIFO with -i, and stdout and stderr (or its
-    /// terminal, as containerd's Go shim does with binary://) to our logger, which writes the
-    /// container's log file in its directory and holds the stdin FIFO while the daemon is away.
-    fn log_stdio(
+    /// A `-i` container's stdio: FIFOs, its stdin FIFO held open by us (so the shim never sees
+    /// its end while nobody is attached) and by the logger we start (which lives on while we
+    /// restart); see `fifo_logger`.
+    fn interactive_stdio(
         &self,
-        dir: &Path,
+        c: &Container,
         spec: &oci_spec::runtime::Spec,
-        stdin: Option<&Path>,
-    ) -> api::Stdio {
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
+    ) -> Result<api::Stdio> {
+        let dir = &c.dir;
+        let fifo = dir.join(STDIN_FIFO);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| Error::io(format!("mkfifo {}", fifo.display()))(e.into()))?;
+        *lock(&c.stdin) = Some(hold_stdin(dir)?);
+        let exe = std::env::current_exe()
+            .map_err(Error::io("find our own binary (the logger)".to_string()))?;
+        let (stdio, pid) = crate::fifo_logger::start(
+            &exe,
+            dir,
+            spec_terminal(spec),
+            self.cfg.log_max_size,
+            self.cfg.log_max_files,
+        )?;
+        *lock(&c.logger) = Some(pid);
+        Ok(stdio)
+    }
+
+    /// A detached container's stdio: no stdin, and stdout and stderr (or its terminal, as
+    /// containerd's Go shim does with binary://) to our logger, which writes the container's
+    /// log file in its directory.
+    fn log_stdio(&self, dir: &Path, spec: &oci_spec::runtime::Spec) -> api::Stdio {
+        let terminal = spec_terminal(spec);
         let exe = std::env::current_exe();
         let uri = match exe {
             Ok(exe) if crate::log_driver::uri_safe(&exe) && crate::log_driver::uri_safe(dir) => {
                 let extras = crate::log_driver::Extras {
-                    stdin,
+                    stdin: None,
                     flush: terminal,
                 };
                 crate::log_driver::uri(
@@ -564,7 +576,6 @@ impl Containers {
             }
         };
         api::Stdio {
-            stdin: stdin.map(|p| p.display().to_string()).unwrap_or_default(),
             stdout: uri.clone(),
             // A terminal has one output (the Go shim ignores stderr then; ours wants none).
             stderr: if terminal { String::new() } else { uri },
@@ -591,6 +602,14 @@ impl Containers {
 
     /// Undoes a failed create: stops the shim, cleans up, forgets the container.
     fn discard(&self, c: &Arc<Container>) {
+        if let Some(pid) = lock(&c.logger).take() {
+            // Its FIFOs never got a writer: it would wait forever. Reaped as an orphan.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        lock(&c.stdin).take();
         if let Some(m) = self.monitor() {
             m.forget_shim(c.key.clone());
         }
@@ -1126,6 +1145,13 @@ fn shutdown(shim: &ShimConn, id: &str) {
 
 /// Removes a container directory, refusing if anything is still mounted below it (removing
 /// would delete the mounted files).
+fn spec_terminal(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
+}
+
 /// A `-i` container's stdin FIFO in its directory.
 pub const STDIN_FIFO: &str = "stdin";
 

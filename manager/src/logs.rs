@@ -214,7 +214,7 @@ pub fn logs(socket: &Path, ns: &str, a: &LogsArgs) -> Result<i32> {
         }
     }
     if a.follow {
-        follow(&client, ns, &a.id, &current, cur, &mut printer, &|| false)?;
+        follow(socket, ns, &a.id, &current, cur, &mut printer, &|| false)?;
     }
     Ok(0)
 }
@@ -223,7 +223,7 @@ pub fn logs(socket: &Path, ns: &str, a: &LogsArgs) -> Result<i32> {
 /// or it exited and its log stopped growing, or `stop` says so). The daemon is only asked
 /// whether the container still runs: its absence (a restart) changes nothing here.
 pub fn follow(
-    client: &Client,
+    socket: &Path,
     ns: &str,
     id: &str,
     current: &Path,
@@ -235,6 +235,8 @@ pub fn follow(
     let mut next_status = Instant::now() + STATUS_EVERY;
     let mut quiet_exited = 0;
     let mut last_len = None;
+    // Connected again whenever a call fails: the daemon may have restarted meanwhile.
+    let mut client: Option<Client> = None;
     loop {
         // Looked at before reading: everything was written before the marker appeared.
         let done = ended.exists();
@@ -262,7 +264,14 @@ pub fn follow(
             let len = cur.file.metadata().map(|m| (m.ino(), m.len())).ok();
             let grew = len != last_len;
             last_len = len;
-            match container(client, ns, id) {
+            if client.is_none() {
+                client = Client::connect(socket).ok();
+            }
+            let Some(c) = client.as_ref() else {
+                std::thread::sleep(POLL);
+                continue;
+            };
+            match container(c, ns, id) {
                 Ok(c) if c.status == "EXITED" && !grew => {
                     quiet_exited += 1;
                     if quiet_exited >= 3 {
@@ -271,7 +280,7 @@ pub fn follow(
                 }
                 Ok(_) => quiet_exited = 0,
                 Err(Error::Remote(m)) if m.contains("not found") => return Ok(()),
-                Err(_) => {}
+                Err(_) => client = None,
             }
         }
         std::thread::sleep(POLL);

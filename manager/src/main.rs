@@ -20,6 +20,7 @@ mod dedup;
 mod error;
 mod event_server;
 mod events;
+mod fifo_logger;
 mod filter;
 mod journal;
 mod launcher;
