@@ -182,7 +182,7 @@ pub fn logs(socket: &Path, ns: &str, a: &LogsArgs) -> Result<i32> {
     // The current file is opened first: a rotation meanwhile then shows as a new inode below.
     let Some(file) = open(&current)? else {
         return Err(Error::NotFound(format!(
-            "container {}: no logs (only a detached container without a terminal has them)",
+            "container {}: no logs (a container started attached has none)",
             a.id
         )));
     };
