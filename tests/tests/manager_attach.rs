@@ -366,6 +366,31 @@ fn terminal_attach_and_detach_keys_with_containerds_go_shim() {
     terminal_attach_and_detach_keys(RUNC_RUNTIME);
 }
 
+/// `run -d -t` (no stdin): the terminal's output goes to the logger (`binary://` with a
+/// terminal) and attach streams it, ending with the container's status.
+fn terminal_output_is_logged_and_attached(runtime: &str) {
+    let d = Daemon::start();
+    let c = Ctr::run(&d, runtime, &["-t"], TICKER);
+    let mut a = c.attach(&[], false);
+    a.expect("tick ");
+    c.kill("USR1");
+    let (code, lines, err) = a.wait();
+    assert_eq!(code, 7, "{err}");
+    assert!(lines.iter().any(|l| l.contains("bye")), "{lines:?}");
+    let logs = c.logs();
+    assert!(logs.contains("before") && logs.contains("bye"), "{logs}");
+}
+
+#[test]
+fn terminal_output_is_logged_and_attached_with_our_shim() {
+    terminal_output_is_logged_and_attached(TETHER_RUNTIME);
+}
+
+#[test]
+fn terminal_output_is_logged_and_attached_with_containerds_go_shim() {
+    terminal_output_is_logged_and_attached(RUNC_RUNTIME);
+}
+
 /// Unknown id, a stopped container, `--stdin` without `-i`: one line on stderr, a non-zero
 /// exit, and the container is as it was.
 fn errors_are_one_line_and_change_nothing(runtime: &str) {
