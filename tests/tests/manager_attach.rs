@@ -391,6 +391,98 @@ fn terminal_output_is_logged_and_attached_with_containerds_go_shim() {
     terminal_output_is_logged_and_attached(RUNC_RUNTIME);
 }
 
+fn set_size(fd: &impl std::os::fd::AsRawFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads the winsize we pass.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+}
+
+/// Attached from a terminal to a `-d -t` container: the container's terminal takes our size
+/// at once, and every resize after (SIGWINCH to the CLI becomes a ResizePty).
+fn resizes_reach_the_container(runtime: &str) {
+    use std::os::unix::process::CommandExt;
+    use std::sync::{Arc, Mutex};
+
+    let d = Daemon::start();
+    let script = "trap 'stty size' WINCH; echo ready; while :; do sleep 300 & wait; done";
+    let c = Ctr::run(&d, runtime, &["-t"], script);
+    assert!(wait_until(T, || c.logs().contains("ready")), "{}", c.logs());
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    set_size(&pty.master, 24, 80);
+    let slave = std::fs::File::from(pty.slave);
+    let mut command = c.tether();
+    command
+        .args(["attach", &c.id])
+        .stdin(slave.try_clone().expect("dup pty"))
+        .stdout(slave.try_clone().expect("dup pty"))
+        .stderr(slave);
+    // SAFETY: setsid and ioctl are async-signal-safe; the pty becomes the CLI's controlling
+    // terminal, as a shell's would be (so resizing it sends the CLI SIGWINCH).
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().expect("start tether attach");
+    drop(command);
+    let attached = Attached {
+        child: Some(child),
+        stdin: None,
+        lines: channel().1,
+        seen: Vec::new(),
+    };
+    let seen = Arc::new(Mutex::new(String::new()));
+    let sink = seen.clone();
+    let mut master = std::fs::File::from(pty.master);
+    let master_fd = master.try_clone().expect("dup master");
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Ends with EIO once every slave is closed (the CLI exited).
+        while let Ok(n) = std::io::Read::read(&mut master, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_str(&text);
+        }
+    });
+    let output = || seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let saw = |what: &str| wait_until(T, || output().contains(what));
+    assert!(
+        saw("24 80"),
+        "attach did not pass its size on: {:?}",
+        output()
+    );
+    set_size(&master_fd, 50, 132);
+    assert!(saw("50 132"), "the resize did not reach it: {:?}", output());
+    // A terminal's attach does not forward SIGTERM: it ends the CLI, and the container runs on.
+    attached.signal(libc::SIGTERM);
+    let (code, _, _) = attached.wait();
+    assert_eq!(code, 128 + libc::SIGTERM);
+    assert_eq!(c.status(), "RUNNING");
+}
+
+#[test]
+fn resizes_reach_the_container_with_our_shim() {
+    resizes_reach_the_container(TETHER_RUNTIME);
+}
+
+#[test]
+fn resizes_reach_the_container_with_containerds_go_shim() {
+    resizes_reach_the_container(RUNC_RUNTIME);
+}
+
 /// Unknown id, a stopped container, `--stdin` without `-i`: one line on stderr, a non-zero
 /// exit, and the container is as it was.
 fn errors_are_one_line_and_change_nothing(runtime: &str) {
