@@ -29,6 +29,15 @@ pub fn start(
     max_size: u64,
     max_files: u32,
 ) -> Result<(api::Stdio, u32)> {
+    // The logger's arguments are built from its URI's query, as a shim would split it.
+    if !crate::log_driver::uri_safe(exe) || !crate::log_driver::uri_safe(dir) {
+        return Err(Error::InvalidArgument(format!(
+            "cannot keep a stdin open for {}: the paths of {} and the container's directory \
+             must be plain (letters, digits, '/', '.', '_', '-')",
+            dir.display(),
+            exe.display()
+        )));
+    }
     let stdin = dir.join(crate::containers::STDIN_FIFO);
     let stdout = dir.join("stdout");
     let stderr = dir.join("stderr");
@@ -49,7 +58,6 @@ pub fn start(
             flush: terminal,
         },
     );
-    // The logger's arguments are the URI's query pairs, as a shim would pass them.
     let query = uri.split_once('?').map(|(_, q)| q).unwrap_or_default();
     let args: Vec<&str> = query
         .split('&')
