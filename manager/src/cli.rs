@@ -57,6 +57,11 @@ pub enum Command {
     /// Stream events, optionally filtered: 'topic~=/tasks/.+,namespace==bb' (',' is AND;
     /// several filters are OR; operators ==, != and ~= (regular expression)).
     Events(EventsArgs),
+    /// Stream a running container's output from now on (and feed its stdin with --stdin)
+    /// until it exits; exits with its status. Ctrl-C is forwarded to the container unless
+    /// --sig-proxy=false (then it detaches); with a terminal and --stdin, Ctrl-P Ctrl-Q
+    /// detaches. Detaching leaves the container running.
+    Attach(AttachArgs),
     /// Print a detached container's output (stdout to stdout, stderr to stderr), kept in
     /// CRI's log format in its directory, rotated at the daemon's --log-max-size.
     Logs(LogsArgs),
@@ -82,6 +87,19 @@ pub struct LogsArgs {
     /// Start each line with the time it arrived (RFC 3339, nanoseconds).
     #[arg(long, short = 't')]
     pub timestamps: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    pub id: String,
+    /// Also copy our stdin to the container's (it must have been created with -i). The end
+    /// of our stdin does not close the container's: it stays open for the next attach.
+    #[arg(long)]
+    pub stdin: bool,
+    /// Forward SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the container (not
+    /// with a terminal, where Ctrl-C is a key). With --sig-proxy=false they detach instead.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub sig_proxy: bool,
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +149,9 @@ pub struct CreateArgs {
     /// Allocate a terminal for the container's process.
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// Keep the container's stdin open (with -d or create) for `tether attach --stdin`.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// A root filesystem directory; a default OCI spec is generated for it.
     #[arg(
         long,

@@ -72,6 +72,12 @@ pub struct Container {
     /// Notified whenever the record records an exit.
     exited: Condvar,
     shim: Mutex<Option<Arc<ShimConn>>>,
+    /// The write end of a `-i` container's stdin FIFO, held so the shim never sees its end
+    /// while nobody is attached (see `hold_stdin`).
+    stdin: Mutex<Option<std::fs::File>>,
+    /// The pid of the logger the daemon started for a `-i` container (`fifo_logger`), killed
+    /// if the creation fails.
+    logger: Mutex<Option<u32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -218,8 +224,17 @@ impl Containers {
             dir,
             record: Mutex::new(record),
             exited: Condvar::new(),
+            stdin: Mutex::new(None),
+            logger: Mutex::new(None),
             shim: Mutex::new(shim.map(Arc::new)),
         });
+        if lock(&c.shim).is_some() && c.dir.join(STDIN_FIFO).exists() {
+            // Rediscovered after a restart: hold its stdin again (the logger held it meanwhile).
+            match hold_stdin(&c.dir) {
+                Ok(f) => *lock(&c.stdin) = Some(f),
+                Err(e) => log::warn!("container {}/{}: {e}", key.0, key.1),
+            }
+        }
         lock(&self.table).insert(key.clone(), c.clone());
         if let (Some(pid), Some(m)) = (pid, self.monitor()) {
             m.watch_shim(key, pid);
@@ -398,6 +413,8 @@ impl Containers {
             )),
             exited: Condvar::new(),
             shim: Mutex::new(None),
+            stdin: Mutex::new(None),
+            logger: Mutex::new(None),
         });
         {
             let mut table = lock(&self.table);
@@ -477,6 +494,7 @@ impl Containers {
         }
         let stdio = match req.stdio.clone().into_option() {
             Some(s) => s,
+            None if req.open_stdin => self.interactive_stdio(c, spec)?,
             None => self.log_stdio(dir, spec),
         };
         let creq = task::CreateTaskRequest {
@@ -502,25 +520,52 @@ impl Containers {
         Ok(to_api(&rec))
     }
 
-    /// A detached container's stdio: no stdin, and (without a terminal, which the binary
-    /// logging protocol cannot carry) stdout and stderr to our logger, which writes the
-    /// container's log file in its directory.
+    /// A `-i` container's stdio: FIFOs, its stdin FIFO held open by us (so the shim never sees
+    /// its end while nobody is attached) and by the logger we start (which lives on while we
+    /// restart); see `fifo_logger`.
+    fn interactive_stdio(
+        &self,
+        c: &Container,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<api::Stdio> {
+        let dir = &c.dir;
+        let fifo = dir.join(STDIN_FIFO);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| Error::io(format!("mkfifo {}", fifo.display()))(e.into()))?;
+        *lock(&c.stdin) = Some(hold_stdin(dir)?);
+        let exe = std::env::current_exe()
+            .map_err(Error::io("find our own binary (the logger)".to_string()))?;
+        let (stdio, pid) = crate::fifo_logger::start(
+            &exe,
+            dir,
+            spec_terminal(spec),
+            self.cfg.log_max_size,
+            self.cfg.log_max_files,
+        )?;
+        *lock(&c.logger) = Some(pid);
+        Ok(stdio)
+    }
+
+    /// A detached container's stdio: no stdin, and stdout and stderr (or its terminal, as
+    /// containerd's Go shim does with binary://) to our logger, which writes the container's
+    /// log file in its directory.
     fn log_stdio(&self, dir: &Path, spec: &oci_spec::runtime::Spec) -> api::Stdio {
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
+        let terminal = spec_terminal(spec);
         let exe = std::env::current_exe();
         let uri = match exe {
-            Ok(exe)
-                if !terminal
-                    && crate::log_driver::uri_safe(&exe)
-                    && crate::log_driver::uri_safe(dir) =>
-            {
-                crate::log_driver::uri(&exe, dir, self.cfg.log_max_size, self.cfg.log_max_files)
+            Ok(exe) if crate::log_driver::uri_safe(&exe) && crate::log_driver::uri_safe(dir) => {
+                let extras = crate::log_driver::Extras {
+                    stdin: None,
+                    flush: terminal,
+                };
+                crate::log_driver::uri(
+                    &exe,
+                    dir,
+                    self.cfg.log_max_size,
+                    self.cfg.log_max_files,
+                    extras,
+                )
             }
-            Ok(_) if terminal => String::new(),
             other => {
                 log::warn!(
                     "no log file for {}: the paths of {other:?} and {} cannot go into a binary:// URI",
@@ -532,7 +577,9 @@ impl Containers {
         };
         api::Stdio {
             stdout: uri.clone(),
-            stderr: uri,
+            // A terminal has one output (the Go shim ignores stderr then; ours wants none).
+            stderr: if terminal { String::new() } else { uri },
+            terminal,
             ..Default::default()
         }
     }
@@ -555,6 +602,14 @@ impl Containers {
 
     /// Undoes a failed create: stops the shim, cleans up, forgets the container.
     fn discard(&self, c: &Arc<Container>) {
+        if let Some(pid) = lock(&c.logger).take() {
+            // Its FIFOs never got a writer: it would wait forever. Reaped as an orphan.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        lock(&c.stdin).take();
         if let Some(m) = self.monitor() {
             m.forget_shim(c.key.clone());
         }
@@ -1092,6 +1147,26 @@ fn shutdown(shim: &ShimConn, id: &str) {
 
 /// Removes a container directory, refusing if anything is still mounted below it (removing
 /// would delete the mounted files).
+fn spec_terminal(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
+}
+
+/// A `-i` container's stdin FIFO in its directory.
+pub const STDIN_FIFO: &str = "stdin";
+
+/// Opens a container's stdin FIFO for writing without waiting for a reader (O_RDWR).
+fn hold_stdin(dir: &Path) -> Result<std::fs::File> {
+    let fifo = dir.join(STDIN_FIFO);
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .map_err(Error::io(format!("open {}", fifo.display())))
+}
+
 pub fn remove_dir(dir: &Path) -> Result<()> {
     let mounted = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()

@@ -7,6 +7,12 @@
 //! so no line is lost or written twice while the daemon is away. The container's output waits
 //! in its pipes if we fall behind.
 //!
+//! With `stdin PATH` the logger also holds the container's stdin FIFO open for writing until
+//! the container's output ends: the shims (ours and containerd's Go shim) close the container's
+//! stdin (or its terminal) once the FIFO's last writer goes, and the daemon, which holds it
+//! too, may be SIGKILLed; the logger lives with the container. With `flush 1` (a terminal) an
+//! unfinished line is written as a partial record as soon as it arrives, so a prompt shows.
+//!
 //! Shims turn the URI's query into arguments in map order (containerd's Go shim in random
 //! order), so every setting is a `key value` pair and the pairs are read in any order.
 
@@ -28,15 +34,33 @@ pub struct Options {
     pub path: PathBuf,
     pub max_size: u64,
     pub max_files: u32,
+    /// The container's stdin FIFO, held open (see above).
+    pub stdin: Option<PathBuf>,
+    /// Write unfinished lines at once (a terminal's prompt).
+    pub flush: bool,
+}
+
+/// What the logger does besides writing `dir`'s log file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    pub stdin: Option<&'a Path>,
+    pub flush: bool,
 }
 
 /// The `binary://` URI that makes a shim start this binary as the logger of `dir`'s container.
-pub fn uri(exe: &Path, dir: &Path, max_size: u64, max_files: u32) -> String {
-    format!(
+pub fn uri(exe: &Path, dir: &Path, max_size: u64, max_files: u32, extras: Extras) -> String {
+    let mut u = format!(
         "binary://{}?{MARK}=1&path={}&max-size={max_size}&max-files={max_files}",
         exe.display(),
         dir.join(cri_log::FILE_NAME).display()
-    )
+    );
+    if let Some(p) = extras.stdin {
+        u.push_str(&format!("&stdin={}", p.display()));
+    }
+    if extras.flush {
+        u.push_str("&flush=1");
+    }
+    u
 }
 
 /// Whether a path can go into the URI unchanged (shims do not agree on percent-decoding).
@@ -63,6 +87,8 @@ pub fn invocation(args: &[String]) -> Option<Options> {
         path: PathBuf::from(pairs.get("path")?),
         max_size: pairs.get("max-size")?.parse().ok()?,
         max_files: pairs.get("max-files")?.parse().ok()?,
+        stdin: pairs.get("stdin").map(PathBuf::from),
+        flush: pairs.get("flush") == Some(&"1"),
     })
 }
 
@@ -143,7 +169,8 @@ struct Input {
 impl Input {
     /// Cuts what has arrived into records: whole lines, and `P` parts of over-long ones. At
     /// EOF the unfinished rest is a line of its own.
-    fn records(&mut self, timestamp: &str, eof: bool, out: &mut Vec<Vec<u8>>) {
+    /// With `flush`, the unfinished rest is a partial record.
+    fn records(&mut self, timestamp: &str, eof: bool, flush: bool, out: &mut Vec<Vec<u8>>) {
         let mut start = 0;
         loop {
             let rest = &self.pending[start..];
@@ -151,6 +178,7 @@ impl Input {
                 Some(i) if i <= MAX_CONTENT => (i, false, 1),
                 _ if rest.len() > MAX_CONTENT => (MAX_CONTENT, true, 0),
                 _ if eof && !rest.is_empty() => (rest.len(), false, 0),
+                _ if flush && !rest.is_empty() => (rest.len(), true, 0),
                 _ => break,
             };
             let mut rec = Vec::with_capacity(end + 48);
@@ -184,6 +212,19 @@ pub fn run(opts: Options) -> i32 {
         }
     };
     let _ = std::fs::remove_file(&ended);
+    let flush = writer.opts.flush;
+    // Held until we return (the container's output ended). O_RDWR: never blocks, and never
+    // reads (we do not poll it).
+    let _stdin = match writer.opts.stdin.clone() {
+        Some(p) => match OpenOptions::new().read(true).write(true).open(&p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("tether log driver: hold {}: {e}", p.display());
+                None
+            }
+        },
+        None => None,
+    };
     // containerd's Go shim closes the pipes and sends SIGTERM at once when the task is
     // deleted: what is still in the pipes must be written first, and EOF ends us anyway.
     // SAFETY: ignoring a signal installs no handler.
@@ -249,7 +290,7 @@ pub fn run(opts: Options) -> i32 {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
                 Err(_) => true,
             };
-            input.records(&timestamp, eof, &mut records);
+            input.records(&timestamp, eof, flush, &mut records);
             if eof {
                 input.file = None;
             }
@@ -286,6 +327,8 @@ mod tests {
             path: "/s/c.log".into(),
             max_size: 10,
             max_files: 2,
+            stdin: None,
+            flush: false,
         };
         let a = args(&[
             "max-files",
@@ -304,7 +347,11 @@ mod tests {
 
     #[test]
     fn the_uri_query_is_the_invocation() {
-        let u = uri(Path::new("/bin/tether"), Path::new("/s/ns/c"), 5, 3);
+        let extras = Extras {
+            stdin: Some(Path::new("/s/ns/c/stdin")),
+            flush: true,
+        };
+        let u = uri(Path::new("/bin/tether"), Path::new("/s/ns/c"), 5, 3, extras);
         let (_, q) = u.split_once('?').expect("query");
         let a: Vec<String> = q
             .split('&')
@@ -317,6 +364,8 @@ mod tests {
         let o = invocation(&a).expect("an invocation");
         assert_eq!(o.path, Path::new("/s/ns/c/container.log"));
         assert_eq!((o.max_size, o.max_files), (5, 3));
+        assert_eq!(o.stdin.as_deref(), Some(Path::new("/s/ns/c/stdin")));
+        assert!(o.flush);
     }
 
     #[test]
@@ -327,15 +376,19 @@ mod tests {
             pending: b"a\nbc".to_vec(),
         };
         let mut out = Vec::new();
-        i.records("T", false, &mut out);
+        i.records("T", false, false, &mut out);
         assert_eq!(out, vec![b"T stdout F a\n".to_vec()]);
         i.pending.extend_from_slice(&vec![b'x'; MAX_CONTENT]);
         out.clear();
-        i.records("T", true, &mut out);
+        i.records("T", true, false, &mut out);
         assert_eq!(out.len(), 2);
         assert!(out[0].starts_with(b"T stdout P bcx"));
         assert_eq!(out[1], b"T stdout F xx\n".to_vec());
         assert!(i.pending.is_empty());
+        i.pending.extend_from_slice(b"$ ");
+        out.clear();
+        i.records("T", false, true, &mut out);
+        assert_eq!(out, vec![b"T stdout P $ \n".to_vec()]);
     }
 
     #[test]
@@ -346,6 +399,8 @@ mod tests {
             path: path.clone(),
             max_size: 100,
             max_files: 3,
+            stdin: None,
+            flush: false,
         })
         .expect("open");
         for n in 0..50 {

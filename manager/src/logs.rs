@@ -1,7 +1,7 @@
 //! `tether logs ID [-f] [--tail N] [--since TIME] [--timestamps]`: reads the container's CRI log
 //! files (as `crictl logs` does: the daemon names the directory, the CLI reads the files), the
 //! rotated ones first, and with `-f` follows the current file across rotations until the
-//! logger says it is done.
+//! logger says it is done. `tether attach` follows the same way from the current end.
 
 use crate::cli::LogsArgs;
 use crate::client::{Client, CALL_TIMEOUT};
@@ -23,7 +23,7 @@ const POLL: Duration = Duration::from_millis(50);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// Prints records to our stdout/stderr, applying `--since` and `--timestamps`.
-struct Printer {
+pub struct Printer {
     since: Option<i64>,
     timestamps: bool,
     /// Whether the last stdout/stderr record was partial (then no timestamp before the next).
@@ -31,7 +31,16 @@ struct Printer {
 }
 
 impl Printer {
-    fn print(&mut self, line: &[u8]) -> Result<()> {
+    /// Every record as it came, without timestamps.
+    pub fn plain() -> Printer {
+        Printer {
+            since: None,
+            timestamps: false,
+            in_line: [false; 2],
+        }
+    }
+
+    pub fn print(&mut self, line: &[u8]) -> Result<()> {
         let Some(r) = cri_log::parse(line) else {
             return Ok(());
         };
@@ -58,9 +67,11 @@ impl Printer {
 }
 
 /// Complete lines of a file read so far; the unfinished end waits for more.
-struct Lines {
+pub struct Lines {
     file: File,
     pending: Vec<u8>,
+    /// Started in the middle of a line: what comes before the next newline is dropped.
+    skip_first: bool,
 }
 
 impl Lines {
@@ -68,7 +79,30 @@ impl Lines {
         Lines {
             file,
             pending: Vec::new(),
+            skip_first: false,
         }
+    }
+
+    /// Only what is appended to `file` from now on.
+    pub fn at_end(mut file: File) -> Result<Lines> {
+        use std::io::{Seek, SeekFrom};
+        let end = file
+            .seek(SeekFrom::End(0))
+            .map_err(Error::io("seek to the end of the log file"))?;
+        let mut skip_first = false;
+        if end > 0 {
+            // A record being written as we look: skip its rest rather than print half.
+            let mut last = [0u8];
+            file.seek(SeekFrom::Start(end - 1))
+                .and_then(|_| file.read_exact(&mut last))
+                .map_err(Error::io("read the log file"))?;
+            skip_first = last[0] != b'\n';
+        }
+        Ok(Lines {
+            file,
+            pending: Vec::new(),
+            skip_first,
+        })
     }
 
     /// Reads to the current end, handing each complete line (without newline) to `f`.
@@ -84,7 +118,9 @@ impl Lines {
             self.pending.extend_from_slice(&buf[..n]);
             let mut start = 0;
             while let Some(i) = self.pending[start..].iter().position(|b| *b == b'\n') {
-                f(&self.pending[start..start + i])?;
+                if !std::mem::take(&mut self.skip_first) {
+                    f(&self.pending[start..start + i])?;
+                }
                 start += i + 1;
             }
             self.pending.drain(..start);
@@ -109,7 +145,7 @@ fn rotated_files(current: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn open(p: &Path) -> Result<Option<File>> {
+pub fn open(p: &Path) -> Result<Option<File>> {
     match File::open(p) {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -117,7 +153,7 @@ fn open(p: &Path) -> Result<Option<File>> {
     }
 }
 
-fn container(client: &Client, ns: &str, id: &str) -> Result<api::Container> {
+pub fn container(client: &Client, ns: &str, id: &str) -> Result<api::Container> {
     let req = api::ContainerRef {
         namespace: ns.into(),
         id: id.into(),
@@ -146,7 +182,7 @@ pub fn logs(socket: &Path, ns: &str, a: &LogsArgs) -> Result<i32> {
     // The current file is opened first: a rotation meanwhile then shows as a new inode below.
     let Some(file) = open(&current)? else {
         return Err(Error::NotFound(format!(
-            "container {}: no logs (only a detached container without a terminal has them)",
+            "container {}: no logs (a container started attached has none)",
             a.id
         )));
     };
@@ -178,25 +214,29 @@ pub fn logs(socket: &Path, ns: &str, a: &LogsArgs) -> Result<i32> {
         }
     }
     if a.follow {
-        follow(&client, ns, &a.id, &current, cur, &mut printer)?;
+        follow(socket, ns, &a.id, &current, cur, &mut printer, &|| false)?;
     }
     Ok(0)
 }
 
 /// Prints what the logger appends until it created its end marker (or the container is gone,
-/// or it exited and its log stopped growing).
-fn follow(
-    client: &Client,
+/// or it exited and its log stopped growing, or `stop` says so). The daemon is only asked
+/// whether the container still runs: its absence (a restart) changes nothing here.
+pub fn follow(
+    socket: &Path,
     ns: &str,
     id: &str,
     current: &Path,
     mut cur: Lines,
     printer: &mut Printer,
+    stop: &dyn Fn() -> bool,
 ) -> Result<()> {
     let ended = current.with_file_name(cri_log::ENDED_NAME);
     let mut next_status = Instant::now() + STATUS_EVERY;
     let mut quiet_exited = 0;
     let mut last_len = None;
+    // Connected again whenever a call fails: the daemon may have restarted meanwhile.
+    let mut client: Option<Client> = None;
     loop {
         // Looked at before reading: everything was written before the marker appeared.
         let done = ended.exists();
@@ -216,7 +256,7 @@ fn follow(
             Err(_) if !current.parent().is_some_and(Path::exists) => return Ok(()),
             Err(_) => {}
         }
-        if done {
+        if done || stop() {
             return Ok(());
         }
         if Instant::now() >= next_status {
@@ -224,7 +264,14 @@ fn follow(
             let len = cur.file.metadata().map(|m| (m.ino(), m.len())).ok();
             let grew = len != last_len;
             last_len = len;
-            match container(client, ns, id) {
+            if client.is_none() {
+                client = Client::connect(socket).ok();
+            }
+            let Some(c) = client.as_ref() else {
+                std::thread::sleep(POLL);
+                continue;
+            };
+            match container(c, ns, id) {
                 Ok(c) if c.status == "EXITED" && !grew => {
                     quiet_exited += 1;
                     if quiet_exited >= 3 {
@@ -233,7 +280,7 @@ fn follow(
                 }
                 Ok(_) => quiet_exited = 0,
                 Err(Error::Remote(m)) if m.contains("not found") => return Ok(()),
-                Err(_) => {}
+                Err(_) => client = None,
             }
         }
         std::thread::sleep(POLL);

@@ -5,6 +5,7 @@
 
 mod archive;
 mod attach;
+mod attach_cmd;
 mod bounded;
 mod bundle;
 mod checkpoint;
@@ -19,6 +20,7 @@ mod dedup;
 mod error;
 mod event_server;
 mod events;
+mod fifo_logger;
 mod filter;
 mod journal;
 mod launcher;
@@ -78,6 +80,7 @@ fn main() {
         Command::Delete(d) => commands::delete(socket, ns, d),
         Command::Events(e) => commands::events(socket, cli.namespace.as_deref(), e),
         Command::Logs(l) => logs::logs(socket, ns, l),
+        Command::Attach(a) => attach_cmd::attach(socket, ns, a),
         Command::Checkpoint(a) => cpcli::checkpoint(socket, ns, a),
         Command::Restore(a) => cpcli::restore(socket, ns, a),
     };

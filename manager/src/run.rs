@@ -71,6 +71,7 @@ fn create_request(
         id: a.id.clone(),
         runtime: a.runtime.clone(),
         spec: spec_json(ns, a)?,
+        open_stdin: a.interactive && stdio.is_none(),
         stdio: stdio.into(),
         ..Default::default()
     })

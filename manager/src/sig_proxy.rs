@@ -32,6 +32,9 @@ pub struct Target {
     pub exec_id: String,
     /// Forward SIGWINCH as `ResizePty` (the process has a terminal).
     pub terminal: bool,
+    /// Forward the [`FORWARDED`] signals (`tether attach` to a terminal does not: Ctrl-C is a
+    /// key there, and other signals end the CLI, detaching it).
+    pub signals: bool,
 }
 
 /// The running proxy; [`SignalProxy::stop`] ends it.
@@ -45,7 +48,11 @@ impl SignalProxy {
     /// Installs the handlers. One thread collects signals into a queue; another forwards them,
     /// from [`SignalProxy::started`] on (the queue holds what came before).
     pub fn install(target: Target) -> Result<SignalProxy> {
-        let mut wanted = FORWARDED.to_vec();
+        let mut wanted = if target.signals {
+            FORWARDED.to_vec()
+        } else {
+            Vec::new()
+        };
         if target.terminal {
             wanted.push(SIGWINCH);
         }
@@ -148,5 +155,6 @@ pub fn target(socket: &Path, ns: &str, id: &str, exec_id: &str, terminal: bool) 
         id: id.to_string(),
         exec_id: exec_id.to_string(),
         terminal,
+        signals: true,
     }
 }

@@ -357,11 +357,17 @@ impl Pumps {
 }
 
 impl Pumps {
-    /// Joins a terminal's master to the process's stdin and stdout FIFOs. On failure nothing
-    /// is left open or registered.
-    pub fn open_terminal(&mut self, paths: &StdioPaths, master: &OwnedFd) -> Result<ProcessIo> {
+    /// Joins a terminal's master to the process's stdin and stdout FIFOs (or a `binary://`
+    /// logger's stdout, as containerd's Go shim does). On failure nothing is left open or
+    /// registered.
+    pub fn open_terminal(
+        &mut self,
+        paths: &StdioPaths,
+        master: &OwnedFd,
+        who: &Who,
+    ) -> Result<ProcessIo> {
         let mut io = ProcessIo::default();
-        match self.open_terminal_into(paths, master, &mut io) {
+        match self.open_terminal_into(paths, master, who, &mut io) {
             Ok(()) => Ok(io),
             Err(e) => {
                 self.close(&mut io);
@@ -374,6 +380,7 @@ impl Pumps {
         &mut self,
         paths: &StdioPaths,
         master: &OwnedFd,
+        who: &Who,
         io: &mut ProcessIo,
     ) -> Result<()> {
         let dup = || {
@@ -402,10 +409,18 @@ impl Pumps {
                 })
             }
             Target::File(path) => Some(Sink::File(Rc::new(open_log_file(&path)?))),
-            Target::Binary(_) => {
-                return Err(ShimError::InvalidArgument(
-                    "binary:// logging is not supported with a terminal".into(),
-                ))
+            // The terminal's bytes go to the logger's stdout; its stderr ends at once (the Go
+            // shim's contract too: a terminal has one output).
+            Target::Binary(uri) => {
+                let (o, _stderr, ready) = start_binary_logger(&uri, who)?;
+                io.logger = Some(self.watch_logger(ready)?);
+                let flags = fcntl(&o, FcntlArg::F_GETFL).map_err(ShimError::nix("fcntl"))?;
+                fcntl(
+                    &o,
+                    FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+                )
+                .map_err(ShimError::nix("set the logger's pipe non-blocking"))?;
+                Some(Sink::Pipe(o))
             }
         };
         if let Some(dst) = dst {

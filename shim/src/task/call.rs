@@ -193,12 +193,13 @@ pub(super) fn launched(
     stdio: &StdioPaths,
     pid_file: &Path,
     io: &mut ProcessIo,
+    who: &Who,
 ) -> Result<(Pid, Option<OwnedFd>)> {
     let made = result.and_then(|_| {
         let master = match console {
             Some(socket) => {
                 let master = socket.receive_master()?;
-                *io = pumps.open_terminal(stdio, &master)?;
+                *io = pumps.open_terminal(stdio, &master, who)?;
                 Some(master)
             }
             None => None,
@@ -217,6 +218,11 @@ pub(super) fn who<'a>(namespace: &'a str, id: &'a str, config: &RuntimeConfig) -
     Who {
         namespace,
         id,
-        owner: (config.io_uid != 0 || config.io_gid != 0).then_some((config.io_uid, config.io_gid)),
+        owner: stdio_owner(config),
     }
+}
+
+/// The `IoUid`/`IoGid` owner of a process's stdio, none when both are 0.
+pub(super) fn stdio_owner(config: &RuntimeConfig) -> Option<(u32, u32)> {
+    (config.io_uid != 0 || config.io_gid != 0).then_some((config.io_uid, config.io_gid))
 }

@@ -151,6 +151,7 @@ impl Service {
             &init.stdio,
             &pid_file,
             &mut init.io,
+            &who(&self.namespace, &id, &s.c.runtime.config),
         );
         let (pid, master) = match made {
             Ok(made) => made,

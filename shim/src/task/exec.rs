@@ -2,12 +2,12 @@
 //! run yet); its `Start` runs `runc exec` with the process's stdio, and when that exits the
 //! exec runs with the pid from its pid file and `TaskExecStarted` is published.
 
-use super::call::{launch, launched, who, Then};
+use super::call::{launch, launched, stdio_owner, who, Then};
 use super::{encode, find, Ctx, Flow, Service};
 use crate::console::ConsoleSocket;
 use crate::error::{Result, ShimError};
 use crate::process::Process;
-use crate::stdio::{ProcessIo, StdioPaths};
+use crate::stdio::{ProcessIo, StdioPaths, Who};
 use std::path::{Path, PathBuf};
 use tether_protocol::api::events::{TaskExecAdded, TaskExecStarted};
 use tether_protocol::api::task::{ExecProcessRequest, StartRequest, StartResponse};
@@ -124,6 +124,11 @@ impl Service {
         mut s: StartingExec,
         result: Result<String>,
     ) -> Result<Vec<u8>> {
+        // The container may be gone (deleted meanwhile): then its stdio has no owner to set.
+        let owner = self
+            .container(&s.id)
+            .map(|c| stdio_owner(&c.runtime.config))
+            .unwrap_or(None);
         let made = launched(
             &mut self.pumps,
             result,
@@ -131,6 +136,11 @@ impl Service {
             &s.stdio,
             &s.pid_file,
             &mut s.io,
+            &Who {
+                namespace: &self.namespace,
+                id: &s.id,
+                owner,
+            },
         );
         let _ = std::fs::remove_file(&s.pid_file);
         let (pid, master) = made?;

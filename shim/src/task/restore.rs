@@ -57,6 +57,7 @@ impl Service {
             &init.stdio,
             &pid_file,
             &mut init.io,
+            &who(&self.namespace, id, &c.runtime.config),
         )?;
         init.console = master;
         init.pid = Some(pid);
