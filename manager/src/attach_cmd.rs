@@ -8,7 +8,7 @@
 //! default `--sig-proxy`) unless `--sig-proxy=false`, where it ends the CLI; with a terminal
 //! Ctrl-C is a key, and Ctrl-P Ctrl-Q detaches (docker's detach keys) when stdin is attached.
 
-use crate::attach::{terminal_size, RawMode};
+use crate::attach::RawMode;
 use crate::cli::AttachArgs;
 use crate::client::{Client, CALL_TIMEOUT};
 use crate::error::{Error, Result};
@@ -16,7 +16,6 @@ use crate::logs::{self, Lines, Printer};
 use crate::sig_proxy::{self, SignalProxy};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,9 +68,7 @@ pub fn attach(socket: &Path, ns: &str, a: &AttachArgs) -> Result<i32> {
     } else {
         None
     };
-    if terminal {
-        resize(&client, ns, &a.id);
-    }
+    // With a terminal the proxy's thread has sent the first size (in order with SIGWINCHes).
     if let Some(f) = stdin {
         let d = detached.clone();
         std::thread::spawn(move || copy_stdin(f, terminal, &d));
@@ -178,19 +175,6 @@ fn scan_detach(input: &[u8], held: &mut bool) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-fn resize(client: &Client, ns: &str, id: &str) {
-    if let Some((width, height)) = terminal_size(std::io::stdout().as_fd()) {
-        let req = api::ResizePtyRequest {
-            namespace: ns.into(),
-            id: id.into(),
-            width,
-            height,
-            ..Default::default()
-        };
-        let _ = client.call(CALL_TIMEOUT, |m, ctx| m.resize_pty(ctx, &req));
-    }
 }
 
 /// The container's exit status, from a daemon that may be restarting meanwhile.
