@@ -403,8 +403,8 @@ fn panel(s: &mut String, p: &Panel, ox: f64, oy: f64) {
         (u, true) => format!("{} ({u}, log)", p.title),
     };
     // Long titles are cut to the panel's width (the report's tables carry them whole).
-    let mut heading: String = text(&heading).chars().take(72).collect();
-    if heading.chars().count() == 72 {
+    let mut heading: String = text(&heading).chars().take(64).collect();
+    if heading.chars().count() == 64 {
         heading.push('…');
     }
     let _ = writeln!(

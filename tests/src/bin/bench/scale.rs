@@ -985,6 +985,32 @@ fn growth(pts: &[Point], i: usize) -> String {
     )
 }
 
+/// What one dead (or stopped) shim adds to a restart at the largest N: the restart with them
+/// minus the all-live one, over their number.
+fn per_shim(series: &Measured, i: usize) -> Option<String> {
+    let (what, count): (&str, fn(usize) -> usize) = match i {
+        F_RESTART_DEAD => ("dead", |n| n * DEAD_PERCENT / 100),
+        F_RESTART_STOPPED => ("stopped", |_| STOPPED),
+        _ => return None,
+    };
+    let parts: Vec<String> = series
+        .iter()
+        .filter_map(|(label, pts)| {
+            let p = pts.last()?;
+            let k = count(p.n).max(1) as f64;
+            let ms = (p.v[i] - p.v[F_RESTART]) / k;
+            ms.is_finite()
+                .then(|| format!("{label} {ms:.0} ms at N = {}", p.n))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| {
+        format!(
+            "What each {what} shim adds to the restart: {}.",
+            parts.join("; ")
+        )
+    })
+}
+
 /// Why each figure grows as it does, per stack (the measured shape is printed beside it).
 const WHY: &[&str] = &[
     "Every shim is a process: the total grows with N for each stack, at the per-shim rate below.",
@@ -1005,9 +1031,10 @@ const WHY: &[&str] = &[
      other before it serves at all; the tether daemon probes them concurrently.",
     "A dead shim's socket refuses at once; the cost is its clean-up (`shim delete`, which runs \
      `runc delete`), one process per dead shim.",
-    "A stopped shim accepts the connection and never answers: the daemon waits out its timeout \
-     (containerd's shim load timeout, 5 s per shim, one after the other; tether's probe, 5 s, \
-     concurrently).",
+    "A stopped shim accepts the connection and never answers: the daemon waits out a timeout. \
+     containerd waits its 5 s shim-load timeout for each stopped shim, one after the other, \
+     before it serves anything; the tether daemon's wait does not add up per shim (its probes \
+     time out together), and is the same at every N.",
     "What a daemon does with a shim that did not answer in time: it declares it dead and runs \
      its `delete`, which kills the container; the count here is how many survived.",
     "And the stopped shim itself: once continued, does anything end it? A count of 5 means the \
@@ -1083,6 +1110,9 @@ fn render(a: &Args, series: &Measured, notes: &[String], took: Duration) -> Stri
         let _ = writeln!(s, "\n{}", WHY[i]);
         for (label, pts) in series {
             let _ = writeln!(s, "- {label}: {}", growth(pts, i));
+        }
+        if let Some(line) = per_shim(series, i) {
+            let _ = writeln!(s, "\n{line}");
         }
         let _ = writeln!(s);
     }
