@@ -19,6 +19,8 @@
 // A directory without main.rs: not a binary of its own.
 #[path = "bench/chart.rs"]
 mod chart;
+#[path = "bench/clock.rs"]
+mod clock;
 #[path = "bench/responsive.rs"]
 mod responsive;
 #[path = "bench/scale.rs"]
@@ -27,7 +29,7 @@ mod scale;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tether_protocol::task_service::TaskCaller;
 use tether_tests::{
     busybox_rootfs, procs, unique_id, wait_until, Containerd, Ctr, Options, RUNC_RUNTIME,
@@ -147,39 +149,6 @@ fn cpu_seconds(pid: i32) -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
-}
-
-/// Seconds since the epoch of an RFC 3339 UTC timestamp (`2026-11-23T16:16:01.941198448Z`).
-fn parse_rfc3339(s: &str) -> Option<f64> {
-    let s = s.trim_end_matches('Z');
-    let (date, time) = s.split_once('T')?;
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let (y, m, day) = (d[0], d[1], d[2]);
-    // Days from civil (proleptic Gregorian), Howard Hinnant's algorithm.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let frac: f64 = format!("0.{frac}").parse().ok()?;
-    Some((days * 86400 + t[0] * 3600 + t[1] * 60 + t[2]) as f64 + frac)
-}
-
-fn now_epoch() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 #[derive(Default)]
@@ -312,7 +281,7 @@ fn bench_runtime(cd: &Containerd, ctr: &Ctr, runtime: &str, a: &Args) -> Figures
 
     // Exit latency: the container prints its clock just before it exits.
     let events = ctr.events();
-    let anchor = (Instant::now(), now_epoch());
+    let anchor = (Instant::now(), clock::now_epoch());
     let mut reaped = Vec::new();
     let mut seen = Vec::new();
     for _ in 0..a.runs {
@@ -329,7 +298,7 @@ fn bench_runtime(cd: &Containerd, ctr: &Ctr, runtime: &str, a: &Args) -> Figures
         let ev = events.wait_for_topic(&id, "/tasks/exit", Duration::from_secs(10));
         let exited_at = ev
             .json()
-            .and_then(|j| j.get("exited_at")?.as_str().and_then(parse_rfc3339));
+            .and_then(|j| j.get("exited_at")?.as_str().and_then(clock::parse_rfc3339));
         if let Some(at) = exited_at {
             reaped.push((at - printed) * 1000.0);
         }

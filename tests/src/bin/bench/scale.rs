@@ -585,7 +585,7 @@ impl Stack {
             .collect();
         let exits = self.exits();
         // Instants to the wall clock, for the events' `exited_at`.
-        let anchor = (Instant::now(), super::now_epoch());
+        let anchor = (Instant::now(), super::clock::now_epoch());
         let mut killed = Vec::new();
         for (id, pid) in &pids {
             killed.push((id.clone(), Instant::now()));
@@ -716,9 +716,11 @@ impl Exits {
                 .into_iter()
                 .filter(|e| e.topic == "/tasks/exit")
                 .filter_map(|e| {
-                    let at = e
-                        .json()
-                        .and_then(|j| j.get("exited_at")?.as_str().and_then(super::parse_rfc3339));
+                    let at = e.json().and_then(|j| {
+                        j.get("exited_at")?
+                            .as_str()
+                            .and_then(super::clock::parse_rfc3339)
+                    });
                     Some(Exit {
                         id: e.container_id()?,
                         received: e.received,
