@@ -7,6 +7,8 @@
 #   make install  installs the binaries into $(PREFIX)/bin
 #   make bench    benchmarks against containerd-shim-runc-v2, written to BENCHMARKS.md, with a
 #                 chart of the figures in BENCHMARKS.svg
+#   make bench-scale  how each cost grows with N = 100..1,000 idle containers, both shims and the
+#                 manager: BENCHMARKS-scale.md and BENCHMARKS-scale.svg (BENCHMARKS.md links it)
 
 PREFIX ?= /usr/local
 CARGO ?= cargo
@@ -24,7 +26,7 @@ MATRIX_TESTS ?= --test harness --test 'shim_*'
 test-containerd-1.7: MATRIX_TESTS += --test cri
 test-containerd-2: MATRIX_TESTS += --test cri
 
-.PHONY: all build deps containerd-versions criu test test-system lint run install bench clean
+.PHONY: all build deps containerd-versions criu test test-system lint run install bench bench-scale clean
 
 all: build
 
@@ -77,6 +79,11 @@ install: build
 
 bench: deps build
 	./target/release/bench --out BENCHMARKS.md
+
+# SCALE_N=20,50 for a quick run; stops (saying why) when memory, pids or the time budget run short.
+SCALE_N ?= 100,250,500,1000
+bench-scale: deps build
+	./target/release/bench --scale --scale-n $(SCALE_N) --out BENCHMARKS-scale.md
 
 clean:
 	$(CARGO) clean
