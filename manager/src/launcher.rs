@@ -174,6 +174,63 @@ impl ShimCommand {
         Ok(normalize_address(&text))
     }
 
+    /// SIGKILLs the serving shim of this container if a process of it is still there: one that
+    /// did not answer (stopped, or stuck) is declared dead and its container cleaned up by the
+    /// `delete` action; left alive, it would serve a container that no longer exists once it
+    /// runs again (measured: every SIGSTOPped shim lived on after SIGCONT, under containerd too).
+    /// The shim is the process started with this `-namespace` and `-id`, working in the bundle.
+    /// Returns the pids killed.
+    pub fn kill_lingering(&self) -> Vec<i32> {
+        let me = std::process::id() as i32;
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut killed = Vec::new();
+        for pid in dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        {
+            if pid == me || !self.is_shim_process(pid) {
+                continue;
+            }
+            if nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok()
+            {
+                log::warn!(
+                    "container {}/{}: killed its unresponsive shim (pid {pid})",
+                    self.namespace,
+                    self.id
+                );
+                killed.push(pid);
+            }
+        }
+        killed
+    }
+
+    fn is_shim_process(&self, pid: i32) -> bool {
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"));
+        if !cwd.is_ok_and(|c| c == self.bundle) {
+            return false;
+        }
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+        let flag = |name: &str, value: &str| {
+            args.windows(2)
+                .any(|w| w[0] == name.as_bytes() && w[1] == value.as_bytes())
+        };
+        // Not the short-lived `start` or `delete` actions: the serving shim.
+        let action = |a: &str| args.iter().any(|x| *x == a.as_bytes());
+        flag("-namespace", &self.namespace)
+            && flag("-id", &self.id)
+            && !action("delete")
+            && !action("start")
+    }
+
     /// Runs the shim's `delete` action (cleanup after a dead shim) and parses its answer. It
     /// runs the OCI runtime, which can hang: past [`delete_timeout`] its process group is killed
     /// and the action reported as timed out.

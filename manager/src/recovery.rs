@@ -281,6 +281,8 @@ fn recover_one(containers: &Arc<Containers>, key: Key, record: ContainerRecord) 
             }
         }
         None => {
+            // A shim that is there but did not answer is not left to wake up later.
+            command.kill_lingering();
             // Its leftovers (mounts, runtime state) go with the delete action in any case.
             let deleted = command.delete();
             if let Some(socket) = shim_address(&dir)

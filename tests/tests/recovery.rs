@@ -457,6 +457,62 @@ fn shim_and_daemon_killed_together_with_containerds_go_shim() {
     shim_and_daemon_killed(RUNC_RUNTIME);
 }
 
+/// A shim that is there but does not answer (SIGSTOPped) while the daemon restarts is declared
+/// dead after the probe's deadline: the daemon kills it (found by its `-namespace`/`-id` and its
+/// bundle as working directory), its delete action cleans up, and the exit is reported. Once
+/// continued, no shim lives on to serve a container that no longer exists.
+fn stopped_shim_at_restart(runtime: &str) {
+    procs::become_subreaper();
+    let mut d = Daemon::start();
+    let ns = unique_id("ns");
+    let id = unique_id("c");
+    let out = d.ok(&[
+        "--namespace",
+        &ns,
+        "run",
+        "-d",
+        "--runtime",
+        runtime,
+        "--rootfs",
+        &rootfs(),
+        &id,
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let pid: i32 = out.stdout.trim().parse().expect("pid");
+    let shim = shim_of(&d, &id).expect("the container's shim");
+    let sockets = shim_sockets(&d, &ns);
+    d.kill9();
+    procs::signal(shim, libc::SIGSTOP);
+    procs::reap_orphans();
+    d.restart();
+    let v = state_json(&d.socket(), &ns, &id).expect("state");
+    assert_eq!(v["status"], "EXITED", "{v}\n{}", d.log());
+    assert_eq!(v["exit_status"], 137, "{v}");
+    // SIGCONT: a shim merely stopped would run on now; a killed one is gone.
+    procs::signal(shim, libc::SIGCONT);
+    let left = procs::wait_gone(&[shim, pid], T);
+    procs::reap_orphans();
+    assert!(
+        left.is_empty(),
+        "still alive after the restart declared them dead: {left:?}\n{}",
+        d.log()
+    );
+    d.ok(&["--namespace", &ns, "delete", &id]);
+    assert_no_leftovers(&d, &ns, sockets);
+}
+
+#[test]
+fn stopped_shim_is_killed_at_restart_with_our_shim() {
+    stopped_shim_at_restart(TETHER_RUNTIME);
+}
+
+#[test]
+fn stopped_shim_is_killed_at_restart_with_containerds_go_shim() {
+    stopped_shim_at_restart(RUNC_RUNTIME);
+}
+
 /// A killed shim is reported at once (its pidfd), cleaned up, and the daemon serves on; its
 /// threads do not grow with the containers it watches.
 #[test]
