@@ -224,7 +224,7 @@ impl ShimCommand {
                 .any(|w| w[0] == name.as_bytes() && w[1] == value.as_bytes())
         };
         // Not the short-lived `start` or `delete` actions: the serving shim.
-        let action = |a: &str| args.iter().any(|x| *x == a.as_bytes());
+        let action = |a: &str| args.contains(&a.as_bytes());
         flag("-namespace", &self.namespace)
             && flag("-id", &self.id)
             && !action("delete")
