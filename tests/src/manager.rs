@@ -178,6 +178,30 @@ impl Daemon {
         out
     }
 
+    /// `tether -n NS run -d --runtime R --rootfs <busybox> ID -- CMD...`: a detached container
+    /// on the shared busybox rootfs; its init's pid. Fails the test unless it starts.
+    pub fn run_detached(&self, ns: &str, runtime: &str, id: &str, cmd: &[&str]) -> i32 {
+        let rootfs = crate::busybox_rootfs().display().to_string();
+        let mut args = vec![
+            "--namespace",
+            ns,
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            "--rootfs",
+            &rootfs,
+            id,
+            "--",
+        ];
+        args.extend_from_slice(cmd);
+        let out = self.ok(&args);
+        out.stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("`tether run -d` printed no pid ({e}): {out}"))
+    }
+
     /// Shim processes this daemon launched (their `-address` is its socket).
     pub fn shim_pids(&self) -> Vec<i32> {
         procs::shim_pids(&self.socket().display().to_string())

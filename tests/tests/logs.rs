@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 use tether_tests::manager::{Daemon, RUNC_RUNTIME, TETHER_RUNTIME};
-use tether_tests::{busybox_rootfs, cmd, unique_id, wait_until};
+use tether_tests::{cmd, unique_id, wait_until};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -29,22 +29,7 @@ fn lines(from: u32, to: u32) -> String {
 /// Runs `script` detached in a new container; its (namespace, id).
 fn run_detached(d: &Daemon, runtime: &str, script: &str) -> (String, String) {
     let (ns, id) = (unique_id("ns"), unique_id("c"));
-    let rootfs = busybox_rootfs().display().to_string();
-    d.ok(&[
-        "--namespace",
-        &ns,
-        "run",
-        "-d",
-        "--runtime",
-        runtime,
-        "--rootfs",
-        &rootfs,
-        &id,
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]);
+    d.run_detached(&ns, runtime, &id, &["sh", "-c", script]);
     (ns, id)
 }
 

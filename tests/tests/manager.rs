@@ -95,21 +95,7 @@ fn container_life_cycle(runtime: &str) {
 
     // A detached container: ps, state, exec, pause/resume, stats, kill, wait, delete.
     let id = unique_id("c");
-    let out = d.ok(&[
-        "--namespace",
-        &ns,
-        "run",
-        "-d",
-        "--runtime",
-        runtime,
-        "--rootfs",
-        &rootfs,
-        &id,
-        "--",
-        "sleep",
-        "300",
-    ]);
-    let pid: u32 = out.stdout.trim().parse().expect("run -d prints the pid");
+    let pid = d.run_detached(&ns, runtime, &id, &["sleep", "300"]) as u32;
     assert!(pid > 0);
     let row = ps_row(&d, &ns, &id).expect("listed");
     assert_eq!(row["status"], "RUNNING");

@@ -14,22 +14,7 @@ fn state(d: &Daemon, ns: &str, id: &str) -> Value {
 }
 
 fn run_detached(d: &Daemon, runtime: &str, ns: &str, id: &str) -> u32 {
-    let rootfs = busybox_rootfs().display().to_string();
-    let out = d.ok(&[
-        "--namespace",
-        ns,
-        "run",
-        "-d",
-        "--runtime",
-        runtime,
-        "--rootfs",
-        &rootfs,
-        id,
-        "--",
-        "sleep",
-        "300",
-    ]);
-    out.stdout.trim().parse().expect("run -d prints the pid")
+    d.run_detached(ns, runtime, id, &["sleep", "300"]) as u32
 }
 
 /// containerd's runc root for `ns` holds nothing (runc would have created the directory).

@@ -407,21 +407,7 @@ fn shim_and_daemon_killed(runtime: &str) {
     let mut d = Daemon::start();
     let ns = unique_id("ns");
     let id = unique_id("c");
-    let out = d.ok(&[
-        "--namespace",
-        &ns,
-        "run",
-        "-d",
-        "--runtime",
-        runtime,
-        "--rootfs",
-        &rootfs(),
-        &id,
-        "--",
-        "sleep",
-        "300",
-    ]);
-    let pid: i32 = out.stdout.trim().parse().expect("pid");
+    let pid = d.run_detached(&ns, runtime, &id, &["sleep", "300"]);
     let shims = d.shim_pids();
     assert_eq!(shims.len(), 1, "{shims:?}");
     let sockets = shim_sockets(&d, &ns);
@@ -466,21 +452,7 @@ fn stopped_shim_at_restart(runtime: &str) {
     let mut d = Daemon::start();
     let ns = unique_id("ns");
     let id = unique_id("c");
-    let out = d.ok(&[
-        "--namespace",
-        &ns,
-        "run",
-        "-d",
-        "--runtime",
-        runtime,
-        "--rootfs",
-        &rootfs(),
-        &id,
-        "--",
-        "sleep",
-        "300",
-    ]);
-    let pid: i32 = out.stdout.trim().parse().expect("pid");
+    let pid = d.run_detached(&ns, runtime, &id, &["sleep", "300"]);
     let shim = shim_of(&d, &id).expect("the container's shim");
     let sockets = shim_sockets(&d, &ns);
     d.kill9();

@@ -34,6 +34,17 @@ fn sleeper(ctr: &Ctr, id: &str, flags: &[&str]) {
     run.args(&["/bin/sleep", "1000"]).success();
 }
 
+/// SIGKILLs the task through containerd, waits until it stopped, checks its status (137) and
+/// deletes task and container.
+fn kill_and_delete(ctr: &Ctr, id: &str) {
+    assert!(ctr.task_kill(id, "SIGKILL").success());
+    assert!(tether_tests::wait_until(T, || ctr
+        .task(id)
+        .is_some_and(|t| t.status == "STOPPED")));
+    assert_eq!(ctr.task_delete_status(id), 137);
+    assert!(ctr.container_delete(id).success());
+}
+
 /// The shim still answers, and containerd and the shim agree the task runs with its pid.
 fn assert_still_running(shim: &TaskCaller, ctr: &Ctr, id: &str) {
     let state: StateResponse = shim
@@ -251,12 +262,7 @@ fn restore_from_an_unusable_image_fails_at_start_and_the_shim_serves_on() {
         .expect("Delete of a container never restored");
     assert_still_running(&shim, &ctr, &first);
     drop(shim);
-    assert!(ctr.task_kill(&first, "SIGKILL").success());
-    assert!(tether_tests::wait_until(T, || ctr
-        .task(&first)
-        .is_some_and(|t| t.status == "STOPPED")));
-    assert_eq!(ctr.task_delete_status(&first), 137);
-    assert!(ctr.container_delete(&first).success());
+    kill_and_delete(&ctr, &first);
     finish(cd, &[&first, &id]);
 }
 
@@ -375,12 +381,7 @@ fn checkpoint_then_restore_counts_on_where_it_stopped() {
     end(&b);
     assert_still_running(&shim, &ctr, &first);
     drop(shim);
-    assert!(ctr.task_kill(&first, "SIGKILL").success());
-    assert!(tether_tests::wait_until(T, || ctr
-        .task(&first)
-        .is_some_and(|t| t.status == "STOPPED")));
-    assert_eq!(ctr.task_delete_status(&first), 137);
-    assert!(ctr.container_delete(&first).success());
+    kill_and_delete(&ctr, &first);
     finish(cd, &[&first, &a, &b]);
 }
 
@@ -490,12 +491,7 @@ fn ctr_container_checkpoint_and_restore_count_on() {
     let shim = shim_client(&cd, &ns, &first);
     assert_still_running(&shim, &ctr, &first);
     drop(shim);
-    assert!(ctr.task_kill(&first, "SIGKILL").success());
-    assert!(tether_tests::wait_until(T, || ctr
-        .task(&first)
-        .is_some_and(|t| t.status == "STOPPED")));
-    assert_eq!(ctr.task_delete_status(&first), 137);
-    assert!(ctr.container_delete(&first).success());
+    kill_and_delete(&ctr, &first);
 
     let second = unique_id("c");
     let out = ctr.call(&[
@@ -528,11 +524,6 @@ fn ctr_container_checkpoint_and_restore_count_on() {
         seen, expected,
         "one run of numbers from 0: the rw layer came back and the count went on from it"
     );
-    assert!(ctr.task_kill(&second, "SIGKILL").success());
-    assert!(tether_tests::wait_until(T, || ctr
-        .task(&second)
-        .is_some_and(|t| t.status == "STOPPED")));
-    assert_eq!(ctr.task_delete_status(&second), 137);
-    assert!(ctr.container_delete(&second).success());
+    kill_and_delete(&ctr, &second);
     finish(cd, &[&first, &second]);
 }
