@@ -75,6 +75,7 @@ pub mod manager;
 pub mod mounts;
 pub mod pause;
 pub mod procs;
+pub mod pty;
 pub mod rawttrpc;
 pub mod registry;
 pub mod rootfs;

@@ -11,6 +11,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 use tether_tests::manager::{Daemon, RUNC_RUNTIME, TETHER_RUNTIME};
+use tether_tests::pty::set_size;
 use tether_tests::{busybox_rootfs, cmd, tether_binary, unique_id, wait_until};
 
 const T: Duration = Duration::from_secs(30);
@@ -389,18 +390,6 @@ fn terminal_output_is_logged_and_attached_with_our_shim() {
 #[test]
 fn terminal_output_is_logged_and_attached_with_containerds_go_shim() {
     terminal_output_is_logged_and_attached(RUNC_RUNTIME);
-}
-
-fn set_size(fd: &impl std::os::fd::AsRawFd, rows: u16, cols: u16) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads the winsize we pass.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-    assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
 }
 
 /// Attached from a terminal to a `-d -t` container: the container's terminal takes our size

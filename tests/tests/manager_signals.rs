@@ -8,6 +8,7 @@ use std::sync::mpsc::channel;
 use std::thread;
 use std::time::{Duration, Instant};
 use tether_tests::manager::{Daemon, RUNC_RUNTIME, TETHER_RUNTIME};
+use tether_tests::pty::set_size;
 use tether_tests::{busybox_rootfs, cmd, procs, unique_id};
 
 const T: Duration = Duration::from_secs(30);
@@ -181,20 +182,6 @@ fn exec_forwards_signals_to_its_process() {
     let v: serde_json::Value = serde_json::from_str(&state.stdout).expect("state json");
     assert_eq!(v["status"], "RUNNING", "the init got none of them: {v}");
     d.ok(&["--namespace", &ns, "delete", "-f", &id]);
-}
-
-/// Sets the terminal size on the pty `fd` (the kernel then signals SIGWINCH to the terminal's
-/// foreground process group: the `tether run` whose controlling terminal it is).
-fn set_size(fd: &impl std::os::fd::AsRawFd, rows: u16, cols: u16) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads the winsize we pass.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-    assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
 }
 
 fn resizes_follow_the_terminal(runtime: &str) {
