@@ -81,6 +81,7 @@ pub mod registry;
 pub mod rootfs;
 pub mod scratch;
 pub mod shim;
+pub mod shimtest;
 pub mod wait;
 
 pub use bins::{bin_dir, binaries, shim_binary, tether_binary, Binaries};

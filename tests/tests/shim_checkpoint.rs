@@ -2,14 +2,12 @@
 //! CRIU's own error reaching the caller with the container left running; and (where CRIU can
 //! dump) a real image.
 
-mod shim2_util;
-
-use shim2_util::{finish, rpc_code, shim_client, T};
 use tether_protocol::api::runc_options::CheckpointOptions;
 use tether_protocol::api::task::{CheckpointTaskRequest, StateRequest, StateResponse};
 use tether_protocol::api::{pack_any, Any, Empty};
 use tether_protocol::task_service::TaskCaller;
 use tether_tests::criu::working_criu;
+use tether_tests::shimtest::{finish, rpc_code, shim_client, T};
 use tether_tests::{busybox_rootfs, unique_id, Containerd, Ctr, TETHER_RUNTIME};
 
 fn checkpoint(id: &str, path: &str, options: Option<Any>) -> CheckpointTaskRequest {

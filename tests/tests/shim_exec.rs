@@ -2,14 +2,12 @@
 //! duplicate exec ids, execs killed when the init exits (their exits published first), and execs
 //! refused once the init has exited.
 
-mod shim2_util;
-
-use shim2_util::{finish, process_spec, rpc_code, shim_client, T};
 use std::time::Duration;
 use tether_protocol::api::task::{
     ExecProcessRequest, StartRequest, StartResponse, StateRequest, StateResponse,
 };
 use tether_protocol::api::Empty;
+use tether_tests::shimtest::{finish, process_spec, rpc_code, shim_client, T};
 use tether_tests::{busybox_rootfs, cmd, procs, unique_id, Containerd, Event, TETHER_RUNTIME};
 
 /// The process id an event is about: `exec_id` for exec-added/started, `id` for exit.
@@ -124,8 +122,8 @@ fn exec_exit_status_stdio_and_events_in_order() {
     }
 
     // ctr deleted each exec when it ended: the shim holds none of their FIFOs any more.
-    let shim = shim2_util::shim_pid(&cd, &id);
-    let held: Vec<String> = shim2_util::open_files(shim)
+    let shim = tether_tests::shimtest::serving_shim_pid(&cd, &id);
+    let held: Vec<String> = tether_tests::shimtest::open_files(shim)
         .into_iter()
         // By file name: the init's FIFOs are `<id>-stdout`, and a random id may end in "e1".
         .filter(|f| {

@@ -30,14 +30,7 @@ fn wait_status(ctr: &Ctr, id: &str, status: &str) {
 }
 
 fn finish(cd: Containerd) {
-    let check = cd.leak_check();
-    let report = cd.shutdown();
-    assert!(report.problems.is_empty(), "{report:#?}");
-    assert!(
-        report.killed.is_empty(),
-        "nothing should have needed killing: {report:#?}"
-    );
-    check.assert_clean();
+    tether_tests::shimtest::finish(cd, &[]);
 }
 
 #[test]

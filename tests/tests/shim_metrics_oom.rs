@@ -1,10 +1,8 @@
 //! Metrics and OOM through our shim: `ctr task metrics` of a running container, and a container
 //! over its memory limit that gets `/tasks/oom` and then exits with 137.
 
-mod shim2_util;
-
-use shim2_util::{finish, T};
 use std::collections::HashMap;
+use tether_tests::shimtest::{finish, T};
 use tether_tests::{
     busybox_rootfs, cgroups, unique_id, wait_until, Containerd, RUNC_RUNTIME, TETHER_RUNTIME,
 };

@@ -1,12 +1,10 @@
 //! Pause and resume through our shim: the task's status, the freezer cgroup, a counter the
 //! container writes that stops and starts again, and the paused/resumed events.
 
-mod shim2_util;
-
-use shim2_util::{finish, rpc_code, shim_client, T};
 use std::time::Duration;
 use tether_protocol::api::task::{PauseRequest, ResumeRequest};
 use tether_protocol::api::Empty;
+use tether_tests::shimtest::{finish, rpc_code, shim_client, T};
 use tether_tests::{busybox_rootfs, cgroups, unique_id, wait_until, Containerd, TETHER_RUNTIME};
 
 /// The counter the container writes (through its root, seen from the host).

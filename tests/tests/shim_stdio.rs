@@ -25,11 +25,7 @@ fn finish(cd: Containerd) {
         "shims still running after `ctr run --rm`: {:?}",
         cd.shim_pids()
     );
-    let check = cd.leak_check();
-    let report = cd.shutdown();
-    assert!(report.problems.is_empty(), "{report:#?}");
-    assert!(report.killed.is_empty(), "{report:#?}");
-    check.assert_clean();
+    tether_tests::shimtest::finish(cd, &[]);
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -2,11 +2,8 @@
 //! test holds (ctr on its slave as controlling terminal, the test on its master), the window
 //! size ctr propagates (at start and on SIGWINCH), and `ResizePty` called directly.
 
-mod shim2_util;
-
 use nix::fcntl::OFlag;
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, PtyMaster, Winsize};
-use shim2_util::{finish, rpc_code, shim_client, T};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -22,6 +19,7 @@ use tether_protocol::api::task::{
     StartResponse, WaitRequest, WaitResponse,
 };
 use tether_protocol::api::Empty;
+use tether_tests::shimtest::{finish, rpc_code, shim_client, T};
 use tether_tests::{busybox_rootfs, cmd, unique_id, Containerd, TETHER_RUNTIME};
 
 nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, Winsize);
@@ -327,7 +325,8 @@ fn exec_with_terminal_on_detached_container() {
         .expect("ResizePty of exec x");
     term.type_text("echo \"DIRECT:$(stty size)\"\n");
     term.wait_for("DIRECT:20 50", T);
-    let shim_files = shim2_util::open_files(shim2_util::shim_pid(&cd, &id));
+    let shim_files =
+        tether_tests::shimtest::open_files(tether_tests::shimtest::serving_shim_pid(&cd, &id));
     assert!(
         shim_files.iter().any(|f| f.contains("ptmx")),
         "the shim holds the exec's pty master: {shim_files:?}"
@@ -360,7 +359,7 @@ fn exec_with_terminal_on_detached_container() {
         id: id.clone(),
         exec_id: "t".into(),
         terminal: true,
-        spec: protobuf::MessageField::some(shim2_util::process_spec(
+        spec: protobuf::MessageField::some(tether_tests::shimtest::process_spec(
             &["/bin/sh", "-c", "test -t 0 && test -t 1 && exit 5; exit 1"],
             false,
         )),
@@ -409,8 +408,8 @@ fn exec_with_terminal_on_detached_container() {
         "the init lives on after its exec"
     );
     // The exec is deleted: the shim holds neither its FIFOs nor its terminal.
-    let shim = shim2_util::shim_pid(&cd, &id);
-    let held: Vec<String> = shim2_util::open_files(shim)
+    let shim = tether_tests::shimtest::serving_shim_pid(&cd, &id);
+    let held: Vec<String> = tether_tests::shimtest::open_files(shim)
         .into_iter()
         .filter(|f| f.contains("x-std") || f.contains("ptmx") || f.starts_with("/dev/pts"))
         .collect();

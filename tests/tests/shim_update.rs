@@ -2,12 +2,10 @@
 //! `task update`), seen in the container's cgroup files; and bad updates refused with the shim
 //! living on.
 
-mod shim2_util;
-
-use shim2_util::{finish, rpc_code, shim_client, T};
 use std::path::Path;
 use tether_protocol::api::task::{StateRequest, StateResponse, UpdateTaskRequest};
 use tether_protocol::api::{Any, Empty};
+use tether_tests::shimtest::{finish, rpc_code, shim_client, T};
 use tether_tests::{busybox_rootfs, cgroups, unique_id, Containerd, TETHER_RUNTIME};
 
 fn cgroup_file(controller: &str, ns: &str, id: &str, file: &str) -> String {

@@ -1,12 +1,10 @@
 //! Helpers shared by the shim feature tests (`shim_exec`, `shim_terminal`, `shim_pause`,
-//! `shim_metrics_oom`, `shim_update`): a raw ttrpc client to one container's shim, and the
-//! end-of-test check that nothing is left.
+//! `shim_metrics_oom`, `shim_update`, `shim_checkpoint`, ...): a raw ttrpc client to one
+//! container's shim, and the end-of-test check that nothing is left.
 
-#![allow(dead_code)]
-
+use crate::{procs, Containerd};
 use std::time::Duration;
 use tether_protocol::task_service::TaskCaller;
-use tether_tests::{procs, Containerd};
 
 /// The deadline of one wait in these tests.
 pub const T: Duration = Duration::from_secs(20);
@@ -29,7 +27,7 @@ pub fn shim_client(cd: &Containerd, ns: &str, id: &str) -> TaskCaller {
 }
 
 /// The long-lived shim process of task `id` (not a `start`/`delete` action).
-pub fn shim_pid(cd: &Containerd, id: &str) -> i32 {
+pub fn serving_shim_pid(cd: &Containerd, id: &str) -> i32 {
     let found: Vec<i32> = cd
         .shim_pids()
         .into_iter()
@@ -63,8 +61,7 @@ pub fn rpc_code<T: std::fmt::Debug>(r: ttrpc::Result<T>, what: &str) -> ttrpc::C
     }
 }
 
-#[allow(unused_imports)]
-pub use tether_tests::rawttrpc::process_spec;
+pub use crate::rawttrpc::process_spec;
 
 /// Stops `cd` and asserts it left nothing behind: no daemon, shim, container or exec process,
 /// mount, cgroup or FIFO (the harness leak check), and no process naming any of `ids` (a `ctr`,
