@@ -304,7 +304,8 @@ impl Server {
 /// The path this shim's binary is installed at (`/proc/self/exe`, without the " (deleted)" a
 /// replaced file shows).
 pub(crate) fn installed_binary() -> Result<PathBuf> {
-    let exe = std::fs::read_link("/proc/self/exe").map_err(ShimError::io("readlink /proc/self/exe"))?;
+    let exe =
+        std::fs::read_link("/proc/self/exe").map_err(ShimError::io("readlink /proc/self/exe"))?;
     let text = exe.to_string_lossy();
     Ok(match text.strip_suffix(" (deleted)") {
         Some(path) => PathBuf::from(path),

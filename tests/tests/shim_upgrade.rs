@@ -140,13 +140,18 @@ impl Setup {
         let (stream, res) = rawttrpc::read_response(&mut wait);
         assert_eq!(stream, 1);
         assert!(
-            res.status.as_ref().is_none_or(|s| s.code() == ttrpc::Code::OK),
+            res.status
+                .as_ref()
+                .is_none_or(|s| s.code() == ttrpc::Code::OK),
             "Wait: {:?}",
             res.status
         );
         let w: WaitResponse =
             protobuf::Message::parse_from_bytes(&res.payload).expect("a WaitResponse");
-        assert_eq!(w.exit_status, 7, "the exit code through a Wait parked before the upgrade");
+        assert_eq!(
+            w.exit_status, 7,
+            "the exit code through a Wait parked before the upgrade"
+        );
         assert_eq!(self.ctr.task_delete_status(&self.id), 7);
         assert_eq!(
             self.output(),
@@ -157,7 +162,10 @@ impl Setup {
         let check = self.cd.leak_check();
         let report = self.cd.shutdown();
         assert!(report.problems.is_empty(), "{report:#?}");
-        assert!(report.killed.is_empty(), "nothing needed killing: {report:#?}");
+        assert!(
+            report.killed.is_empty(),
+            "nothing needed killing: {report:#?}"
+        );
         check.assert_clean();
     }
 }
@@ -185,6 +193,10 @@ fn a_running_containers_shim_moves_to_the_new_binary_in_place() {
     let r = s
         .upgrade()
         .unwrap_or_else(|e| panic!("upgrade refused: {e:?}\n{}", s.cd.log_excerpt()));
+    eprintln!(
+        "upgrade {} -> {} took {} µs (the check included)",
+        r.old_version, r.new_version, r.took_micros
+    );
     assert_eq!(r.pid as i32, pid, "{r:?}");
     assert_eq!(r.binary, s.binary().display().to_string());
     assert_eq!(s.shim_pid(), pid, "the same shim process serves");
@@ -206,9 +218,15 @@ fn a_binary_that_cannot_take_over_is_refused_and_the_old_code_serves_on() {
     let real = std::fs::read(s.binary()).expect("read the installed binary");
     s.install(b"#!/bin/sh\necho 'not a shim' >&2\nexit 1\n");
 
-    let e = s.upgrade().expect_err("a binary that exits 1 cannot take over");
+    let e = s
+        .upgrade()
+        .expect_err("a binary that exits 1 cannot take over");
     let status = rawttrpc::rpc_status("upgrade to a broken binary", Err::<(), _>(e));
-    assert_eq!(status.code(), ttrpc::Code::FAILED_PRECONDITION, "{status:?}");
+    assert_eq!(
+        status.code(),
+        ttrpc::Code::FAILED_PRECONDITION,
+        "{status:?}"
+    );
     assert!(status.message().contains("cannot take over"), "{status:?}");
     assert_eq!(s.shim_pid(), pid);
     assert_eq!(exe_inode(pid), old, "the old image serves on");
@@ -238,8 +256,15 @@ fn a_new_image_that_fails_after_execve_goes_back_to_the_old_binary() {
 
     let e = s.upgrade().expect_err("the new image fails after execve");
     let status = rawttrpc::rpc_status("upgrade that fails after execve", Err::<(), _>(e));
-    assert_eq!(status.code(), ttrpc::Code::FAILED_PRECONDITION, "{status:?}");
-    assert!(status.message().contains("failed after execve"), "{status:?}");
+    assert_eq!(
+        status.code(),
+        ttrpc::Code::FAILED_PRECONDITION,
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("failed after execve"),
+        "{status:?}"
+    );
     assert_eq!(s.shim_pid(), pid);
     assert_eq!(exe_inode(pid), old, "back on the old binary");
     s.assert_running();

@@ -36,16 +36,24 @@ pub struct Check {
 /// An upgrade whose check passed: the loop commits it (`server.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct Ready {
-    pub reply: ReplyTo,
+    /// None once the asker has gone (the upgrade goes on, unanswered).
+    pub reply: Option<ReplyTo>,
     /// CLOCK_MONOTONIC when the request was taken.
     pub requested_at: u64,
 }
 
 impl Ready {
-    pub fn reply_record(&self) -> ReplyRecord {
-        ReplyRecord {
-            token: self.reply.token.0,
-            stream_id: self.reply.stream_id,
+    pub fn reply_record(&self) -> Option<ReplyRecord> {
+        self.reply.map(|r| ReplyRecord {
+            token: r.token.0,
+            stream_id: r.stream_id,
+        })
+    }
+
+    /// The asker's connection `token` went away.
+    pub(super) fn forget(&mut self, token: Token) {
+        if self.reply.is_some_and(|r| r.token == token) {
+            self.reply = None;
         }
     }
 }
@@ -86,7 +94,7 @@ impl Service {
                     timed_out: false,
                     binary,
                     ready: Ready {
-                        reply: from,
+                        reply: Some(from),
                         requested_at,
                     },
                 });
@@ -98,30 +106,41 @@ impl Service {
 
     /// Why the shim cannot be handed over now (the caller retries), if it cannot.
     pub fn not_quiescent(&self) -> Option<ShimError> {
-        let why = if let Some(p) = self.calls.values().next() {
-            format!("a runtime call is in flight ({}, pid {})", p.call.what, p.call.pid)
+        self.blocker().map(|why| {
+            ShimError::FailedPrecondition(format!("upgrade refused: {why}; retry later"))
+        })
+    }
+
+    /// Work in flight that the record does not carry.
+    fn blocker(&self) -> Option<String> {
+        if let Some(p) = self.calls.values().next() {
+            Some(format!(
+                "a runtime call is in flight ({}, pid {})",
+                p.call.what, p.call.pid
+            ))
         } else if let Some(id) = self.busy.keys().next() {
-            format!("container {id} has an operation in flight")
+            Some(format!("container {id} has an operation in flight"))
         } else if let Some(id) = self.creating.iter().next() {
-            format!("container {id} is being created")
+            Some(format!("container {id} is being created"))
         } else if !self.unclaimed.is_empty() {
-            format!("{} exits are not yet claimed", self.unclaimed.len())
+            Some(format!(
+                "{} exits are not yet claimed",
+                self.unclaimed.len()
+            ))
         } else if let Some(c) = self
             .containers
             .values()
             .find(|c| c.init_exit_held || c.killing_all || c.starting)
         {
-            format!("container {}: its init's exit is being settled", c.id)
+            Some(format!(
+                "container {}: its init's exit is being settled",
+                c.id
+            ))
         } else if !self.publisher.is_idle() {
-            "events are not yet delivered to containerd".to_string()
-        } else if let Some(why) = self.pumps.busy() {
-            why
+            Some("events are not yet delivered to containerd".to_string())
         } else {
-            return None;
-        };
-        Some(ShimError::FailedPrecondition(format!(
-            "upgrade refused: {why}; retry later"
-        )))
+            self.pumps.busy()
+        }
     }
 
     /// The check's exit, if `e` is it: the upgrade becomes ready, or is answered refused.
@@ -134,12 +153,15 @@ impl Service {
         };
         match upgrade::verdict(&c.binary, e.status, &mut c.out, c.timed_out) {
             Ok(version) => {
-                log::info!("upgrade: {} (version {version}) can take over", c.binary.display());
+                log::info!(
+                    "upgrade: {} (version {version}) can take over",
+                    c.binary.display()
+                );
                 self.upgrade_ready = Some(c.ready);
             }
             Err(why) => {
                 log::warn!("{why}");
-                self.answer(Some(c.ready.reply), Err(why));
+                self.answer(c.ready.reply, Err(why));
             }
         }
         true
@@ -273,8 +295,18 @@ impl Service {
     }
 
     /// Replies owed after a handover, for the loop to send.
-    pub fn answer_upgrade(&mut self, to: ReplyTo, r: Result<Vec<u8>>) {
-        self.answer(Some(to), r);
+    pub fn answer_upgrade(&mut self, to: Option<ReplyTo>, r: Result<Vec<u8>>) {
+        self.answer(to, r);
+    }
+
+    /// A connection went away: an upgrade it asked for is answered to nobody.
+    pub(super) fn forget_upgrade(&mut self, token: Token) {
+        if let Some(c) = self.upgrading.as_mut() {
+            c.ready.forget(token);
+        }
+        if let Some(r) = self.upgrade_ready.as_mut() {
+            r.forget(token);
+        }
     }
 }
 

@@ -229,6 +229,7 @@ impl Service {
             queue.retain(|q| q.from.token != token);
         }
         self.outbox.retain(|(to, _)| to.token != token);
+        self.forget_upgrade(token);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -38,7 +38,8 @@ pub fn set_cloexec(fds: &[RawFd], on: bool) -> Result<()> {
     for &fd in fds {
         // SAFETY: the fd is one the record names, open for the whole call.
         let b = unsafe { BorrowedFd::borrow_raw(fd) };
-        let flags = fcntl(b, FcntlArg::F_GETFD).map_err(ShimError::nix(format!("fd {fd}: F_GETFD")))?;
+        let flags =
+            fcntl(b, FcntlArg::F_GETFD).map_err(ShimError::nix(format!("fd {fd}: F_GETFD")))?;
         let mut flags = FdFlag::from_bits_truncate(flags);
         flags.set(FdFlag::FD_CLOEXEC, on);
         fcntl(b, FcntlArg::F_SETFD(flags)).map_err(ShimError::nix(format!("fd {fd}: F_SETFD")))?;
@@ -97,7 +98,8 @@ pub fn exec_path(binary: &Path, args: &[String]) -> ShimError {
         let path = CString::new(binary.as_os_str().as_bytes())
             .map_err(|_| ShimError::InvalidArgument(format!("{} holds a NUL", binary.display())))?;
         let argv = cstrings(args)?;
-        nix::unistd::execv(&path, &argv).map_err(ShimError::nix(format!("execve {}", binary.display())))
+        nix::unistd::execv(&path, &argv)
+            .map_err(ShimError::nix(format!("execve {}", binary.display())))
     };
     match run() {
         Err(e) => e,
@@ -111,8 +113,9 @@ pub fn exec_fd(exe: RawFd, args: &[String]) -> ShimError {
         let argv = cstrings(args)?;
         // SAFETY: `exe` is the O_PATH fd of the old binary the record names, open here.
         let fd = unsafe { BorrowedFd::borrow_raw(exe) };
-        nix::unistd::execveat(fd, c"", &argv, &environment(), AtFlags::AT_EMPTY_PATH)
-            .map_err(ShimError::nix(format!("execveat the old binary (fd {})", fd.as_raw_fd())))
+        nix::unistd::execveat(fd, c"", &argv, &environment(), AtFlags::AT_EMPTY_PATH).map_err(
+            ShimError::nix(format!("execveat the old binary (fd {})", fd.as_raw_fd())),
+        )
     };
     match run() {
         Err(e) => e,

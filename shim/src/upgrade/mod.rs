@@ -101,3 +101,44 @@ pub fn verdict(binary: &Path, status: u32, out: &mut File, timed_out: bool) -> R
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A check's output as a pipe whose writer has gone (the check exited).
+    fn said(text: &str) -> File {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        File::from(w).write_all(text.as_bytes()).expect("write");
+        File::from(r)
+    }
+
+    #[test]
+    fn the_check_must_exit_0_and_say_ok() {
+        let bin = Path::new("/new/shim");
+        let ok = verdict(bin, 0, &mut said("ok 0.2.0\n"), false).expect("ok");
+        assert_eq!(ok, "0.2.0");
+        for (status, text, timed_out) in [
+            (1, "record version \"1\" unknown", false),
+            (0, "hello", false),
+            (0, "ok", false),
+            (2, "ok 0.2.0", false),
+            (137, "", true),
+        ] {
+            let e = verdict(bin, status, &mut said(text), timed_out)
+                .expect_err(&format!("{status} {text:?} is refused"));
+            assert!(e.to_string().contains("/new/shim cannot take over"), "{e}");
+        }
+    }
+
+    #[test]
+    fn this_binary_reads_its_own_record_version_only() {
+        assert_eq!(
+            answer_check(&record::RECORD_VERSION.to_string()),
+            ExitCode::SUCCESS
+        );
+        assert_eq!(answer_check("999"), ExitCode::FAILURE);
+        assert_eq!(answer_check("x"), ExitCode::FAILURE);
+    }
+}

@@ -18,7 +18,7 @@ pub struct Record {
     pub namespace: String,
     /// Who asked for the upgrade (answered by the image that serves next), and when
     /// (CLOCK_MONOTONIC nanoseconds: the clock survives `execve`).
-    pub reply: ReplyRecord,
+    pub reply: Option<ReplyRecord>,
     pub requested_at: u64,
     /// The old binary, open since its start: the new image falls back to it by `execveat`.
     pub fallback_exe: RawFd,
@@ -105,7 +105,10 @@ pub struct PumpRecord {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SinkRecord {
-    Fifo { w: RawFd, keep: Option<RawFd> },
+    Fifo {
+        w: RawFd,
+        keep: Option<RawFd>,
+    },
     Pipe(RawFd),
     /// Log files shared by stdout and stderr appear twice with the same fd.
     File(RawFd),
@@ -143,5 +146,104 @@ impl Record {
         v.sort_unstable();
         v.dedup();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(console: Option<RawFd>) -> ProcessRecord {
+        ProcessRecord {
+            exec_id: String::new(),
+            pid: Some(42),
+            state: StateRecord::Stopped { status: 7, at: 9 },
+            stdin: String::new(),
+            stdout: "/fifo/out".into(),
+            stderr: String::new(),
+            terminal: console.is_some(),
+            io_stdin: None,
+            io_stdout: Some(1 << 20),
+            io_stderr: None,
+            console,
+        }
+    }
+
+    #[test]
+    fn the_record_names_every_fd_once_and_round_trips() {
+        let r = Record {
+            record_version: RECORD_VERSION,
+            shim_version: "0.1.0".into(),
+            namespace: "ns".into(),
+            reply: Some(ReplyRecord {
+                token: 16,
+                stream_id: 3,
+            }),
+            requested_at: 1,
+            fallback_exe: 5,
+            listener: 3,
+            conns: vec![ConnRecord {
+                token: 16,
+                fd: 7,
+                inbuf: vec![1, 2],
+                outbuf: vec![],
+            }],
+            next_conn: 17,
+            waiters: vec![],
+            containers: vec![ContainerRecord {
+                id: "c".into(),
+                bundle: "/b".into(),
+                runtime: serde_json::from_str(
+                    r#"{"binary":"runc","root":"/r","systemd_cgroup":false}"#,
+                )
+                .expect("a runtime config"),
+                rootfs_mounted: true,
+                kill_all_on_exit: false,
+                restore_from: None,
+                init: process(Some(8)),
+                execs: vec![process(None)],
+            }],
+            pumps: vec![
+                PumpRecord {
+                    token: 1 << 20,
+                    src: 9,
+                    sink: SinkRecord::File(11),
+                    pending: None,
+                },
+                PumpRecord {
+                    token: (1 << 20) + 2,
+                    src: 10,
+                    sink: SinkRecord::File(11),
+                    pending: None,
+                },
+                PumpRecord {
+                    token: (1 << 20) + 4,
+                    src: 12,
+                    sink: SinkRecord::Fifo {
+                        w: 13,
+                        keep: Some(14),
+                    },
+                    pending: Some(b"x".to_vec()),
+                },
+            ],
+            next_pump: (1 << 20) + 6,
+            ooms: vec![OomRecord {
+                token: 1 << 19,
+                container: "c".into(),
+                fd: 15,
+                dir: "/sys/fs/cgroup/x".into(),
+                v2_seen: Some(2),
+            }],
+            next_oom: (1 << 19) + 1,
+        };
+        assert_eq!(r.fds(), vec![3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+        let back: Record =
+            serde_json::from_slice(&serde_json::to_vec(&r).expect("encode")).expect("decode");
+        assert_eq!(back.fds(), r.fds());
+        assert!(matches!(
+            back.containers[0].init.state,
+            StateRecord::Stopped { status: 7, at: 9 }
+        ));
+        assert_eq!(back.pumps[2].pending.as_deref(), Some(&b"x"[..]));
     }
 }

@@ -52,9 +52,9 @@ fn check(record: &Record, flags: &Flags) -> Result<()> {
     }
     for fd in record.fds() {
         // SAFETY: only asks whether the fd is open.
-        fcntl(unsafe { BorrowedFd::borrow_raw(fd) }, FcntlArg::F_GETFD).map_err(
-            ShimError::nix(format!("fd {fd} named by the handover record")),
-        )?;
+        fcntl(unsafe { BorrowedFd::borrow_raw(fd) }, FcntlArg::F_GETFD).map_err(ShimError::nix(
+            format!("fd {fd} named by the handover record"),
+        ))?;
     }
     Ok(())
 }
@@ -99,11 +99,19 @@ fn build(record: Record, flags: &Flags) -> Result<Server> {
         .map_err(ShimError::io("register listener"))?;
     let signals = Signals::catch(&[Signal::SIGTERM, Signal::SIGINT])?;
     registry
-        .register(&mut SourceFd(&signals.fd()), server::SIGNALS, Interest::READABLE)
+        .register(
+            &mut SourceFd(&signals.fd()),
+            server::SIGNALS,
+            Interest::READABLE,
+        )
         .map_err(ShimError::io("register signals"))?;
     let reaper = Reaper::new()?;
     registry
-        .register(&mut SourceFd(&reaper.fd()), server::SIGCHLD, Interest::READABLE)
+        .register(
+            &mut SourceFd(&reaper.fd()),
+            server::SIGCHLD,
+            Interest::READABLE,
+        )
         .map_err(ShimError::io("register SIGCHLD"))?;
     let clone = || registry.try_clone().map_err(ShimError::io("dup epoll fd"));
     let pumps = Pumps::import(clone()?, record.pumps, record.next_pump)?;
@@ -137,10 +145,10 @@ fn build(record: Record, flags: &Flags) -> Result<Server> {
     // The binary we came from: kept open only until we serve.
     // SAFETY: the record names the old image's O_PATH fd of its binary.
     drop(unsafe { OwnedFd::from_raw_fd(record.fallback_exe) });
-    let to = ReplyTo {
-        token: Token(record.reply.token),
-        stream_id: record.reply.stream_id,
-    };
+    let to = record.reply.map(|r| ReplyTo {
+        token: Token(r.token),
+        stream_id: r.stream_id,
+    });
     let answer = match &flags.fallback_reason {
         Some(why) => Err(ShimError::FailedPrecondition(format!(
             "upgrade refused: the new image failed after execve ({why}); the old one serves on"
