@@ -58,9 +58,14 @@ fn main() -> ExitCode {
                     .map_err(error::ShimError::io("write DeleteResponse"))
             })
         }
+        "upgrade" => match upgrade::client::run(&flags) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         "" => serve(&flags),
         other => Err(error::ShimError::InvalidArgument(format!(
-            "unknown action {other:?} (start, delete)"
+            "unknown action {other:?} (start, delete, upgrade)"
         ))),
     };
     match result {

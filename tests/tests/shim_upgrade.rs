@@ -109,6 +109,20 @@ impl Setup {
         Ok(serde_json::from_slice(&bytes).expect("an UpgradeResponse"))
     }
 
+    /// `containerd-shim-tether-v2 -namespace NS -address ADDR -id ID upgrade`, as an operator
+    /// runs it: its exit code and output.
+    fn upgrade_cli(&self) -> tether_tests::CmdOutput {
+        let mut cmd = std::process::Command::new(shim_binary());
+        cmd.arg("-namespace")
+            .arg(self.ctr.namespace())
+            .arg("-address")
+            .arg(self.cd.address())
+            .arg("-id")
+            .arg(&self.id)
+            .arg("upgrade");
+        tether_tests::cmd::run(&mut cmd, None, T)
+    }
+
     /// A `Wait` for the init, sent now and answered later on `conn`.
     fn park_wait(&self) -> UnixStream {
         let mut conn = UnixStream::connect(self.socket()).expect("connect to the shim");
@@ -202,9 +216,16 @@ fn a_running_containers_shim_moves_to_the_new_binary_in_place() {
     assert_eq!(s.shim_pid(), pid, "the same shim process serves");
     assert_eq!(exe_inode(pid), new, "the shim runs the new binary");
     s.assert_running();
-    // A second upgrade from the upgraded image (to the same file) works as well.
-    let again = s.upgrade().expect("a second upgrade");
-    assert_eq!(again.pid as i32, pid);
+    // A second upgrade, from the upgraded image and through the command line, works as well.
+    let out = s.upgrade_cli();
+    assert_eq!(out.code, 0, "{out}");
+    let line = format!("{}: upgraded (0.1.0 -> 0.1.0, ", s.socket().display());
+    assert!(out.stdout.starts_with(&line), "{out}");
+    assert!(
+        out.stdout.trim_end().ends_with(&format!("pid {pid})")),
+        "{out}"
+    );
+    assert_eq!(s.shim_pid(), pid);
     s.assert_running();
     s.finish(wait);
 }
@@ -228,6 +249,14 @@ fn a_binary_that_cannot_take_over_is_refused_and_the_old_code_serves_on() {
         "{status:?}"
     );
     assert!(status.message().contains("cannot take over"), "{status:?}");
+    let out = s.upgrade_cli();
+    assert_eq!(out.code, 1, "a refusal fails the command: {out}");
+    assert!(
+        out.stdout
+            .starts_with(&format!("{}: refused (", s.socket().display()))
+            && out.stdout.contains("cannot take over"),
+        "{out}"
+    );
     assert_eq!(s.shim_pid(), pid);
     assert_eq!(exe_inode(pid), old, "the old image serves on");
     s.assert_running();

@@ -5,6 +5,7 @@
 //! `record.rs`; the memfd and the `exec`s are `exec.rs`. The service's side (is the shim
 //! quiescent, what goes in the record) is `task/handover.rs`; the loop's is `server.rs`.
 
+pub mod client;
 pub mod exec;
 mod handover;
 pub mod record;
