@@ -35,6 +35,11 @@ struct Setup {
 
 impl Setup {
     fn start() -> Setup {
+        Self::start_with(SCRIPT, "before-upgrade")
+    }
+
+    /// A container running `script`, once its output shows `first`.
+    fn start_with(script: &str, first: &str) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir for the shim binary");
         std::fs::copy(shim_binary(), dir.path().join(SHIM_NAME)).expect("copy the shim binary");
         let cd = Containerd::start_with(Options {
@@ -52,7 +57,7 @@ impl Setup {
             .flag("--log-uri")
             .flag(&uri)
             .detach()
-            .args(&["/bin/sh", "-c", SCRIPT])
+            .args(&["/bin/sh", "-c", script])
             .success();
         let s = Setup {
             cd,
@@ -62,7 +67,7 @@ impl Setup {
             log,
         };
         assert!(
-            wait_until(T, || s.output().contains("before-upgrade")),
+            wait_until(T, || s.output().contains(first)),
             "the container's first line never came: {:?}\n{}",
             s.output(),
             s.cd.log_excerpt()
@@ -149,7 +154,18 @@ impl Setup {
 
     /// SIGTERM, the parked `Wait` answered 7, the second line once, then delete: all after
     /// the upgrade, and nothing left behind.
-    fn finish(self, mut wait: UnixStream) {
+    fn finish(self, wait: UnixStream) {
+        self.finish_with(wait, 7, |out| {
+            assert_eq!(
+                out, "before-upgrade\nafter-upgrade\n",
+                "each line once, in order"
+            )
+        });
+    }
+
+    /// SIGTERM; the parked `Wait` and `ctr task delete` say `status`; the whole output then
+    /// passes `check`; the container is deleted and nothing is left behind.
+    fn finish_with(self, mut wait: UnixStream, status: u32, check: impl FnOnce(&str)) {
         self.ctr.task_kill(&self.id, "SIGTERM");
         let (stream, res) = rawttrpc::read_response(&mut wait);
         assert_eq!(stream, 1);
@@ -163,15 +179,11 @@ impl Setup {
         let w: WaitResponse =
             protobuf::Message::parse_from_bytes(&res.payload).expect("a WaitResponse");
         assert_eq!(
-            w.exit_status, 7,
+            w.exit_status, status,
             "the exit code through a Wait parked before the upgrade"
         );
-        assert_eq!(self.ctr.task_delete_status(&self.id), 7);
-        assert_eq!(
-            self.output(),
-            "before-upgrade\nafter-upgrade\n",
-            "each line once, in order"
-        );
+        assert_eq!(self.ctr.task_delete_status(&self.id), status);
+        check(&self.output());
         self.ctr.container_delete(&self.id);
         let check = self.cd.leak_check();
         let report = self.cd.shutdown();
@@ -299,4 +311,37 @@ fn a_new_image_that_fails_after_execve_goes_back_to_the_old_binary() {
     s.assert_running();
     s.install(&std::fs::read(&real).expect("read the real binary"));
     s.finish(wait);
+}
+
+/// A container writing numbered lines without pause while its shim is upgraded ten times in a
+/// row, `ctr task ls` asked between each: every line arrives once and in order.
+#[test]
+fn numbered_lines_survive_ten_upgrades_in_a_row() {
+    let s = Setup::start_with(
+        "trap 'echo end; exit 3' TERM; i=0; while true; do echo $i; i=$((i+1)); usleep 500; done",
+        "\n",
+    );
+    let pid = s.shim_pid();
+    let wait = s.park_wait();
+    let new = s.install(&std::fs::read(shim_binary()).expect("read the shim binary"));
+    for n in 0..10 {
+        let r = s
+            .upgrade()
+            .unwrap_or_else(|e| panic!("upgrade {n} refused: {e:?}\n{}", s.cd.log_excerpt()));
+        assert_eq!(r.pid as i32, pid);
+        s.assert_running();
+    }
+    assert_eq!(exe_inode(pid), new);
+    s.finish_with(wait, 3, |text| {
+        let mut lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.pop(), Some("end"), "the last line");
+        assert!(
+            lines.len() > 10,
+            "lines written across the upgrades: {}",
+            lines.len()
+        );
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(*l, i.to_string(), "line {i} (each number once, in order)");
+        }
+    });
 }
