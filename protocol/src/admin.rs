@@ -20,6 +20,10 @@ pub struct UpgradeResponse {
     pub binary: String,
     /// From taking the request to serving again in the new image (the check included).
     pub took_micros: u64,
+    /// The handover alone: from the old image's commit (record, `execve`) to the new one
+    /// serving.
+    #[serde(default)]
+    pub handover_micros: u64,
 }
 
 /// The admin service answers JSON; a payload that is not is a refusal to decode.
@@ -39,6 +43,7 @@ mod tests {
             new_version: "0.2.0".into(),
             binary: "/usr/bin/x".into(),
             took_micros: 12,
+            handover_micros: 5,
         };
         let back: UpgradeResponse = serde_json::from_slice(&encode(&r)).expect("decode");
         assert_eq!(back, r);

@@ -35,11 +35,11 @@ struct Setup {
 
 impl Setup {
     fn start() -> Setup {
-        Self::start_with(SCRIPT, "before-upgrade")
+        Self::start_with(SCRIPT, "before-upgrade", &[])
     }
 
     /// A container running `script`, once its output shows `first`.
-    fn start_with(script: &str, first: &str) -> Setup {
+    fn start_with(script: &str, first: &str, flags: &[&str]) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir for the shim binary");
         std::fs::copy(shim_binary(), dir.path().join(SHIM_NAME)).expect("copy the shim binary");
         let cd = Containerd::start_with(Options {
@@ -50,15 +50,17 @@ impl Setup {
         let id = unique_id("c");
         let log = dir.path().join("container.log");
         let uri = format!("file://{}", log.display());
-        ctr.run(&id)
+        let run = flags
+            .iter()
+            .fold(ctr.run(&id), |run, f| run.flag(f))
             .runtime(TETHER_RUNTIME)
             .rootfs(busybox_rootfs())
             .flag("--read-only")
             .flag("--log-uri")
             .flag(&uri)
             .detach()
-            .args(&["/bin/sh", "-c", script])
-            .success();
+            .args(&["/bin/sh", "-c", script]);
+        run.success();
         let s = Setup {
             cd,
             ctr,
@@ -220,8 +222,8 @@ fn a_running_containers_shim_moves_to_the_new_binary_in_place() {
         .upgrade()
         .unwrap_or_else(|e| panic!("upgrade refused: {e:?}\n{}", s.cd.log_excerpt()));
     eprintln!(
-        "upgrade {} -> {} took {} µs (the check included)",
-        r.old_version, r.new_version, r.took_micros
+        "upgrade {} -> {} took {} µs, the handover {} µs",
+        r.old_version, r.new_version, r.took_micros, r.handover_micros
     );
     assert_eq!(r.pid as i32, pid, "{r:?}");
     assert_eq!(r.binary, s.binary().display().to_string());
@@ -320,17 +322,21 @@ fn numbered_lines_survive_ten_upgrades_in_a_row() {
     let s = Setup::start_with(
         "trap 'echo end; exit 3' TERM; i=0; while true; do echo $i; i=$((i+1)); usleep 500; done",
         "\n",
+        &[],
     );
     let pid = s.shim_pid();
     let wait = s.park_wait();
     let new = s.install(&std::fs::read(shim_binary()).expect("read the shim binary"));
+    let mut handovers = Vec::new();
     for n in 0..10 {
         let r = s
             .upgrade()
             .unwrap_or_else(|e| panic!("upgrade {n} refused: {e:?}\n{}", s.cd.log_excerpt()));
         assert_eq!(r.pid as i32, pid);
+        handovers.push((r.handover_micros, r.took_micros));
         s.assert_running();
     }
+    eprintln!("10 upgrades, (handover, total) µs: {handovers:?}");
     assert_eq!(exe_inode(pid), new);
     s.finish_with(wait, 3, |text| {
         let mut lines: Vec<&str> = text.lines().collect();

@@ -51,10 +51,11 @@ pub fn run(flags: &Flags) -> Result<bool> {
         );
         let line = match r.map(|b| serde_json::from_slice::<UpgradeResponse>(&b)) {
             Ok(Ok(u)) => format!(
-                "upgraded ({} -> {}, {:.1} ms, pid {})",
+                "upgraded ({} -> {}, {:.1} ms, handover {:.1} ms, pid {})",
                 u.old_version,
                 u.new_version,
                 u.took_micros as f64 / 1000.0,
+                u.handover_micros as f64 / 1000.0,
                 u.pid
             ),
             Ok(Err(e)) => {

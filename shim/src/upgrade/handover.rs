@@ -26,7 +26,9 @@ impl Server {
         if let Some(why) = self.service.not_quiescent() {
             return Err(why);
         }
-        let record = self.record(ready);
+        let committed_at = exec::monotonic_nanos();
+        let mut record = self.record(ready);
+        record.committed_at = committed_at;
         let memfd = exec::write_record(&record)?;
         let mut fds = record.fds();
         fds.push(memfd.as_raw_fd());
@@ -76,6 +78,7 @@ impl Server {
             namespace: self.service.namespace.clone(),
             reply: ready.reply_record(),
             requested_at: ready.requested_at,
+            committed_at: 0,
             fallback_exe: self.self_exe.as_raw_fd(),
             listener: self.listener.as_raw_fd(),
             conns,

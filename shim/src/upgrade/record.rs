@@ -20,6 +20,9 @@ pub struct Record {
     /// (CLOCK_MONOTONIC nanoseconds: the clock survives `execve`).
     pub reply: Option<ReplyRecord>,
     pub requested_at: u64,
+    /// When the old image committed (started writing this record).
+    #[serde(default)]
+    pub committed_at: u64,
     /// The old binary, open since its start: the new image falls back to it by `execveat`.
     pub fallback_exe: RawFd,
     pub listener: RawFd,
@@ -180,6 +183,7 @@ mod tests {
                 stream_id: 3,
             }),
             requested_at: 1,
+            committed_at: 2,
             fallback_exe: 5,
             listener: 3,
             conns: vec![ConnRecord {

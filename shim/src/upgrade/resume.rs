@@ -159,6 +159,7 @@ fn build(record: Record, flags: &Flags) -> Result<Server> {
             new_version: env!("CARGO_PKG_VERSION").to_string(),
             binary: binary.to_string_lossy().into_owned(),
             took_micros: exec::monotonic_nanos().saturating_sub(record.requested_at) / 1000,
+            handover_micros: exec::monotonic_nanos().saturating_sub(record.committed_at) / 1000,
         })),
     };
     service.answer_upgrade(to, answer);
