@@ -198,6 +198,24 @@ impl Setup {
     }
 }
 
+/// The fds of `pid` without close-on-exec (what its next `exec` would hand on).
+fn inheritable_fds(pid: i32) -> Vec<String> {
+    const O_CLOEXEC: u32 = 0o2000000;
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut v: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("list {dir}: {e}"))
+        .flatten()
+        .filter_map(|e| {
+            let info = std::fs::read_to_string(e.path()).ok()?;
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+            let flags = u32::from_str_radix(flags.trim(), 8).ok()?;
+            (flags & O_CLOEXEC == 0).then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn inode(path: &Path) -> u64 {
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
@@ -214,6 +232,7 @@ fn a_running_containers_shim_moves_to_the_new_binary_in_place() {
     let s = Setup::start();
     let pid = s.shim_pid();
     let old = exe_inode(pid);
+    let inheritable = inheritable_fds(pid);
     let wait = s.park_wait();
     let new = s.install(&std::fs::read(shim_binary()).expect("read the shim binary"));
     assert_ne!(old, new, "a new inode at the shim's path");
@@ -229,6 +248,12 @@ fn a_running_containers_shim_moves_to_the_new_binary_in_place() {
     assert_eq!(r.binary, s.binary().display().to_string());
     assert_eq!(s.shim_pid(), pid, "the same shim process serves");
     assert_eq!(exe_inode(pid), new, "the shim runs the new binary");
+    let after = inheritable_fds(pid);
+    assert!(
+        after.iter().all(|fd| inheritable.contains(fd)),
+        "the handed-over fds are close-on-exec again in the new image: {after:?}, \
+         before {inheritable:?}"
+    );
     s.assert_running();
     // A second upgrade, from the upgraded image and through the command line, works as well.
     let out = s.upgrade_cli();

@@ -136,6 +136,8 @@ impl Service {
                 "container {}: its init's exit is being settled",
                 c.id
             ))
+        } else if self.shutdown {
+            Some("the shim is shutting down".to_string())
         } else if !self.publisher.is_idle() {
             Some("events are not yet delivered to containerd".to_string())
         } else {

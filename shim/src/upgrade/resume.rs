@@ -31,6 +31,10 @@ pub fn resume(flags: &Flags, fd: i32) -> Result<()> {
     if let Err(why) = check(&record, flags) {
         return Err(fall_back(&record, &memfd, flags, why));
     }
+    // They crossed `execve` inheritable; the commands this image runs must not get them.
+    let mut fds = record.fds();
+    fds.push(memfd.as_raw_fd());
+    exec::set_cloexec(&fds, true)?;
     let server = build(record, flags)?;
     drop(memfd);
     log::info!("shim resumed after an upgrade (pid {})", std::process::id());
