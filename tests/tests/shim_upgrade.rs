@@ -35,13 +35,20 @@ struct Setup {
 
 impl Setup {
     fn start() -> Setup {
-        Self::start_with(SCRIPT, "before-upgrade", &[])
+        Self::start_with(SCRIPT, "before-upgrade", None)
     }
 
     /// A container running `script`, once its output shows `first`.
-    fn start_with(script: &str, first: &str, flags: &[&str]) -> Setup {
+    /// `runc`: a script put first on the shims' PATH as `runc` (given the directory).
+    fn start_with(script: &str, first: &str, runc: Option<&dyn Fn(&Path) -> String>) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir for the shim binary");
         std::fs::copy(shim_binary(), dir.path().join(SHIM_NAME)).expect("copy the shim binary");
+        if let Some(runc) = runc {
+            let path = dir.path().join("runc");
+            std::fs::write(&path, runc(dir.path())).expect("write the runc wrapper");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod the runc wrapper");
+        }
         let cd = Containerd::start_with(Options {
             path_prefix: vec![dir.path().to_path_buf()],
             ..Options::default()
@@ -50,9 +57,8 @@ impl Setup {
         let id = unique_id("c");
         let log = dir.path().join("container.log");
         let uri = format!("file://{}", log.display());
-        let run = flags
-            .iter()
-            .fold(ctr.run(&id), |run, f| run.flag(f))
+        let run = ctr
+            .run(&id)
             .runtime(TETHER_RUNTIME)
             .rootfs(busybox_rootfs())
             .flag("--read-only")
@@ -216,6 +222,18 @@ fn inheritable_fds(pid: i32) -> Vec<String> {
     v
 }
 
+/// A child the test started: killed (by pid) and reaped however the test ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 fn inode(path: &Path) -> u64 {
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
@@ -347,7 +365,7 @@ fn numbered_lines_survive_ten_upgrades_in_a_row() {
     let s = Setup::start_with(
         "trap 'echo end; exit 3' TERM; i=0; while true; do echo $i; i=$((i+1)); usleep 500; done",
         "\n",
-        &[],
+        None,
     );
     let pid = s.shim_pid();
     let wait = s.park_wait();
@@ -375,4 +393,69 @@ fn numbered_lines_survive_ten_upgrades_in_a_row() {
             assert_eq!(*l, i.to_string(), "line {i} (each number once, in order)");
         }
     });
+}
+
+/// An upgrade asked while a runtime command is in flight (`runc ps`, held until the test lets
+/// it go) is refused with that reason, and the old image serves on; once the command is done,
+/// the upgrade goes through.
+#[test]
+fn an_upgrade_during_a_runtime_call_is_refused_until_it_is_done() {
+    let hold = |dir: &Path| {
+        format!(
+            "#!/bin/sh\n\
+             for a in \"$@\"; do\n\
+               if [ \"$a\" = ps ]; then\n\
+                 touch {dir}/ps-started\n\
+                 i=0; while [ ! -e {dir}/ps-release ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n\
+               fi\n\
+             done\n\
+             exec /usr/sbin/runc \"$@\"\n",
+            dir = dir.display()
+        )
+    };
+    let s = Setup::start_with(SCRIPT, "before-upgrade", Some(&hold));
+    let pid = s.shim_pid();
+    let old = exe_inode(pid);
+    let wait = s.park_wait();
+    let new = s.install(&std::fs::read(shim_binary()).expect("read the shim binary"));
+    let mut ps = s.ctr.command(&["task", "ps", s.id.as_str()]);
+    let mut ps = Reaped(
+        ps.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn ctr task ps"),
+    );
+    assert!(
+        wait_until(T, || s.dir.path().join("ps-started").exists()),
+        "runc ps never started\n{}",
+        s.cd.log_excerpt()
+    );
+    let e = s.upgrade().expect_err("refused while runc ps runs");
+    let status = rawttrpc::rpc_status("upgrade during runc ps", Err::<(), _>(e));
+    assert_eq!(
+        status.code(),
+        ttrpc::Code::FAILED_PRECONDITION,
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("a runtime call is in flight"),
+        "{status:?}"
+    );
+    assert_eq!(exe_inode(pid), old, "the old image serves on");
+
+    std::fs::write(s.dir.path().join("ps-release"), b"").expect("release runc ps");
+    let mut done = None;
+    assert!(
+        wait_until(T, || {
+            done = ps.0.try_wait().expect("wait for ctr task ps");
+            done.is_some()
+        }),
+        "ctr task ps did not end"
+    );
+    assert!(done.is_some_and(|st| st.success()), "ctr task ps: {done:?}");
+    let r = s.upgrade().expect("the upgrade once runc ps is done");
+    assert_eq!(r.pid as i32, pid);
+    assert_eq!(exe_inode(pid), new);
+    s.assert_running();
+    s.finish(wait);
 }
