@@ -2,8 +2,9 @@
 //! in place, and hands the new image everything it holds through a record.
 //!
 //! Here: whether the new binary can take over (`--handover-check`). The record is
-//! `record.rs`; the memfd and the `exec`s are `exec.rs`. The service's side (is the shim
-//! quiescent, what goes in the record) is `task/handover.rs`; the loop's is `server.rs`.
+//! `record.rs`; the memfd and the `exec`s are `exec.rs`; the old image's commit is
+//! `handover.rs`, the new image's start `resume.rs`; the `upgrade` action is `client.rs`. The
+//! service's side (is the shim quiescent, what goes in the record) is `task/handover.rs`.
 
 pub mod client;
 pub mod exec;
