@@ -4,6 +4,7 @@
 //! records, ttrpc requests) and validates them. The shim and the manager build on it and never on
 //! each other.
 
+pub mod admin;
 pub mod api;
 pub mod id;
 pub mod manager_api;

@@ -66,6 +66,22 @@ impl<S: Read + Write> Conn<S> {
         }
     }
 
+    /// A connection handed over from another image of the same process (a live upgrade):
+    /// the bytes it had read short of a whole frame and the replies it had not written yet.
+    pub fn with_buffers(stream: S, inbuf: Vec<u8>, outbuf: Vec<u8>) -> Self {
+        Conn {
+            stream,
+            inbuf,
+            outbuf,
+            closed: false,
+        }
+    }
+
+    /// What a handover must carry: bytes read short of a frame, replies not yet written.
+    pub fn buffers(&self) -> (&[u8], &[u8]) {
+        (&self.inbuf, &self.outbuf)
+    }
+
     /// Reads what is available and returns the whole frames received.
     pub fn read_frames(&mut self) -> Result<Vec<Frame>, FrameTooLarge> {
         let mut chunk = [0u8; 16 * 1024];

@@ -15,6 +15,12 @@ pub struct Flags {
     pub version: bool,
     /// `start`, `delete`, or empty for the long-lived shim.
     pub action: String,
+    /// A live upgrade: the fd of the handover record (docs/upgrade.md).
+    pub resume_from: Option<i32>,
+    /// Why the new image gave up and re-executed this (old) one with the record.
+    pub fallback_reason: Option<String>,
+    /// `--handover-check VERSION`: say whether this binary can take a record of VERSION.
+    pub handover_check: Option<String>,
 }
 
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Flags> {
@@ -34,7 +40,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Flags> {
         match name {
             "debug" => f.debug = inline.as_deref() != Some("false"),
             "v" | "version" => f.version = true,
-            "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket" => {
+            "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket"
+            | "resume-from" | "fallback-reason" | "handover-check" => {
                 let value = match inline {
                     Some(v) => v,
                     None => it.next().ok_or_else(|| {
@@ -47,6 +54,13 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Flags> {
                     "address" => f.address = value,
                     "publish-binary" => f.publish_binary = value,
                     "bundle" => f.bundle = value,
+                    "resume-from" => {
+                        f.resume_from = Some(value.parse().map_err(|e| {
+                            ShimError::InvalidArgument(format!("-resume-from {value:?}: {e}"))
+                        })?)
+                    }
+                    "fallback-reason" => f.fallback_reason = Some(value),
+                    "handover-check" => f.handover_check = Some(value),
                     _ => f.socket = value,
                 }
             }
@@ -79,6 +93,15 @@ impl Flags {
         }
         v
     }
+
+    /// The long-lived shim's own flags, as it was started (what a new image is given again).
+    pub fn serve_args(&self) -> Vec<String> {
+        let mut v = self.daemon_args();
+        if !self.socket.is_empty() {
+            v.extend(["-socket".into(), self.socket.clone()]);
+        }
+        v
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +129,10 @@ mod tests {
             ("ns", "/b", "delete")
         );
         assert!(parse(args("-id")).is_err());
+        let f = parse(args("-id x -socket /s -resume-from 7")).unwrap();
+        assert_eq!(f.resume_from, Some(7));
+        assert_eq!(f.serve_args()[f.serve_args().len() - 1], "/s");
+        assert!(parse(args("-resume-from seven")).is_err());
         assert!(parse(args("-bogus 1")).is_err());
     }
 }

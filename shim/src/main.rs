@@ -22,6 +22,7 @@ mod start;
 mod stats;
 mod stdio;
 mod task;
+mod upgrade;
 mod wire;
 
 use protobuf::Message;
@@ -37,6 +38,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(version) = &flags.handover_check {
+        return upgrade::answer_check(version);
+    }
     if flags.version {
         println!("containerd-shim-tether-v2 {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
@@ -54,9 +58,14 @@ fn main() -> ExitCode {
                     .map_err(error::ShimError::io("write DeleteResponse"))
             })
         }
+        "upgrade" => match upgrade::client::run(&flags) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         "" => serve(&flags),
         other => Err(error::ShimError::InvalidArgument(format!(
-            "unknown action {other:?} (start, delete)"
+            "unknown action {other:?} (start, delete, upgrade)"
         ))),
     };
     match result {
@@ -71,6 +80,9 @@ fn main() -> ExitCode {
 /// The long-lived shim: serves on the socket `start` handed over as fd 3.
 fn serve(flags: &cli::Flags) -> error::Result<()> {
     logging::init(flags.debug, &flags.id);
+    if let Some(fd) = flags.resume_from {
+        return upgrade::resume::resume(flags, fd);
+    }
     // A parent may have left signals blocked: start from none (the reaper and the server then
     // block the ones they read from a signalfd).
     nix::sys::signal::sigprocmask(
@@ -93,7 +105,13 @@ fn serve(flags: &cli::Flags) -> error::Result<()> {
     let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(start::LISTENER_FD) };
     let socket = (!flags.socket.is_empty()).then(|| std::path::PathBuf::from(&flags.socket));
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").ok();
-    let server = server::Server::new(listener, socket, &flags.namespace, ttrpc_address.as_deref())?;
+    let server = server::Server::new(
+        listener,
+        socket,
+        &flags.namespace,
+        ttrpc_address.as_deref(),
+        flags.serve_args(),
+    )?;
     log::info!("shim serving (pid {})", std::process::id());
     server.run()
 }

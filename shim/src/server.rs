@@ -15,14 +15,15 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 use protobuf::Message;
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tether_protocol::task_service::task_method;
 
-const LISTENER: Token = Token(0);
-const SIGNALS: Token = Token(1);
-const SIGCHLD: Token = Token(2);
-const EVENTS: Token = Token(3);
+pub(crate) const LISTENER: Token = Token(0);
+pub(crate) const SIGNALS: Token = Token(1);
+pub(crate) const SIGCHLD: Token = Token(2);
+pub(crate) const EVENTS: Token = Token(3);
 const FIRST_CONN: usize = 16;
 /// Client connections at once; past this a new one is closed at once (containerd keeps one or
 /// two per shim).
@@ -31,18 +32,24 @@ pub const MAX_CONNS: usize = 4096;
 pub const MAX_UNREAD_REPLIES: usize = 16 << 20;
 /// The descriptors the shim wants: connections, stdio, OOM watchers.
 const WANT_NOFILE: u64 = 16_384;
-const FIRST_PUMP: usize = 1 << 20;
+pub(crate) const FIRST_PUMP: usize = 1 << 20;
 /// How long a shutting-down shim keeps trying to deliver its last events.
 const FLUSH_EVENTS_FOR: Duration = Duration::from_secs(3);
 
 pub struct Server {
-    poll: Poll,
-    listener: UnixListener,
-    socket_path: Option<PathBuf>,
-    signals: Signals,
-    conns: HashMap<Token, Conn>,
-    next_conn: usize,
-    service: Service,
+    /// Where this shim's binary is installed: what an upgrade executes (a new inode there).
+    pub(crate) binary: PathBuf,
+    /// This image's binary, held open for a failed upgrade to come back to.
+    pub(crate) self_exe: OwnedFd,
+    /// The flags this shim serves with, given again to the next image.
+    pub(crate) args: Vec<String>,
+    pub(crate) poll: Poll,
+    pub(crate) listener: UnixListener,
+    pub(crate) socket_path: Option<PathBuf>,
+    pub(crate) signals: Signals,
+    pub(crate) conns: HashMap<Token, Conn>,
+    pub(crate) next_conn: usize,
+    pub(crate) service: Service,
 }
 
 impl Server {
@@ -51,6 +58,7 @@ impl Server {
         socket_path: Option<PathBuf>,
         namespace: &str,
         ttrpc_address: Option<&str>,
+        args: Vec<String>,
     ) -> Result<Self> {
         raise_nofile();
         let poll = Poll::new().map_err(ShimError::io("epoll_create"))?;
@@ -75,6 +83,9 @@ impl Server {
         let publisher = Publisher::new(ttrpc_address, namespace, EVENTS);
         let service = Service::new(namespace, reaper, pumps, publisher, clone()?);
         Ok(Server {
+            binary: installed_binary()?,
+            self_exe: crate::upgrade::exec::open_self_exe()?,
+            args,
             poll,
             listener,
             socket_path,
@@ -131,6 +142,11 @@ impl Server {
             self.service.on_timers(Instant::now());
             self.service.handle_exits();
             self.send_outbox();
+            if let Some(ready) = self.service.take_ready_upgrade() {
+                // Returns only if the handover did not happen: this image serves on.
+                self.handover(ready);
+                self.send_outbox();
+            }
             self.service.publisher.kick(self.poll.registry());
         }
     }
@@ -228,6 +244,12 @@ impl Server {
                 Err(e) => Flow::Done(Err(ShimError::InvalidArgument(format!(
                     "malformed ttrpc request: {e}"
                 )))),
+                Ok(req)
+                    if req.service == tether_protocol::admin::ADMIN_SERVICE
+                        && req.method == tether_protocol::admin::UPGRADE_METHOD =>
+                {
+                    self.service.upgrade(&req.payload, to, self.binary.clone())
+                }
                 Ok(req) => match task_method(&req.service, &req.method) {
                     Some(m) => {
                         let deadline = request_deadline(req.timeout_nano);
@@ -279,6 +301,18 @@ impl Server {
     }
 }
 
+/// The path this shim's binary is installed at (`/proc/self/exe`, without the " (deleted)" a
+/// replaced file shows).
+pub(crate) fn installed_binary() -> Result<PathBuf> {
+    let exe =
+        std::fs::read_link("/proc/self/exe").map_err(ShimError::io("readlink /proc/self/exe"))?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
+}
+
 /// When a request must be answered: the caller's `timeout_nano`, else the runtime's default.
 fn request_deadline(timeout_nano: i64) -> Instant {
     let timeout = if timeout_nano > 0 {
@@ -293,7 +327,7 @@ fn request_deadline(timeout_nano: i64) -> Instant {
 
 /// Raises the soft descriptor limit toward the hard one (no privilege needed), so the
 /// connection bound is ours and not the default 1,024.
-fn raise_nofile() {
+pub(crate) fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let want = WANT_NOFILE.min(hard);

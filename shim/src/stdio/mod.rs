@@ -18,10 +18,13 @@ use std::rc::Rc;
 use crate::runtime::ProcessStdio;
 use open::{dev_null, grow_pipe, new_pipe, open_fifo, open_log_file, start_binary_logger, Target};
 
+mod handover;
 mod open;
 
 /// Bytes moved per splice call; pipes are grown to this size where the kernel allows.
 const CHUNK: usize = 1 << 20;
+/// A terminal copy's buffer.
+const COPY_BUFFER: usize = 64 * 1024;
 
 /// Where a pump writes.
 enum Sink {
@@ -70,7 +73,7 @@ impl Pump {
         Pump {
             src,
             dst,
-            copy: Some((vec![0u8; 64 * 1024].into_boxed_slice(), 0, 0)),
+            copy: Some((vec![0u8; COPY_BUFFER].into_boxed_slice(), 0, 0)),
         }
     }
 }

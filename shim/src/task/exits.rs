@@ -22,6 +22,9 @@ impl Service {
             return;
         }
         for e in fresh {
+            if self.check_exited(&e) {
+                continue;
+            }
             if let Some(p) = self.take_call(e.pid) {
                 self.on_call_exit(p, e.status);
                 continue;

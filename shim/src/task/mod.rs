@@ -17,6 +17,7 @@ mod create;
 mod delete;
 mod exec;
 mod exits;
+mod handover;
 mod io;
 mod kill;
 mod oom;
@@ -30,6 +31,7 @@ mod update;
 mod wait;
 
 pub use delete::delete_response;
+pub use handover::{Exported, Ready};
 pub use oom::FIRST_OOM;
 
 use crate::container::Container;
@@ -94,6 +96,10 @@ pub struct Service {
     creating: HashSet<String>,
     /// Exits of pids no process owns yet.
     unclaimed: Vec<Exit>,
+    /// A live upgrade's check of the new binary in flight (`handover.rs`).
+    upgrading: Option<handover::Check>,
+    /// A live upgrade whose check passed, for the loop to commit.
+    upgrade_ready: Option<Ready>,
 }
 
 impl Service {
@@ -120,6 +126,8 @@ impl Service {
             busy: HashMap::new(),
             creating: HashSet::new(),
             unclaimed: Vec::new(),
+            upgrading: None,
+            upgrade_ready: None,
         }
     }
 
@@ -221,6 +229,7 @@ impl Service {
             queue.retain(|q| q.from.token != token);
         }
         self.outbox.retain(|(to, _)| to.token != token);
+        self.forget_upgrade(token);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -116,13 +116,14 @@ impl Service {
             .filter(|p| !p.expired)
             .map(|p| p.ctx.deadline);
         let queued = self.busy.values().flatten().map(|q| q.deadline);
-        calls.chain(queued).min()
+        calls.chain(queued).chain(self.check_deadline()).min()
     }
 
     /// Requests past their deadline: a runtime still running is killed (its exit still comes
     /// through the reaper and finishes the operation's clean-up), the client is answered
     /// DeadlineExceeded; a request still queued is answered the same.
     pub fn on_timers(&mut self, now: Instant) {
+        self.check_timers(now);
         let mut late = Vec::new();
         for p in self.calls.values_mut() {
             if !p.expired && p.ctx.deadline <= now {

@@ -12,8 +12,8 @@ pub const MAX_WAITERS: usize = 4096;
 
 pub(super) struct Waiter {
     pub(super) to: ReplyTo,
-    container: String,
-    exec_id: String,
+    pub(super) container: String,
+    pub(super) exec_id: String,
 }
 
 fn wait_response(status: u32, at: i64) -> Result<Vec<u8>> {

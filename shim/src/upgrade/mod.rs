@@ -1,0 +1,146 @@
+//! Live upgrade (docs/upgrade.md): the shim re-executes the binary now installed at its path,
+//! in place, and hands the new image everything it holds through a record.
+//!
+//! Here: whether the new binary can take over (`--handover-check`). The record is
+//! `record.rs`; the memfd and the `exec`s are `exec.rs`; the old image's commit is
+//! `handover.rs`, the new image's start `resume.rs`; the `upgrade` action is `client.rs`. The
+//! service's side (is the shim quiescent, what goes in the record) is `task/handover.rs`.
+
+pub mod client;
+pub mod exec;
+mod handover;
+pub mod record;
+pub mod resume;
+
+use crate::error::{Result, ShimError};
+use crate::pid::Pid;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+/// How long the new binary has to answer `--handover-check`.
+pub const CHECK_DEADLINE: Duration = Duration::from_secs(5);
+/// The flag a binary is probed with, and what it must print first.
+pub const CHECK_FLAG: &str = "--handover-check";
+const CHECK_OK: &str = "ok";
+
+/// `--handover-check VERSION`: this binary can resume from a record of VERSION.
+pub fn answer_check(version: &str) -> ExitCode {
+    match version.parse::<u32>() {
+        Ok(v) if v == record::RECORD_VERSION => {
+            println!("{CHECK_OK} {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        _ => {
+            println!(
+                "record version {version:?} unknown (this binary reads {})",
+                record::RECORD_VERSION
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts `binary --handover-check RECORD_VERSION`; its exit comes through the reaper.
+pub fn start_check(binary: &Path) -> Result<(Pid, File)> {
+    let mut cmd = Command::new(binary);
+    crate::signals::unblocked(&mut cmd);
+    cmd.arg(CHECK_FLAG)
+        .arg(record::RECORD_VERSION.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().map_err(|e| {
+        ShimError::FailedPrecondition(format!(
+            "the new binary {} does not start: {e}",
+            binary.display()
+        ))
+    })?;
+    let out = child
+        .stdout
+        .take()
+        .map(|o| File::from(std::os::fd::OwnedFd::from(o)))
+        .ok_or_else(|| ShimError::Runtime("the handover check has no stdout".into()))?;
+    // A binary that leaves a child holding the pipe must not make the read below wait.
+    nix::fcntl::fcntl(
+        &out,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(ShimError::nix("set the check's stdout non-blocking"))?;
+    // Not waited for here: the reaper takes its exit.
+    let pid = Pid::new(child.id() as i64)
+        .ok_or_else(|| ShimError::Runtime(format!("the check got pid {}", child.id())))?;
+    Ok((pid, out))
+}
+
+/// The check exited with `status`: the new binary's version, or why it cannot take over.
+pub fn verdict(binary: &Path, status: u32, out: &mut File, timed_out: bool) -> Result<String> {
+    let refuse = |why: String| {
+        ShimError::FailedPrecondition(format!(
+            "the new binary {} cannot take over: {why}",
+            binary.display()
+        ))
+    };
+    if timed_out {
+        return Err(refuse(format!(
+            "no answer to {CHECK_FLAG} within {CHECK_DEADLINE:?}"
+        )));
+    }
+    // The check has exited: what it printed is all in the pipe (a bounded read, never a wait).
+    let mut text = String::new();
+    let _ = out.take(4096).read_to_string(&mut text);
+    let text = text.trim();
+    let version = text
+        .strip_prefix(CHECK_OK)
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && status == 0);
+    match version {
+        Some(v) => Ok(v.to_string()),
+        None => Err(refuse(format!(
+            "{CHECK_FLAG} exited with {status}, saying {text:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A check's output as a pipe whose writer has gone (the check exited).
+    fn said(text: &str) -> File {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        File::from(w).write_all(text.as_bytes()).expect("write");
+        File::from(r)
+    }
+
+    #[test]
+    fn the_check_must_exit_0_and_say_ok() {
+        let bin = Path::new("/new/shim");
+        let ok = verdict(bin, 0, &mut said("ok 0.2.0\n"), false).expect("ok");
+        assert_eq!(ok, "0.2.0");
+        for (status, text, timed_out) in [
+            (1, "record version \"1\" unknown", false),
+            (0, "hello", false),
+            (0, "ok", false),
+            (2, "ok 0.2.0", false),
+            (137, "", true),
+        ] {
+            let e = verdict(bin, status, &mut said(text), timed_out)
+                .expect_err(&format!("{status} {text:?} is refused"));
+            assert!(e.to_string().contains("/new/shim cannot take over"), "{e}");
+        }
+    }
+
+    #[test]
+    fn this_binary_reads_its_own_record_version_only() {
+        assert_eq!(
+            answer_check(&record::RECORD_VERSION.to_string()),
+            ExitCode::SUCCESS
+        );
+        assert_eq!(answer_check("999"), ExitCode::FAILURE);
+        assert_eq!(answer_check("x"), ExitCode::FAILURE);
+    }
+}
