@@ -210,7 +210,7 @@ fn exec_sync_output_and_code(handler: &str) {
             ],
             30,
         )
-        .expect("ExecSync with large output");
+        .unwrap_or_else(|e| panic!("ExecSync with large output: {e:?}\n{}", cri.log_excerpt()));
     assert_eq!(
         r.exit_code,
         0,
