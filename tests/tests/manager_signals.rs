@@ -144,24 +144,11 @@ fn run_forwards_signals_to_the_container_with_containerds_go_shim() {
 
 /// An attached `tether exec` forwards every signal to its process, not to the container's init:
 /// each exec's trap decides its exit code, and the container runs on.
-#[test]
-fn exec_forwards_signals_to_its_process() {
+fn exec_forwards_signals(runtime: &str) {
     let d = Daemon::start();
     let ns = unique_id("ns");
     let id = unique_id("c");
-    let rootfs = busybox_rootfs().display().to_string();
-    d.ok(&[
-        "--namespace",
-        &ns,
-        "run",
-        "-d",
-        "--rootfs",
-        &rootfs,
-        &id,
-        "--",
-        "sleep",
-        "300",
-    ]);
+    d.run_detached(&ns, runtime, &id, &["sleep", "300"]);
     thread::scope(|s| {
         let execs: Vec<_> = TRAPS
             .iter()
@@ -308,4 +295,19 @@ fn every_resize_reaches_the_container_with_containerds_go_shim() {
 #[test]
 fn every_resize_reaches_an_exec_with_our_shim() {
     resizes_follow(TETHER_RUNTIME, true);
+}
+
+#[test]
+fn every_resize_reaches_an_exec_with_containerds_go_shim() {
+    resizes_follow(RUNC_RUNTIME, true);
+}
+
+#[test]
+fn exec_forwards_signals_to_its_process_with_our_shim() {
+    exec_forwards_signals(TETHER_RUNTIME);
+}
+
+#[test]
+fn exec_forwards_signals_to_its_process_with_containerds_go_shim() {
+    exec_forwards_signals(RUNC_RUNTIME);
 }
