@@ -170,6 +170,26 @@ pub fn describe(pid: i32) -> String {
     }
 }
 
+/// How old a `runc` zombie must be to count as an orphan (see [`reap_orphans`]).
+pub const ORPHAN_RUNC_AGE: Duration = Duration::from_secs(10);
+
+/// How long ago process `pid` started (`/proc/PID/stat` field 22 against `/proc/uptime`).
+pub fn age(pid: i32) -> Option<Duration> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    // Field 22 (starttime) is the 20th after the comm.
+    let start_ticks: f64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let uptime: f64 = fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf with a constant name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (hz > 0.0).then(|| Duration::from_secs_f64((uptime - start_ticks / hz).max(0.0)))
+}
+
 /// Makes the test process a child subreaper: shims orphaned by a SIGKILLed daemon (and their
 /// processes) are reparented to it rather than to PID 1, which may not reap them here.
 pub fn become_subreaper() {
@@ -186,13 +206,18 @@ pub fn become_subreaper() {
 /// Reaps the test process's zombie children that are orphans it adopted as a subreaper: shims
 /// (`containerd-shim*`) and container processes, never a child a `std::process::Child` of the
 /// harness waits for (those run `tether`, `ctr`, `containerd`, ...). Returns the pids reaped.
+///
+/// A `runc` is both: the harness runs short `runc list`/`runc delete` children it waits for at
+/// once, and a shim killed in the middle of a runtime call orphans its `runc`. A `runc` zombie
+/// that started more than [`ORPHAN_RUNC_AGE`] ago is no call the harness is about to reap.
 pub fn reap_orphans() -> Vec<i32> {
     const OURS: &[&str] = &["tether", "ctr", "containerd", "runc", "mount", "umount"];
     let me = std::process::id() as i32;
     let mut reaped = Vec::new();
     for pid in zombie_children(me) {
         let Some(s) = stat(pid) else { continue };
-        if OURS.contains(&s.comm.as_str()) {
+        let orphaned_runc = s.comm == "runc" && age(pid).is_some_and(|a| a > ORPHAN_RUNC_AGE);
+        if OURS.contains(&s.comm.as_str()) && !orphaned_runc {
             continue;
         }
         let mut status = 0;
@@ -208,6 +233,16 @@ pub fn reap_orphans() -> Vec<i32> {
 mod tests {
     use super::*;
     use std::process::Command;
+
+    #[test]
+    fn a_fresh_child_is_younger_than_init() {
+        let mut c = Command::new("sleep").arg("5").spawn().expect("sleep");
+        let young = age(c.id() as i32).expect("age of a child");
+        let _ = c.kill();
+        let _ = c.wait();
+        let old = age(1).expect("age of pid 1");
+        assert!(old > young, "{old:?} vs {young:?}");
+    }
 
     #[test]
     fn parses_stat_with_odd_comm() {
