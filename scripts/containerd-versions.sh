@@ -23,27 +23,8 @@ die() {
 	exit 1
 }
 
-# The URL of Debian's main archive as apt knows it: the source serving this system's own
-# codename's main component (`apt-cache policy` lists every source with its suite), else the
-# deb822 sources file.
-archive_url() {
-	local codename url
-	codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-	[ -n "$codename" ] || die "no VERSION_CODENAME in /etc/os-release"
-	url=$(apt-cache policy 2>/dev/null |
-		awk -v s="$codename/main" '$1 ~ /^[0-9]+$/ && $3 == s { print $2; exit }')
-	if [ -z "$url" ] && [ -f /etc/apt/sources.list.d/debian.sources ]; then
-		url=$(awk -v c="$codename" '
-			/^URIs:/ { u = $2 }
-			/^Suites:/ { for (i = 2; i <= NF; i++) if ($i == c) { print u; exit } }
-		' /etc/apt/sources.list.d/debian.sources)
-	fi
-	if [ -z "$url" ] && [ -f /etc/apt/sources.list ]; then
-		url=$(awk -v c="$codename" '$1 == "deb" && $3 == c { print $2; exit }' /etc/apt/sources.list)
-	fi
-	[ -n "$url" ] || die "cannot find Debian's archive for $codename in the apt configuration (run apt-get update?)"
-	echo "${url%/}"
-}
+# archive_url, private_apt
+. "$(dirname "${BASH_SOURCE[0]}")/apt-private.sh"
 
 # Whether SUITE's unpacked containerd runs; prints its version.
 working() {
@@ -57,26 +38,14 @@ fetch_suite() {
 	mkdir -p "$CACHE"
 	work=$(mktemp -d "$CACHE/.$suite.XXXXXX")
 	WORK=$work
-	mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/deb" "$work/empty"
-	echo "deb $url $suite main" >"$work/sources.list"
-	# Private sources, lists and cache: the system's apt state is not touched.
-	local apt_opts=(
-		-o "Dir::Etc::SourceList=$work/sources.list"
-		-o "Dir::Etc::SourceParts=-"
-		-o "Dir::State::Lists=$work/lists"
-		-o "Dir::Cache=$work/cache"
-		-o "Dir::Etc::Preferences=$work/empty/preferences"
-		-o "Dir::Etc::PreferencesParts=$work/empty"
-		-o "APT::Get::List-Cleanup=0"
-		-o "APT::Sandbox::User=root"
-		-o "Debug::NoLocking=1"
-	)
-	apt-get "${apt_opts[@]}" -qq update >&2 || die "apt-get update of $suite from $url failed"
+	mkdir -p "$work/deb"
+	private_apt "$work" "deb $url $suite main"
+	apt-get "${APT_OPTS[@]}" -qq update >&2 || die "apt-get update of $suite from $url failed"
 	local version
-	version=$(apt-cache "${apt_opts[@]}" show "$PACKAGE" 2>/dev/null |
+	version=$(apt-cache "${APT_OPTS[@]}" show "$PACKAGE" 2>/dev/null |
 		awk '/^Version:/ { print $2 }' | sort -V | tail -n1)
 	[ -n "$version" ] || die "$suite has no $PACKAGE package"
-	(cd "$work/deb" && apt-get "${apt_opts[@]}" -qq download "$PACKAGE=$version" >&2) ||
+	(cd "$work/deb" && apt-get "${APT_OPTS[@]}" -qq download "$PACKAGE=$version" >&2) ||
 		die "apt-get download $PACKAGE=$version ($suite) failed"
 	local deb
 	deb=$(ls "$work"/deb/*.deb)

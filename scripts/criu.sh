@@ -34,30 +34,12 @@ die() {
 	exit 1
 }
 
+# archive_url, private_apt
+. "$(dirname "${BASH_SOURCE[0]}")/apt-private.sh"
+
 # Whether the criu at $1 passes `criu check` on this kernel.
 works() {
 	[ -x "$1" ] && "$1" check >/dev/null 2>&1
-}
-
-# The URL of Debian's main archive as apt knows it (same lookup as containerd-versions.sh): the
-# source serving this system's own codename's main component, else the sources files.
-archive_url() {
-	local codename url
-	codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-	[ -n "$codename" ] || die "no VERSION_CODENAME in /etc/os-release"
-	url=$(apt-cache policy 2>/dev/null |
-		awk -v s="$codename/main" '$1 ~ /^[0-9]+$/ && $3 == s { print $2; exit }')
-	if [ -z "$url" ] && [ -f /etc/apt/sources.list.d/debian.sources ]; then
-		url=$(awk -v c="$codename" '
-			/^URIs:/ { u = $2 }
-			/^Suites:/ { for (i = 2; i <= NF; i++) if ($i == c) { print u; exit } }
-		' /etc/apt/sources.list.d/debian.sources)
-	fi
-	if [ -z "$url" ] && [ -f /etc/apt/sources.list ]; then
-		url=$(awk -v c="$codename" '$1 == "deb" && $3 == c { print $2; exit }' /etc/apt/sources.list)
-	fi
-	[ -n "$url" ] || die "cannot find Debian's archive for $codename in the apt configuration (run apt-get update?)"
-	echo "${url%/}"
 }
 
 # Installs whichever build dependencies are missing, from the system's configured suites.
@@ -79,24 +61,12 @@ build() {
 	mkdir -p "$CACHE"
 	work=$(mktemp -d "$CACHE/.build.XXXXXX")
 	WORK=$work
-	mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/empty" "$work/src"
-	echo "deb-src $url $SUITE main" >"$work/sources.list"
-	# Private sources, lists and cache: the system's apt state is not touched.
-	local apt_opts=(
-		-o "Dir::Etc::SourceList=$work/sources.list"
-		-o "Dir::Etc::SourceParts=-"
-		-o "Dir::State::Lists=$work/lists"
-		-o "Dir::Cache=$work/cache"
-		-o "Dir::Etc::Preferences=$work/empty/preferences"
-		-o "Dir::Etc::PreferencesParts=$work/empty"
-		-o "APT::Get::List-Cleanup=0"
-		-o "APT::Sandbox::User=root"
-		-o "Debug::NoLocking=1"
-	)
-	apt-get "${apt_opts[@]}" -qq update >&2 || die "apt-get update of $SUITE sources from $url failed"
+	mkdir -p "$work/src"
+	private_apt "$work" "deb-src $url $SUITE main"
+	apt-get "${APT_OPTS[@]}" -qq update >&2 || die "apt-get update of $SUITE sources from $url failed"
 	# The newest source record: its version, directory and the orig tarball's sha256 and name.
 	local record version dir sha name
-	record=$(apt-cache "${apt_opts[@]}" showsrc "$PACKAGE" 2>/dev/null | awk '
+	record=$(apt-cache "${APT_OPTS[@]}" showsrc "$PACKAGE" 2>/dev/null | awk '
 		/^Package:/ { n++ }
 		n == 0 { next }
 		/^Version:/ { v[n] = $2 }
@@ -113,7 +83,7 @@ build() {
 
 	echo "criu.sh: building CRIU $upstream from $SUITE's $PACKAGE $version into $CACHE/$upstream" >&2
 	# apt's own downloader, told the hash from the index: it refuses a tarball that differs.
-	/usr/lib/apt/apt-helper "${apt_opts[@]}" download-file "$url/$dir/$name" "$work/$name" "SHA256:$sha" >&2 ||
+	/usr/lib/apt/apt-helper "${APT_OPTS[@]}" download-file "$url/$dir/$name" "$work/$name" "SHA256:$sha" >&2 ||
 		die "downloading $url/$dir/$name failed"
 	# Checked again here so the guarantee does not rest on apt-helper's behaviour alone.
 	echo "$sha  $work/$name" | sha256sum -c --quiet - >&2 ||
