@@ -11,7 +11,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 use tether_tests::manager::{Daemon, RUNC_RUNTIME, TETHER_RUNTIME};
-use tether_tests::pty::set_size;
+use tether_tests::pty::Terminal;
 use tether_tests::{busybox_rootfs, cmd, tether_binary, unique_id, wait_until};
 
 const T: Duration = Duration::from_secs(30);
@@ -395,71 +395,36 @@ fn terminal_output_is_logged_and_attached_with_containerds_go_shim() {
 /// Attached from a terminal to a `-d -t` container: the container's terminal takes our size
 /// at once, and every resize after (SIGWINCH to the CLI becomes a ResizePty).
 fn resizes_reach_the_container(runtime: &str) {
-    use std::os::unix::process::CommandExt;
-    use std::sync::{Arc, Mutex};
-
     let d = Daemon::start();
     let script = "trap 'stty size' WINCH; echo ready; while :; do sleep 300 & wait; done";
     let c = Ctr::run(&d, runtime, &["-t"], script);
     assert!(wait_until(T, || c.logs().contains("ready")), "{}", c.logs());
-    let pty = nix::pty::openpty(None, None).expect("openpty");
-    set_size(&pty.master, 24, 80);
-    let slave = std::fs::File::from(pty.slave);
     let mut command = c.tether();
-    command
-        .args(["attach", &c.id])
-        .stdin(slave.try_clone().expect("dup pty"))
-        .stdout(slave.try_clone().expect("dup pty"))
-        .stderr(slave);
-    // SAFETY: setsid and ioctl are async-signal-safe; the pty becomes the CLI's controlling
-    // terminal, as a shell's would be (so resizing it sends the CLI SIGWINCH).
-    unsafe {
-        command.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn().expect("start tether attach");
-    drop(command);
+    command.args(["attach", &c.id]);
+    let (child, terminal) = Terminal::spawn(command, 24, 80);
     let attached = Attached {
         child: Some(child),
         stdin: None,
         lines: channel().1,
         seen: Vec::new(),
     };
-    let seen = Arc::new(Mutex::new(String::new()));
-    let sink = seen.clone();
-    let mut master = std::fs::File::from(pty.master);
-    let master_fd = master.try_clone().expect("dup master");
-    thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        // Ends with EIO once every slave is closed (the CLI exited).
-        while let Ok(n) = std::io::Read::read(&mut master, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            sink.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_str(&text);
-        }
-    });
-    let output = || seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let saw = |what: &str| wait_until(T, || output().contains(what));
     assert!(
-        saw("24 80"),
+        terminal.saw("24 80", T),
         "attach did not pass its size on: {:?}",
-        output()
+        terminal.output()
     );
-    set_size(&master_fd, 50, 132);
-    assert!(saw("50 132"), "the resize did not reach it: {:?}", output());
+    terminal.resize(50, 132);
+    assert!(
+        terminal.saw("50 132", T),
+        "the resize did not reach it: {:?}",
+        terminal.output()
+    );
     // A terminal's attach does not forward SIGTERM: it ends the CLI, and the container runs on.
     attached.signal(libc::SIGTERM);
     let (code, _, _) = attached.wait();
     assert_eq!(code, 128 + libc::SIGTERM);
     assert_eq!(c.status(), "RUNNING");
+    terminal.close();
 }
 
 #[test]

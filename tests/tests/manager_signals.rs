@@ -8,7 +8,7 @@ use std::sync::mpsc::channel;
 use std::thread;
 use std::time::{Duration, Instant};
 use tether_tests::manager::{Daemon, RUNC_RUNTIME, TETHER_RUNTIME};
-use tether_tests::pty::set_size;
+use tether_tests::pty::Terminal;
 use tether_tests::{busybox_rootfs, cmd, procs, unique_id};
 
 const T: Duration = Duration::from_secs(30);
@@ -178,35 +178,16 @@ fn resizes_follow_the_terminal(runtime: &str) {
 /// A terminal's resizes reach the container's process: through `tether run -t`, or (`exec`)
 /// through `tether exec -t` into a running container.
 fn resizes_follow(runtime: &str, exec: bool) {
-    use std::os::unix::process::CommandExt;
-    use std::sync::{Arc, Mutex};
-
     let d = Daemon::start();
     let ns = unique_id("ns");
     let id = unique_id("tty");
-    let pty = nix::pty::openpty(None, None).expect("openpty");
-    set_size(&pty.master, 24, 80);
     let rootfs = busybox_rootfs().display().to_string();
     // Every SIGWINCH the container's shell gets, it prints its terminal's size.
     let script = "trap 'stty size' WINCH; trap 'exit 7' TERM; echo ready; \
                   while :; do sleep 300 & wait; done";
-    let slave = std::fs::File::from(pty.slave);
     let mut command = d.tether();
     if exec {
-        d.ok(&[
-            "--namespace",
-            &ns,
-            "run",
-            "-d",
-            "--runtime",
-            runtime,
-            "--rootfs",
-            &rootfs,
-            &id,
-            "--",
-            "sleep",
-            "300",
-        ]);
+        d.run_detached(&ns, runtime, &id, &["sleep", "300"]);
         command.args(["--namespace", &ns, "exec", "-t", "--exec-id", "tty", &id]);
     } else {
         command
@@ -221,52 +202,23 @@ fn resizes_follow(runtime: &str, exec: bool) {
             ])
             .args(["--rootfs", &rootfs, &id]);
     }
-    command
-        .args(["--", "sh", "-c", script])
-        .stdin(slave.try_clone().expect("dup pty"))
-        .stdout(slave.try_clone().expect("dup pty"))
-        .stderr(slave);
-    // SAFETY: setsid and ioctl are async-signal-safe; the pty becomes the controlling terminal
-    // of `tether run`, as a shell's would be.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn().expect("start tether run -t");
-    drop(command);
+    command.args(["--", "sh", "-c", script]);
+    let (child, terminal) = Terminal::spawn(command, 24, 80);
     let pid = child.id() as i32;
     let mut guard = Reaped(Some(child));
-    let seen = Arc::new(Mutex::new(String::new()));
-    let sink = seen.clone();
-    let mut master = std::fs::File::from(pty.master);
-    let master_fd = master.try_clone().expect("dup master");
-    let reader = thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        // Ends with EIO once every slave is closed (the CLI exited).
-        while let Ok(n) = std::io::Read::read(&mut master, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            sink.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_str(&text);
-        }
-    });
-    let output = || seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let saw = |what: &str| tether_tests::wait_until(T, || output().contains(what));
-    assert!(saw("ready"), "no ready: {:?}\n{}", output(), d.log());
+    assert!(
+        terminal.saw("ready", T),
+        "no ready: {:?}\n{}",
+        terminal.output(),
+        d.log()
+    );
     for (rows, cols) in [(50, 132), (30, 100)] {
-        set_size(&master_fd, rows, cols);
+        terminal.resize(rows, cols);
         let want = format!("{rows} {cols}");
         assert!(
-            saw(&want),
+            terminal.saw(&want, T),
             "the container never saw {want}: {:?}\n{}",
-            output(),
+            terminal.output(),
             d.log()
         );
     }
@@ -274,9 +226,8 @@ fn resizes_follow(runtime: &str, exec: bool) {
     let mut child = guard.0.take().expect("not reaped yet");
     let (status, timed_out) = cmd::wait_deadline(&mut child, Instant::now() + T, "tether run");
     assert!(!timed_out, "tether run -t did not exit\n{}", d.log());
-    assert_eq!(cmd::exit_code(status), 7, "{:?}", output());
-    drop(master_fd);
-    let _ = reader.join();
+    assert_eq!(cmd::exit_code(status), 7, "{:?}", terminal.output());
+    terminal.close();
     if exec {
         d.ok(&["--namespace", &ns, "delete", "-f", &id]);
     }
