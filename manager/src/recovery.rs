@@ -281,14 +281,21 @@ fn recover_one(containers: &Arc<Containers>, key: Key, record: ContainerRecord) 
             }
         }
         None => {
-            // A shim that is there but did not answer is not left to wake up later.
-            command.kill_lingering();
+            let socket = shim_address(&dir)
+                .as_deref()
+                .and_then(tether_protocol::socket::from_address);
+            // A shim that is there but did not answer (its socket still accepts) is not left
+            // to wake up later. A refused socket means it is gone: no /proc scan for it, which
+            // would cost every dead shim a walk of every process on the restart's path.
+            if socket
+                .as_deref()
+                .is_some_and(|s| std::os::unix::net::UnixStream::connect(s).is_ok())
+            {
+                command.kill_lingering();
+            }
             // Its leftovers (mounts, runtime state) go with the delete action in any case.
             let deleted = command.delete();
-            if let Some(socket) = shim_address(&dir)
-                .as_deref()
-                .and_then(tether_protocol::socket::from_address)
-            {
+            if let Some(socket) = socket {
                 crate::shim_client::remove_dead_socket(&socket);
             }
             let c = containers.adopt(key.clone(), record.clone(), None);
