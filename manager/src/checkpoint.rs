@@ -157,8 +157,13 @@ mod tests {
             criu: "/bin/sh".into(),
         };
         let any = runtime_options(&cfg).expect("encode");
+        assert_eq!(any.type_url, "containerd.runc.v1.Options");
         let back = RuncOptions::parse_from_bytes(&any.value).expect("decode");
         assert_eq!(back.root, "/r/runc");
+        assert!(
+            back.binary_name.is_empty(),
+            "the runtime binary stays the default"
+        );
         let f = back
             .special_fields
             .unknown_fields()
