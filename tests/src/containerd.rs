@@ -78,6 +78,8 @@ pub struct Cleanup {
     pub removed_fifos: Vec<PathBuf>,
     pub unmounted: Vec<PathBuf>,
     pub removed_cgroups: Vec<PathBuf>,
+    /// `namespace/id` of containers runc still kept in its state root, force-deleted.
+    pub runc_deleted: Vec<String>,
     /// What could not be cleaned.
     pub problems: Vec<String>,
 }
@@ -368,7 +370,24 @@ impl Containerd {
                 .iter()
                 .flat_map(|ns| dir_names(&self.state().join(TASK_STATE_DIR).join(ns)))
                 .collect(),
+            runc_roots: self
+                .task_namespaces()
+                .iter()
+                .map(|ns| Path::new(crate::shim::RUNC_ROOT).join(ns))
+                .collect(),
         }
+    }
+
+    /// `namespace/id` of the tasks whose bundles are still there (not deleted yet).
+    pub fn task_bundles(&self) -> Vec<String> {
+        self.task_namespaces()
+            .iter()
+            .flat_map(|ns| {
+                dir_names(&self.state().join(TASK_STATE_DIR).join(ns))
+                    .into_iter()
+                    .map(move |id| format!("{ns}/{id}"))
+            })
+            .collect()
     }
 
     /// Namespaces that had tasks (their directories in the task state dir).
@@ -430,7 +449,9 @@ impl Containerd {
                     None,
                     Duration::from_secs(10),
                 );
-                if !out.success() {
+                if out.success() {
+                    report.runc_deleted.push(format!("{ns}/{id}"));
+                } else {
                     report
                         .problems
                         .push(format!("runc delete --force {ns}/{id}: {out}"));
@@ -557,6 +578,8 @@ pub struct LeakCheck {
     cgroups: Vec<PathBuf>,
     /// Ids of the containers that had bundles.
     ids: Vec<String>,
+    /// runc's state roots of the namespaces that had tasks (`/run/containerd/runc/<ns>`).
+    runc_roots: Vec<PathBuf>,
 }
 
 impl LeakCheck {
@@ -584,6 +607,16 @@ impl LeakCheck {
         }
         if self.dir.exists() {
             left.push(format!("directory: {}", self.dir.display()));
+        }
+        // Namespaces are the test's own (unique), so their runc roots must be gone: a container
+        // runc still lists, or the empty root runc never removes itself.
+        for root in &self.runc_roots {
+            for id in dir_names(root) {
+                left.push(format!("runc state: {}", root.join(id).display()));
+            }
+            if root.exists() {
+                left.push(format!("runc namespace root: {}", root.display()));
+            }
         }
         for cg in &self.cgroups {
             if cg.exists() {

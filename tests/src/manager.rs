@@ -178,24 +178,33 @@ impl Daemon {
         out
     }
 
+    /// `tether run` on the shared busybox rootfs, built up with [`RunCmd`]'s flags.
+    pub fn run_cmd(&self) -> RunCmd<'_> {
+        RunCmd {
+            d: self,
+            verb: "run",
+            ns: None,
+            flags: Vec::new(),
+        }
+    }
+
+    /// `tether create` on the shared busybox rootfs (see [`Daemon::run_cmd`]).
+    pub fn create_cmd(&self) -> RunCmd<'_> {
+        RunCmd {
+            verb: "create",
+            ..self.run_cmd()
+        }
+    }
+
     /// `tether -n NS run -d --runtime R --rootfs <busybox> ID -- CMD...`: a detached container
     /// on the shared busybox rootfs; its init's pid. Fails the test unless it starts.
     pub fn run_detached(&self, ns: &str, runtime: &str, id: &str, cmd: &[&str]) -> i32 {
-        let rootfs = crate::busybox_rootfs().display().to_string();
-        let mut args = vec![
-            "--namespace",
-            ns,
-            "run",
-            "-d",
-            "--runtime",
-            runtime,
-            "--rootfs",
-            &rootfs,
-            id,
-            "--",
-        ];
-        args.extend_from_slice(cmd);
-        let out = self.ok(&args);
+        let out = self
+            .run_cmd()
+            .ns(ns)
+            .runtime(runtime)
+            .flag("-d")
+            .ok(id, cmd);
         out.stdout
             .trim()
             .parse()
@@ -228,6 +237,52 @@ impl Daemon {
             }
         }
         out
+    }
+
+    /// What the test's containers left: shims still running (after a grace of `grace`),
+    /// container directories in the state dir, containers in runc's roots, and container
+    /// cgroups under the namespaces the test named. Empty when every container was removed.
+    pub fn leftovers(&self, grace: Duration) -> Vec<String> {
+        wait_until(grace, || self.shim_pids().is_empty());
+        let mut left: Vec<String> = self
+            .shim_pids()
+            .into_iter()
+            .map(|p| format!("shim: {}", procs::describe(p)))
+            .collect();
+        for (ns, id) in self.containers_on_disk() {
+            left.push(format!("container directory: {ns}/{id}"));
+        }
+        let runc_root = self.runc_root();
+        for ns in dir_names(&runc_root) {
+            for id in dir_names(&runc_root.join(&ns)) {
+                left.push(format!("runc state: {ns}/{id}"));
+            }
+        }
+        let namespaces = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for ns in namespaces.iter().filter(|n| *n != "default") {
+            for parent in cgroups::existing(ns) {
+                for id in dir_names(&parent) {
+                    left.push(format!("cgroup: {}", parent.join(id).display()));
+                }
+            }
+        }
+        left
+    }
+
+    /// Ends a test whose containers were all removed: fails listing whatever they left (see
+    /// [`Daemon::leftovers`]), then stops the daemon and cleans up as on drop.
+    pub fn finish(self) {
+        let left = self.leftovers(Duration::from_secs(20));
+        assert!(
+            left.is_empty(),
+            "left behind:\n{}\n--- daemon log ---\n{}",
+            left.join("\n"),
+            self.log()
+        );
     }
 
     /// Stops the daemon (SIGTERM, then SIGKILL) and reaps it.
@@ -275,6 +330,74 @@ impl Drop for Daemon {
             }
         }
         let _ = mounts::unmount_under(self.dir());
+    }
+}
+
+/// Names of the directories in `dir` (none if it cannot be read).
+fn dir_names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A `tether [-n NS] run|create [FLAGS] --rootfs <busybox> ID -- CMD...` being built: the
+/// argument list that most manager tests start with, written once.
+pub struct RunCmd<'d> {
+    d: &'d Daemon,
+    verb: &'static str,
+    ns: Option<String>,
+    flags: Vec<String>,
+}
+
+impl RunCmd<'_> {
+    /// `--namespace NS` (default: the CLI's, "default").
+    pub fn ns(mut self, ns: &str) -> Self {
+        self.ns = Some(ns.to_string());
+        self
+    }
+
+    /// `--runtime R` (default: the CLI's).
+    pub fn runtime(self, runtime: &str) -> Self {
+        self.flag("--runtime").flag(runtime)
+    }
+
+    /// One more flag or flag value before the id (`--rm`, `-d`, `-t`, `--log-path`, `P`).
+    pub fn flag(mut self, flag: &str) -> Self {
+        self.flags.push(flag.to_string());
+        self
+    }
+
+    /// The whole argument list for container `id` running `cmd`.
+    pub fn args(&self, id: &str, cmd: &[&str]) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(ns) = &self.ns {
+            v.extend(["--namespace".to_string(), ns.clone()]);
+        }
+        v.push(self.verb.to_string());
+        v.extend(self.flags.iter().cloned());
+        v.push("--rootfs".into());
+        v.push(crate::busybox_rootfs().display().to_string());
+        v.extend([id.to_string(), "--".to_string()]);
+        v.extend(cmd.iter().map(|s| s.to_string()));
+        v
+    }
+
+    /// Runs it (stdin /dev/null) and returns what it said.
+    pub fn run(&self, id: &str, cmd: &[&str]) -> CmdOutput {
+        let args = self.args(id, cmd);
+        self.d
+            .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Runs it and fails the test (with the daemon's log) unless it succeeds.
+    pub fn ok(&self, id: &str, cmd: &[&str]) -> CmdOutput {
+        let args = self.args(id, cmd);
+        self.d
+            .ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 }
 

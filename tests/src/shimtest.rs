@@ -64,15 +64,24 @@ pub fn rpc_code<T: std::fmt::Debug>(r: ttrpc::Result<T>, what: &str) -> ttrpc::C
 pub use crate::rawttrpc::process_spec;
 
 /// Stops `cd` and asserts it left nothing behind: no daemon, shim, container or exec process,
-/// mount, cgroup or FIFO (the harness leak check), and no process naming any of `ids` (a `ctr`,
-/// a shim, an exec).
+/// mount, cgroup, FIFO or runc state (the harness leak check), and no process naming any of
+/// `ids` (a `ctr`, a shim, an exec). Tasks still there are deleted through containerd; when
+/// the test deleted them all, their shims are given [`T`] to exit (`ctr run --rm` returns
+/// before its shim is gone).
 pub fn finish(cd: Containerd, ids: &[&str]) {
+    if cd.task_bundles().is_empty() {
+        assert!(
+            crate::wait_until(T, || cd.shim_pids().is_empty()),
+            "shims still running after every task was deleted: {:?}",
+            cd.shim_pids()
+        );
+    }
     let check = cd.leak_check();
     let report = cd.shutdown();
     assert!(report.problems.is_empty(), "{report:#?}");
     assert!(
-        report.killed.is_empty(),
-        "everything stopped by itself, nothing needed killing: {report:#?}"
+        report.killed.is_empty() && report.runc_deleted.is_empty(),
+        "everything stopped by itself, nothing needed killing or deleting: {report:#?}"
     );
     check.assert_clean();
     for id in ids {

@@ -129,6 +129,7 @@ fn read_back(runtime: &str) {
     d.ok(&["--namespace", &ns, "delete", &id]);
     let out = d.run(&["--namespace", &ns, "logs", &id]);
     assert!(!out.success() && out.stderr.contains("not found"), "{out}");
+    d.finish();
 }
 
 #[test]
@@ -159,6 +160,7 @@ fn follow_prints_each_line_once_and_ends_with_the_output() {
         "the logger saw the output end and said so"
     );
     d.ok(&["--namespace", &ns, "delete", &id]);
+    d.finish();
 }
 
 #[test]
@@ -200,6 +202,7 @@ fn logs_are_rotated_within_their_bound_and_followed_across_rotations() {
     assert!(first > 1, "older output was dropped");
     assert_eq!(out.stdout, lines(first, 1000));
     d.ok(&["--namespace", &ns, "delete", &id]);
+    d.finish();
 }
 
 /// The daemon is SIGKILLed while the container prints and restarted: the output written
@@ -239,6 +242,7 @@ fn across_sigkill(runtime: &str) {
     assert_eq!(out.stdout, lines(1, 1000), "every line exactly once");
     assert_eq!(out.stderr, "done\n");
     d.ok(&["--namespace", &ns, "delete", &id]);
+    d.finish();
 }
 
 #[test]

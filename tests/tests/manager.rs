@@ -40,23 +40,8 @@ fn assert_clear_error(out: &cmd::CmdOutput, want: &str) {
 fn container_life_cycle(runtime: &str) {
     let d = Daemon::start();
     let ns = unique_id("ns");
-    let rootfs = rootfs();
-    let run = |id: &str, args: &[&str]| {
-        let mut v = vec![
-            "--namespace",
-            &ns,
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            "--rootfs",
-            &rootfs,
-            id,
-            "--",
-        ];
-        v.extend_from_slice(args);
-        d.run(&v)
-    };
+    let rm = d.run_cmd().ns(&ns).runtime(runtime).flag("--rm");
+    let run = |id: &str, args: &[&str]| rm.run(id, args);
 
     // Output and exit codes propagate.
     let out = run(&unique_id("c"), &["echo", "hello"]);
@@ -71,19 +56,7 @@ fn container_life_cycle(runtime: &str) {
     // Stdin reaches the container and its EOF closes the container's stdin.
     let id = unique_id("c");
     let out = cmd::run(
-        d.tether().args([
-            "--namespace",
-            &ns,
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            "--rootfs",
-            &rootfs,
-            &id,
-            "--",
-            "cat",
-        ]),
+        d.tether().args(rm.args(&id, &["cat"])),
         Some(b"line one\nline two\n"),
         T,
     );
@@ -169,39 +142,20 @@ fn container_life_cycle(runtime: &str) {
 
     // delete -f kills a running container.
     let id = unique_id("c");
-    d.ok(&[
-        "--namespace",
-        &ns,
-        "run",
-        "-d",
-        "--runtime",
-        runtime,
-        "--rootfs",
-        &rootfs,
-        &id,
-        "--",
-        "sleep",
-        "300",
-    ]);
+    d.run_cmd()
+        .ns(&ns)
+        .flag("-d")
+        .runtime(runtime)
+        .ok(&id, &["sleep", "300"]);
     d.ok(&["--namespace", &ns, "delete", "-f", &id]);
     assert!(ps_row(&d, &ns, &id).is_none());
 
     // create + start + wait.
     let id = unique_id("c");
-    d.ok(&[
-        "--namespace",
-        &ns,
-        "create",
-        "--runtime",
-        runtime,
-        "--rootfs",
-        &rootfs,
-        &id,
-        "--",
-        "sh",
-        "-c",
-        "exit 3",
-    ]);
+    d.create_cmd()
+        .ns(&ns)
+        .runtime(runtime)
+        .ok(&id, &["sh", "-c", "exit 3"]);
     assert_eq!(status(&d, &ns, &id), "CREATED");
     d.ok(&["--namespace", &ns, "start", &id]);
     let out = d.run(&["--namespace", &ns, "wait", &id]);
@@ -214,6 +168,7 @@ fn container_life_cycle(runtime: &str) {
         d.shim_pids()
     );
     assert!(d.ok(&["--namespace", &ns, "ps", "--json"]).stdout.trim() == "[]");
+    d.finish();
 }
 
 #[test]
@@ -229,26 +184,20 @@ fn life_cycle_with_containerds_go_shim() {
 fn terminal(runtime: &str) {
     let d = Daemon::start();
     let id = unique_id("t");
-    let out = d.run(&[
-        "run",
-        "--rm",
-        "-t",
-        "--runtime",
-        runtime,
-        "--rootfs",
-        &rootfs(),
+    let out = d.run_cmd().flag("--rm").flag("-t").runtime(runtime).run(
         &id,
-        "--",
-        "sh",
-        "-c",
-        // The sleep lets our stdin (/dev/null) reach its end first: that must not take the
-        // container's terminal away (it did, with containerd's Go shim, before the CLI kept
-        // a terminal's stdin open).
-        "sleep 1; test -t 0 && test -t 1 && echo on-a-tty; exit 4",
-    ]);
+        &[
+            "sh",
+            "-c", // The sleep lets our stdin (/dev/null) reach its end first: that must not take the
+            // container's terminal away (it did, with containerd's Go shim, before the CLI kept
+            // a terminal's stdin open).
+            "sleep 1; test -t 0 && test -t 1 && echo on-a-tty; exit 4",
+        ],
+    );
     assert_eq!(out.code, 4, "{out}\n{}", d.log());
     // A terminal turns \n into \r\n.
     assert_eq!(out.stdout, "on-a-tty\r\n", "{out}");
+    d.finish();
 }
 
 #[test]
@@ -288,6 +237,7 @@ fn bundle_with_config_json_runs() {
         "from a bundle",
     ]);
     assert_eq!(out.stdout, "from a bundle\n");
+    d.finish();
 }
 
 fn topics_of(events: &[Value], id: &str) -> Vec<String> {
@@ -317,20 +267,9 @@ fn events_filters_let_only_matching_events_through() {
         &format!("container_id=={b1}"),
     ]);
     let human = d.events(&[&format!("namespace=={ns_b}")]);
-    let rootfs = rootfs();
     // b1 first: when a1's last event is seen, every b1 event has a smaller sequence number.
     for (ns, id) in [(&ns_b, &b1), (&ns_a, &a1)] {
-        d.ok(&[
-            "--namespace",
-            ns,
-            "run",
-            "--rm",
-            "--rootfs",
-            &rootfs,
-            id,
-            "--",
-            "true",
-        ]);
+        d.run_cmd().ns(ns).flag("--rm").ok(id, &["true"]);
     }
     let lifecycle = [
         "/tasks/create",
@@ -377,6 +316,7 @@ fn events_filters_let_only_matching_events_through() {
         human.lines()
     );
     assert!(human.lines().iter().all(|l| l.contains(&ns_b)));
+    d.finish();
 }
 
 #[test]
@@ -385,23 +325,12 @@ fn events_of_100_containers_arrive_each_exactly_once() {
     let ns = unique_id("ns");
     let stream = d.events(&["--json", "--since", "0", &format!("namespace=={ns}")]);
     let ids: Vec<String> = (0..100).map(|i| unique_id(&format!("m{i}"))).collect();
-    let rootfs = rootfs();
     std::thread::scope(|s| {
         for chunk in ids.chunks(25) {
-            let (d, ns, rootfs) = (&d, &ns, &rootfs);
+            let (d, ns) = (&d, &ns);
             s.spawn(move || {
                 for id in chunk {
-                    d.ok(&[
-                        "--namespace",
-                        ns,
-                        "run",
-                        "--rm",
-                        "--rootfs",
-                        rootfs,
-                        id,
-                        "--",
-                        "true",
-                    ]);
+                    d.run_cmd().ns(ns).flag("--rm").ok(id, &["true"]);
                 }
             });
         }
@@ -444,6 +373,7 @@ fn events_of_100_containers_arrive_each_exactly_once() {
     seqs.dedup();
     assert_eq!(seqs.len(), n, "every sequence number once");
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order");
+    d.finish();
 }
 
 #[test]
@@ -453,33 +383,21 @@ fn bad_input_is_a_clear_error_and_the_daemon_serves_on() {
     let empty = tempfile::tempdir().expect("tempdir");
     let empty = empty.path().display().to_string();
 
-    let out = d.run(&["run", "--rm", "--rootfs", &rootfs, "bad/id", "--", "true"]);
+    let out = d.run_cmd().flag("--rm").run("bad/id", &["true"]);
     assert_clear_error(&out, "invalid container id \"bad/id\"");
     let out = d.run(&["--namespace", "no/pe", "ps"]);
     assert_clear_error(&out, "invalid namespace");
-    let out = d.run(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "io.containerd.nosuch.v2",
-        "--rootfs",
-        &rootfs,
-        &unique_id("c"),
-        "--",
-        "true",
-    ]);
+    let out = d
+        .run_cmd()
+        .flag("--rm")
+        .runtime("io.containerd.nosuch.v2")
+        .run(&unique_id("c"), &["true"]);
     assert_clear_error(&out, "unknown runtime \"io.containerd.nosuch.v2\"");
-    let out = d.run(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "nodots",
-        "--rootfs",
-        &rootfs,
-        &unique_id("c"),
-        "--",
-        "true",
-    ]);
+    let out = d
+        .run_cmd()
+        .flag("--rm")
+        .runtime("nodots")
+        .run(&unique_id("c"), &["true"]);
     assert_clear_error(&out, "invalid runtime name");
     let out = d.run(&[
         "run",
@@ -511,21 +429,16 @@ fn bad_input_is_a_clear_error_and_the_daemon_serves_on() {
         let out = d.run(&[cmd, "nosuchcontainer"]);
         assert_clear_error(&out, "container \"nosuchcontainer\" not found");
     }
-    let out = d.run(&[
-        "run",
-        "--rm",
-        "--rootfs",
-        &rootfs,
-        &unique_id("c"),
-        "--",
-        "/no/such/binary",
-    ]);
+    let out = d
+        .run_cmd()
+        .flag("--rm")
+        .run(&unique_id("c"), &["/no/such/binary"]);
     assert!(!out.success(), "{out}");
 
     // A duplicate id is refused and the first container is untouched.
     let id = unique_id("dup");
-    d.ok(&["run", "-d", "--rootfs", &rootfs, &id, "--", "sleep", "300"]);
-    let out = d.run(&["run", "-d", "--rootfs", &rootfs, &id, "--", "true"]);
+    d.run_cmd().flag("-d").ok(&id, &["sleep", "300"]);
+    let out = d.run_cmd().flag("-d").run(&id, &["true"]);
     assert_clear_error(
         &out,
         &format!("container \"{id}\" already exists in namespace \"default\""),
@@ -534,16 +447,10 @@ fn bad_input_is_a_clear_error_and_the_daemon_serves_on() {
     d.ok(&["delete", "-f", &id]);
 
     // The daemon serves on.
-    let out = d.ok(&[
-        "run",
-        "--rm",
-        "--rootfs",
-        &rootfs,
-        &unique_id("c"),
-        "--",
-        "echo",
-        "still here",
-    ]);
+    let out = d
+        .run_cmd()
+        .flag("--rm")
+        .ok(&unique_id("c"), &["echo", "still here"]);
     assert_eq!(out.stdout, "still here\n");
 
     // No daemon at all.
@@ -565,6 +472,7 @@ fn bad_input_is_a_clear_error_and_the_daemon_serves_on() {
         T,
     );
     assert_clear_error(&out, "no tether daemon at");
+    d.finish();
 }
 
 #[test]
@@ -597,20 +505,11 @@ fn shim_death(runtime: &str) {
         "0",
         &format!("namespace=={ns},topic==/tasks/exit"),
     ]);
-    d.ok(&[
-        "--namespace",
-        &ns,
-        "run",
-        "-d",
-        "--runtime",
-        runtime,
-        "--rootfs",
-        &rootfs(),
-        &id,
-        "--",
-        "sleep",
-        "300",
-    ]);
+    d.run_cmd()
+        .ns(&ns)
+        .flag("-d")
+        .runtime(runtime)
+        .ok(&id, &["sleep", "300"]);
     let shims = d.shim_pids();
     assert_eq!(shims.len(), 1, "one shim: {shims:?}");
     assert!(tether_tests::procs::signal(shims[0], libc::SIGKILL));
@@ -630,21 +529,14 @@ fn shim_death(runtime: &str) {
         stream.lines()
     );
     d.ok(&["--namespace", &ns, "delete", &id]);
-    let out = d.ok(&[
-        "--namespace",
-        &ns,
-        "run",
-        "--rm",
-        "--runtime",
-        runtime,
-        "--rootfs",
-        &rootfs(),
-        &unique_id("c"),
-        "--",
-        "echo",
-        "after",
-    ]);
+    let out = d
+        .run_cmd()
+        .ns(&ns)
+        .flag("--rm")
+        .runtime(runtime)
+        .ok(&unique_id("c"), &["echo", "after"]);
     assert_eq!(out.stdout, "after\n");
+    d.finish();
 }
 
 #[test]

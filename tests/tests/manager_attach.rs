@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 use tether_tests::manager::{Daemon, RUNC_RUNTIME, TETHER_RUNTIME};
 use tether_tests::pty::Terminal;
-use tether_tests::{busybox_rootfs, cmd, tether_binary, unique_id, wait_until};
+use tether_tests::{cmd, tether_binary, unique_id, wait_until};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -32,11 +32,11 @@ impl Ctr {
     /// `tether run -d [FLAGS] ... -- sh -c SCRIPT`.
     fn run(d: &Daemon, runtime: &str, flags: &[&str], script: &str) -> Ctr {
         let (ns, id) = (unique_id("ns"), unique_id("att"));
-        let rootfs = busybox_rootfs().display().to_string();
-        let mut args: Vec<&str> = vec!["--namespace", &ns, "run", "-d", "--runtime", runtime];
-        args.extend_from_slice(flags);
-        args.extend_from_slice(&["--rootfs", &rootfs, &id, "--", "sh", "-c", script]);
-        d.ok(&args);
+        let mut run = d.run_cmd().ns(&ns).runtime(runtime).flag("-d");
+        for f in flags {
+            run = run.flag(f);
+        }
+        run.ok(&id, &["sh", "-c", script]);
         Ctr {
             socket: d.socket(),
             ns,
@@ -216,6 +216,8 @@ fn streams_from_now_and_returns_the_exit_code(runtime: &str) {
     );
     assert_eq!(lines.last().map(String::as_str), Some("bye"), "{lines:?}");
     assert_consecutive_ticks(&lines);
+    drop(c);
+    d.finish();
 }
 
 #[test]
@@ -245,6 +247,8 @@ fn keeps_streaming_across_a_daemon_sigkill(runtime: &str) {
     assert_eq!(code, 7, "{err}");
     assert_eq!(lines.last().map(String::as_str), Some("bye"), "{lines:?}");
     assert_consecutive_ticks(&lines);
+    drop(c);
+    d.finish();
 }
 
 #[test]
@@ -292,6 +296,8 @@ fn stdin_feeds_the_container_and_stays_open(runtime: &str) {
         c.logs()
     );
     assert_eq!(c.status(), "RUNNING");
+    drop(c);
+    d.finish();
 }
 
 #[test]
@@ -325,6 +331,8 @@ fn sigint_is_forwarded_or_detaches(runtime: &str) {
     let (code, lines, err) = a.wait();
     assert_eq!(code, 9, "the container's trap chose the status; {err}");
     assert_eq!(lines.last().map(String::as_str), Some("int"), "{lines:?}");
+    drop(c);
+    d.finish();
 }
 
 #[test]
@@ -355,6 +363,8 @@ fn terminal_attach_and_detach_keys(runtime: &str) {
     b.write(b"exit 4\n");
     let (code, _, err) = b.wait();
     assert_eq!(code, 4, "{err}");
+    drop(c);
+    d.finish();
 }
 
 #[test]
@@ -380,6 +390,8 @@ fn terminal_output_is_logged_and_attached(runtime: &str) {
     assert!(lines.iter().any(|l| l.contains("bye")), "{lines:?}");
     let logs = c.logs();
     assert!(logs.contains("before") && logs.contains("bye"), "{logs}");
+    drop(c);
+    d.finish();
 }
 
 #[test]
@@ -425,6 +437,8 @@ fn resizes_reach_the_container(runtime: &str) {
     assert_eq!(code, 128 + libc::SIGTERM);
     assert_eq!(c.status(), "RUNNING");
     terminal.close();
+    drop(c);
+    d.finish();
 }
 
 #[test]
@@ -461,6 +475,9 @@ fn errors_are_one_line_and_change_nothing(runtime: &str) {
     let out = d.run(&["--namespace", &stopped.ns, "attach", &stopped.id]);
     one_line_error(&out, "EXITED");
     assert_eq!(stopped.status(), "EXITED");
+    drop(stopped);
+    drop(running);
+    d.finish();
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 use tether_tests::criu::working_criu;
 use tether_tests::manager::Daemon;
-use tether_tests::{busybox_rootfs, cmd, unique_id, wait_until};
+use tether_tests::{cmd, unique_id, wait_until};
 
 const T: Duration = Duration::from_secs(60);
 const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done";
@@ -17,20 +17,10 @@ fn daemon() -> Daemon {
 }
 
 fn run_counter(d: &Daemon, ns: &str, id: &str) {
-    let rootfs = busybox_rootfs().display().to_string();
-    d.ok(&[
-        "--namespace",
-        ns,
-        "run",
-        "-d",
-        "--rootfs",
-        &rootfs,
-        id,
-        "--",
-        "/bin/sh",
-        "-c",
-        COUNTER,
-    ]);
+    d.run_cmd()
+        .ns(ns)
+        .flag("-d")
+        .ok(id, &["/bin/sh", "-c", COUNTER]);
 }
 
 /// The numbers the container printed so far.
@@ -131,6 +121,7 @@ fn an_exported_container_restored_under_a_new_id_counts_on() {
     );
     assert_eq!(status(&d, &ns, &b), "RUNNING");
     d.ok(&["--namespace", &ns, "delete", "-f", &b]);
+    d.finish();
 }
 
 #[test]
@@ -158,6 +149,7 @@ fn leave_running_keeps_the_container_counting() {
     );
     assert_eq!(status(&d, &ns, &id), "RUNNING");
     d.ok(&["--namespace", &ns, "delete", "-f", &id]);
+    d.finish();
 }
 
 #[test]
@@ -208,4 +200,5 @@ fn unknown_containers_missing_criu_and_hostile_archives_are_clear_errors() {
     assert_eq!(status(&d2, &ns, &id), "RUNNING");
     assert!(!Path::new(&file).exists());
     d2.ok(&["--namespace", &ns, "delete", "-f", &id]);
+    d.finish();
 }

@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::path::Path;
 use tether_tests::manager::{Daemon, RUNC_RUNTIME, TETHER_RUNTIME};
 use tether_tests::shim::{runc_list, RUNC_ROOT};
-use tether_tests::{busybox_rootfs, procs, unique_id};
+use tether_tests::{procs, unique_id};
 
 fn state(d: &Daemon, ns: &str, id: &str) -> Value {
     let out = d.ok(&["--namespace", ns, "state", id, "--json"]);
@@ -106,23 +106,12 @@ fn two_daemons_run_the_same_id_with_containerds_go_shim() {
 fn events_honour_the_namespace() {
     let d = Daemon::start();
     let (mine, other) = (unique_id("ns"), unique_id("ns"));
-    let rootfs = busybox_rootfs().display().to_string();
     let all = d.events(&["--json", "--since", "0"]);
     let only = d.events(&["--namespace", &mine, "--json", "--since", "0"]);
     let exits = d.events(&["-n", &mine, "--json", "--since", "0", "topic==/tasks/exit"]);
     let (id_other, id_mine) = (unique_id("c"), unique_id("c"));
     for (ns, id) in [(&other, &id_other), (&mine, &id_mine)] {
-        d.ok(&[
-            "--namespace",
-            ns,
-            "run",
-            "--rm",
-            "--rootfs",
-            &rootfs,
-            id,
-            "--",
-            "true",
-        ]);
+        d.run_cmd().ns(ns).flag("--rm").ok(id, &["true"]);
     }
     // Events come in order: once my container's delete is there, the other's came before.
     let deleted = |evs: &[Value], id: &str| {
@@ -157,4 +146,5 @@ fn events_honour_the_namespace() {
     assert_eq!(namespaces(exit_topics.clone()), std::slice::from_ref(&mine));
     assert!(exit_topics.iter().all(|e| e["topic"] == "/tasks/exit"));
     assert!(namespaces(all.json()).contains(&other));
+    d.finish();
 }

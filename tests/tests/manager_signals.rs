@@ -130,6 +130,7 @@ fn forwards_every_signal(runtime: &str) {
     // --rm removed every one of them.
     let ps = d.ok(&["--namespace", &ns, "ps", "--json"]);
     assert_eq!(ps.stdout.trim(), "[]", "{ps}");
+    d.finish();
 }
 
 #[test]
@@ -169,6 +170,7 @@ fn exec_forwards_signals(runtime: &str) {
     let v: serde_json::Value = serde_json::from_str(&state.stdout).expect("state json");
     assert_eq!(v["status"], "RUNNING", "the init got none of them: {v}");
     d.ok(&["--namespace", &ns, "delete", "-f", &id]);
+    d.finish();
 }
 
 fn resizes_follow_the_terminal(runtime: &str) {
@@ -181,28 +183,27 @@ fn resizes_follow(runtime: &str, exec: bool) {
     let d = Daemon::start();
     let ns = unique_id("ns");
     let id = unique_id("tty");
-    let rootfs = busybox_rootfs().display().to_string();
     // Every SIGWINCH the container's shell gets, it prints its terminal's size.
     let script = "trap 'stty size' WINCH; trap 'exit 7' TERM; echo ready; \
                   while :; do sleep 300 & wait; done";
     let mut command = d.tether();
     if exec {
         d.run_detached(&ns, runtime, &id, &["sleep", "300"]);
-        command.args(["--namespace", &ns, "exec", "-t", "--exec-id", "tty", &id]);
+        command.args([
+            "--namespace",
+            &ns,
+            "exec",
+            "-t",
+            "--exec-id",
+            "tty",
+            &id,
+            "--",
+        ]);
     } else {
-        command
-            .args([
-                "--namespace",
-                &ns,
-                "run",
-                "--rm",
-                "-t",
-                "--runtime",
-                runtime,
-            ])
-            .args(["--rootfs", &rootfs, &id]);
+        let run = d.run_cmd().ns(&ns).flag("--rm").flag("-t").runtime(runtime);
+        command.args(run.args(&id, &[]));
     }
-    command.args(["--", "sh", "-c", script]);
+    command.args(["sh", "-c", script]);
     let (child, terminal) = Terminal::spawn(command, 24, 80);
     let pid = child.id() as i32;
     let mut guard = Reaped(Some(child));
@@ -231,6 +232,7 @@ fn resizes_follow(runtime: &str, exec: bool) {
     if exec {
         d.ok(&["--namespace", &ns, "delete", "-f", &id]);
     }
+    d.finish();
 }
 
 #[test]

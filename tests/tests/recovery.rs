@@ -305,6 +305,7 @@ fn manager_sigkills_lose_no_exit_and_report_none_twice() {
     let gone = wait_until(T, || d.shim_pids().is_empty());
     assert!(gone, "shims left: {:?}", d.shim_pids());
     assert_no_leftovers(&d, &ns, sockets.keys().map(PathBuf::from).collect());
+    d.finish();
 }
 
 /// No zombie (of the daemon or of the test), no mount under the daemon's directory, no shim
@@ -358,19 +359,14 @@ fn exit_while_the_daemon_is_down_is_reported_after_the_restart() {
     let mut d = Daemon::start();
     let ns = unique_id("ns");
     let id = unique_id("c");
-    let out = d.ok(&[
-        "--namespace",
-        &ns,
-        "run",
-        "-d",
-        "--rootfs",
-        &rootfs(),
+    let out = d.run_cmd().ns(&ns).flag("-d").ok(
         &id,
-        "--",
-        "sh",
-        "-c",
-        "trap 'exit 42' TERM; while true; do sleep 0.1; done",
-    ]);
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; while true; do sleep 0.1; done",
+        ],
+    );
     let pid: i32 = out.stdout.trim().parse().expect("pid");
     d.kill9();
     let before = now_nanos();
@@ -398,6 +394,7 @@ fn exit_while_the_daemon_is_down_is_reported_after_the_restart() {
         "exited_at {at} in [{before}, {after}]"
     );
     d.ok(&["--namespace", &ns, "delete", &id]);
+    d.finish();
 }
 
 /// A shim and the daemon SIGKILLed together: the restart finds the shim gone at once, its
@@ -431,6 +428,7 @@ fn shim_and_daemon_killed(runtime: &str) {
     assert_eq!(w.code, 137, "{w}");
     d.ok(&["--namespace", &ns, "delete", &id]);
     assert_no_leftovers(&d, &ns, sockets);
+    d.finish();
 }
 
 #[test]
@@ -473,6 +471,7 @@ fn stopped_shim_at_restart(runtime: &str) {
     );
     d.ok(&["--namespace", &ns, "delete", &id]);
     assert_no_leftovers(&d, &ns, sockets);
+    d.finish();
 }
 
 #[test]
@@ -493,20 +492,7 @@ fn killed_shim_is_reported_and_daemon_threads_stay_constant() {
     let d = Daemon::start();
     let ns = unique_id("ns");
     let daemon = d.pid().expect("pid");
-    let run = |id: &str| {
-        d.ok(&[
-            "--namespace",
-            &ns,
-            "run",
-            "-d",
-            "--rootfs",
-            &rootfs(),
-            id,
-            "--",
-            "sleep",
-            "300",
-        ])
-    };
+    let run = |id: &str| d.run_cmd().ns(&ns).flag("-d").ok(id, &["sleep", "300"]);
     run("c0");
     let one = procs::thread_count(daemon).expect("threads");
     for i in 1..50 {
@@ -534,6 +520,7 @@ fn killed_shim_is_reported_and_daemon_threads_stay_constant() {
     }
     assert!(wait_until(T, || d.shim_pids().is_empty()));
     assert_no_leftovers(&d, &ns, Vec::new());
+    d.finish();
 }
 
 /// Corrupt and half-written records are reported and skipped; they never stop the daemon.
@@ -543,18 +530,7 @@ fn corrupt_records_are_reported_and_skipped() {
     let mut d = Daemon::start();
     let ns = unique_id("ns");
     let id = unique_id("c");
-    d.ok(&[
-        "--namespace",
-        &ns,
-        "run",
-        "-d",
-        "--rootfs",
-        &rootfs(),
-        &id,
-        "--",
-        "sleep",
-        "300",
-    ]);
+    d.run_cmd().ns(&ns).flag("-d").ok(&id, &["sleep", "300"]);
     d.kill9();
     let bad = d.state().join(&ns).join("bad");
     std::fs::create_dir_all(&bad).expect("mkdir");
@@ -582,6 +558,7 @@ fn corrupt_records_are_reported_and_skipped() {
     d.ok(&["--namespace", &ns, "delete", "-f", &id]);
     std::fs::remove_dir_all(&bad).expect("rm");
     std::fs::remove_dir_all(&future).expect("rm");
+    d.finish();
 }
 
 /// A create the daemon never acknowledged (SIGKILLed before it recorded it) is undone after the
@@ -644,6 +621,7 @@ fn interrupted_create_is_undone_silently_and_leaves_no_shim() {
     assert_eq!((exits[0].0.as_str(), exits[0].1), (id.as_str(), 7));
     d.ok(&["--namespace", &ns, "delete", &id]);
     assert_no_leftovers(&d, &ns, sockets);
+    d.finish();
 }
 
 /// The shim process of container `id` among the daemon's shims.
@@ -697,20 +675,11 @@ fn a_hanging_delete_action_is_killed_and_holds_up_no_other_cleanup() {
     let ns = unique_id("ns");
     let (hung, other) = (unique_id("hung"), unique_id("other"));
     for (id, runtime) in [(&hung, "io.containerd.hang.v2"), (&other, TETHER_RUNTIME)] {
-        d.ok(&[
-            "--namespace",
-            &ns,
-            "run",
-            "-d",
-            "--runtime",
-            runtime,
-            "--rootfs",
-            &rootfs(),
-            id,
-            "--",
-            "sleep",
-            "300",
-        ]);
+        d.run_cmd()
+            .ns(&ns)
+            .flag("-d")
+            .runtime(runtime)
+            .ok(id, &["sleep", "300"]);
     }
     let sockets = shim_sockets(&d, &ns);
     let status = |id: &str| state_json(&d.socket(), &ns, id).unwrap_or_default();
@@ -760,4 +729,5 @@ fn a_hanging_delete_action_is_killed_and_holds_up_no_other_cleanup() {
         d.ok(&["--namespace", &ns, "delete", id]);
     }
     assert_no_leftovers(&d, &ns, sockets);
+    d.finish();
 }

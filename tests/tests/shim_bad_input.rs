@@ -98,15 +98,7 @@ impl Running {
             .is_some_and(|t| t.status == "STOPPED")));
         assert_eq!(self.ctr.task_delete_status(&self.id), 137);
         assert!(self.ctr.container_delete(&self.id).success());
-        assert!(tether_tests::wait_until(T, || self
-            .cd
-            .shim_pids()
-            .is_empty()));
-        let check = self.cd.leak_check();
-        let report = self.cd.shutdown();
-        assert!(report.problems.is_empty(), "{report:#?}");
-        assert!(report.killed.is_empty(), "{report:#?}");
-        check.assert_clean();
+        tether_tests::shimtest::finish(self.cd, &[]);
     }
 }
 

@@ -5,6 +5,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::Duration;
 use tether_tests::ctr::Run;
+use tether_tests::shimtest::finish;
 use tether_tests::{
     busybox_image, busybox_rootfs, mounts, procs, shim, unique_id, wait_until, Containerd, Ctr,
     SNAPSHOTTER, TETHER_RUNTIME,
@@ -29,10 +30,6 @@ fn wait_status(ctr: &Ctr, id: &str, status: &str) {
     );
 }
 
-fn finish(cd: Containerd) {
-    tether_tests::shimtest::finish(cd, &[]);
-}
-
 #[test]
 fn echo_hello_prints_hello_and_exits_0() {
     let cd = Containerd::start();
@@ -51,7 +48,7 @@ fn echo_hello_prints_hello_and_exits_0() {
         "shim still running after `ctr run --rm`: {:?}",
         cd.shim_pids()
     );
-    finish(cd);
+    finish(cd, &[]);
 }
 
 #[test]
@@ -65,7 +62,7 @@ fn sh_exit_7_exits_7() {
         .output();
     assert_eq!(out.code, 7, "{out}\n{}", cd.log_excerpt());
     assert_eq!(out.stdout, "before\n", "{out}");
-    finish(cd);
+    finish(cd, &[]);
 }
 
 #[test]
@@ -88,7 +85,7 @@ fn container_killed_with_sigkill_reports_137() {
         assert_eq!(out.code, 137, "{out}\n{}", cd.log_excerpt());
     });
     assert!(ctr.tasks().is_empty());
-    finish(cd);
+    finish(cd, &[]);
 }
 
 #[test]
@@ -217,7 +214,7 @@ fn detached_task_lists_kills_deletes_and_leaves_no_shim_socket_mount_runc_state_
     assert!(rm.success(), "{rm}");
     // ctr removes its FIFOs through the stdio paths the shim's State reports.
     assert!(ctr_fifos(&id).is_empty(), "{:?}", ctr_fifos(&id));
-    finish(cd);
+    finish(cd, &[]);
 }
 
 /// ctr's stdio FIFOs of container `id` still in /run/containerd/fifo/*/.
@@ -311,5 +308,5 @@ fn image_container_gets_its_overlay_rootfs_from_create_and_it_is_unmounted_after
     );
     assert!(ctr.container_delete(&id2).success());
     drop(events);
-    finish(cd);
+    finish(cd, &[]);
 }

@@ -5,6 +5,7 @@ use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::time::Duration;
 use tether_tests::ctr::Run;
+use tether_tests::shimtest::finish;
 use tether_tests::{busybox_rootfs, unique_id, wait_until, Containerd, Ctr, TETHER_RUNTIME};
 
 const T: Duration = Duration::from_secs(20);
@@ -17,15 +18,6 @@ fn tether_run_rm<'a>(ctr: &'a Ctr, id: &str) -> Run<'a> {
         .rootfs(busybox_rootfs())
         .flag("--read-only")
         .rm()
-}
-
-fn finish(cd: Containerd) {
-    assert!(
-        wait_until(T, || cd.shim_pids().is_empty()),
-        "shims still running after `ctr run --rm`: {:?}",
-        cd.shim_pids()
-    );
-    tether_tests::shimtest::finish(cd, &[]);
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -49,7 +41,7 @@ fn stdin_line_reaches_the_container() {
         .output();
     assert_eq!(out.code, 0, "{out}\n{}", cd.log_excerpt());
     assert_eq!(out.stdout, "abc\n", "{out}");
-    finish(cd);
+    finish(cd, &[]);
 }
 
 #[test]
@@ -88,7 +80,7 @@ fn ten_mib_of_stdout_arrive_byte_exact() {
         "stdout content"
     );
     assert_eq!(out.stderr, "", "nothing on stderr");
-    finish(cd);
+    finish(cd, &[]);
 }
 
 #[test]
@@ -119,7 +111,7 @@ fn log_uri_file_receives_stdout_and_stderr() {
     let mut lines: Vec<&str> = text.lines().collect();
     lines.sort_unstable();
     assert_eq!(lines, ["to-stderr", "to-stdout"], "log file: {text:?}");
-    finish(cd);
+    finish(cd, &[]);
 }
 
 #[test]
@@ -161,5 +153,5 @@ fn log_uri_binary_hands_stdout_and_stderr_to_the_logger() {
         cd.log_excerpt()
     );
     assert_eq!(read("who"), format!("{}/{id}\n", ctr.namespace()));
-    finish(cd);
+    finish(cd, &[]);
 }
