@@ -2,12 +2,36 @@
 //! `shim_metrics_oom`, `shim_update`, `shim_checkpoint`, ...): a raw ttrpc client to one
 //! container's shim, and the end-of-test check that nothing is left.
 
-use crate::{procs, Containerd};
+use crate::{busybox_rootfs, procs, unique_id, Containerd, Ctr, TETHER_RUNTIME};
 use std::time::Duration;
 use tether_protocol::task_service::TaskCaller;
 
 /// The deadline of one wait in these tests.
 pub const T: Duration = Duration::from_secs(20);
+
+/// What most shim tests start with: a private containerd, a namespace of the test's own and a
+/// `ctr` in it. Destructure it: `let Scene { cd, ns, ctr } = Scene::start();`.
+pub struct Scene {
+    pub cd: Containerd,
+    pub ns: String,
+    pub ctr: Ctr,
+}
+
+impl Scene {
+    pub fn start() -> Scene {
+        let cd = Containerd::start();
+        let ns = unique_id("ns");
+        let ctr = cd.ctr(&ns);
+        Scene { cd, ns, ctr }
+    }
+}
+
+/// A detached container under our shim on the busybox rootfs, running `cmd`; its (unique) id.
+pub fn detached(ctr: &Ctr, cmd: &[&str]) -> String {
+    let id = unique_id("c");
+    ctr.run_detached_rootfs(TETHER_RUNTIME, busybox_rootfs(), &id, cmd);
+    id
+}
 
 /// The shim address of task `id` in `ns`, from the bundle's `address` file.
 pub fn shim_address(cd: &Containerd, ns: &str, id: &str) -> String {

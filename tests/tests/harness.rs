@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 use tether_tests::procs;
+use tether_tests::shimtest::Scene;
 use tether_tests::{
     busybox_image, busybox_rootfs, unique_id, Containerd, RUNC_RUNTIME, SNAPSHOTTER,
 };
@@ -94,9 +95,7 @@ fn imported_image_runs_on_overlayfs() {
 
 #[test]
 fn events_show_task_lifecycle_in_order() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let events = ctr.events();
     let id = unique_id("c");
     let out = ctr.run_rm_rootfs(RUNC_RUNTIME, busybox_rootfs(), &id, &["/bin/true"]);

@@ -14,6 +14,7 @@ use tether_protocol::api::task::{
 use tether_protocol::api::ttrpc::{self, Code};
 use tether_protocol::task_service::{TaskCaller, TASK_SERVICE_V2, TASK_SERVICE_V3};
 use tether_tests::rawttrpc::{self, assert_closed, frame, read_response, rpc_status};
+use tether_tests::shimtest::Scene;
 use tether_tests::{busybox_rootfs, procs, shim, unique_id, Containerd, Ctr, TETHER_RUNTIME};
 
 const T: Duration = Duration::from_secs(20);
@@ -31,9 +32,7 @@ struct Running {
 
 fn start_container() -> Running {
     tether_tests::shim_binary();
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let id = unique_id("c");
     ctr.run(&id)
         .runtime(TETHER_RUNTIME)

@@ -4,9 +4,8 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
-use tether_tests::{
-    busybox_rootfs, procs, shim, unique_id, wait_until, Containerd, TETHER_RUNTIME,
-};
+use tether_tests::shimtest::Scene;
+use tether_tests::{busybox_rootfs, procs, shim, unique_id, wait_until, TETHER_RUNTIME};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -47,9 +46,7 @@ fn shim_cgroup_option_moves_the_shim_into_that_cgroup() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("tether.toml");
     std::fs::write(&config, format!("ShimCgroup = \"/{}\"\n", cg.name)).expect("write");
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let id = unique_id("c");
     ctr.run(&id)
         .runtime(TETHER_RUNTIME)

@@ -7,8 +7,9 @@ use tether_protocol::api::task::{CheckpointTaskRequest, StateRequest, StateRespo
 use tether_protocol::api::{pack_any, Any, Empty};
 use tether_protocol::task_service::TaskCaller;
 use tether_tests::criu::working_criu;
+use tether_tests::shimtest::Scene;
 use tether_tests::shimtest::{finish, rpc_code, shim_client, T};
-use tether_tests::{busybox_rootfs, unique_id, Containerd, Ctr, TETHER_RUNTIME};
+use tether_tests::{busybox_rootfs, unique_id, Ctr, TETHER_RUNTIME};
 
 fn checkpoint(id: &str, path: &str, options: Option<Any>) -> CheckpointTaskRequest {
     CheckpointTaskRequest {
@@ -61,9 +62,7 @@ fn assert_still_running(shim: &TaskCaller, ctr: &Ctr, id: &str) {
 
 #[test]
 fn checkpoint_refuses_bad_requests() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let id = unique_id("c");
     sleeper(&ctr, &id, &[]);
     let shim = shim_client(&cd, &ns, &id);
@@ -108,9 +107,7 @@ fn checkpoint_refuses_bad_requests() {
 /// error that reaches the caller is CRIU's, its log is kept, and the container runs on.
 #[test]
 fn checkpoint_reports_criu_errors_and_leaves_the_container_running() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let id = unique_id("c");
     let logs = tempfile::tempdir().expect("tempdir for the log");
     let uri = format!("file://{}", logs.path().join("out.log").display());
@@ -143,9 +140,7 @@ fn checkpoint_reports_criu_errors_and_leaves_the_container_running() {
 /// `ctr --runtime-config-path` passes it): an image, and the container runs on.
 #[test]
 fn checkpoint_writes_an_image_and_leaves_the_container_running() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let id = unique_id("c");
     let config = tempfile::tempdir().expect("tempdir");
     let toml = config.path().join("tether.toml");
@@ -188,9 +183,7 @@ fn restore_from_an_unusable_image_fails_at_start_and_the_shim_serves_on() {
         CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, KillRequest,
         StartRequest, StartResponse, Status,
     };
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let first = unique_id("c");
     sleeper(&ctr, &first, &[]);
     let shim = shim_client(&cd, &ns, &first);
@@ -283,9 +276,7 @@ fn checkpoint_then_restore_counts_on_where_it_stopped() {
     };
     use tether_protocol::runtime_options::RuntimeOptions;
     let criu = working_criu();
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let first = unique_id("c");
     sleeper(&ctr, &first, &[]);
     let shim = shim_client(&cd, &ns, &first);
@@ -389,9 +380,7 @@ fn checkpoint_then_restore_counts_on_where_it_stopped() {
 /// containerd's shim.
 #[test]
 fn ctr_task_checkpoint_of_a_running_container_through_containerd() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let id = unique_id("c");
     let dir = tempfile::tempdir().expect("tempdir");
     let toml = dir.path().join("tether.toml");
@@ -441,9 +430,7 @@ fn counted(ctr: &Ctr, id: &str, exec_id: &str) -> Vec<u64> {
 /// lose the beginning), and is an ordinary task afterwards (exec, kill, delete).
 #[test]
 fn ctr_container_checkpoint_and_restore_count_on() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     ctr.image_import(&tether_tests::busybox_image().path);
     let dir = tempfile::tempdir().expect("tempdir");
     let toml = dir.path().join("tether.toml");

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tether_protocol::api::task::DeleteResponse;
 use tether_tests::ctr::Run;
 use tether_tests::events::Event;
+use tether_tests::shimtest::Scene;
 use tether_tests::{
     busybox_rootfs, procs, shim, unique_id, wait_until, Containerd, Ctr, TETHER_RUNTIME,
 };
@@ -31,9 +32,7 @@ fn field(e: &Event, name: &str) -> u64 {
 
 #[test]
 fn events_show_create_start_exit_delete_in_order_with_the_exit_status() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let events = ctr.events();
     for code in [0u64, 7, 42] {
         let id = unique_id("c");
@@ -158,9 +157,7 @@ fn delete_action_after_shim_death_reports_the_real_exit_status_and_is_idempotent
 
 #[test]
 fn containerd_reports_the_real_exit_status_when_the_shim_dies_after_the_exit() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let events = ctr.events();
     let id = unique_id("c");
     tether_run(&ctr, &id)
@@ -211,9 +208,7 @@ fn containerd_reports_the_real_exit_status_when_the_shim_dies_after_the_exit() {
 
 #[test]
 fn shim_killed_while_its_container_runs_is_cleaned_up_by_the_delete_action() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let events = ctr.events();
     let id = unique_id("c");
     tether_run(&ctr, &id)

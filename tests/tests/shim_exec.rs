@@ -7,8 +7,9 @@ use tether_protocol::api::task::{
     ExecProcessRequest, StartRequest, StartResponse, StateRequest, StateResponse,
 };
 use tether_protocol::api::Empty;
+use tether_tests::shimtest::{detached, Scene};
 use tether_tests::shimtest::{finish, process_spec, rpc_code, shim_client, T};
-use tether_tests::{busybox_rootfs, cmd, procs, unique_id, Containerd, Event, TETHER_RUNTIME};
+use tether_tests::{cmd, procs, Event};
 
 /// The process id an event is about: `exec_id` for exec-added/started, `id` for exit.
 fn process_of(e: &Event) -> Option<String> {
@@ -29,17 +30,9 @@ fn describe(events: &[Event]) -> String {
 
 #[test]
 fn exec_exit_status_stdio_and_events_in_order() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns: _, ctr } = Scene::start();
     let events = ctr.events();
-    let id = unique_id("c");
-    ctr.run_detached_rootfs(
-        TETHER_RUNTIME,
-        busybox_rootfs(),
-        &id,
-        &["/bin/sleep", "1000"],
-    );
+    let id = detached(&ctr, &["/bin/sleep", "1000"]);
 
     let out = ctr.call(&[
         "task",
@@ -144,17 +137,9 @@ fn exec_exit_status_stdio_and_events_in_order() {
 
 #[test]
 fn duplicate_exec_refused_exec_killed_with_init_and_no_exec_after_init_exit() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let events = ctr.events();
-    let id = unique_id("c");
-    ctr.run_detached_rootfs(
-        TETHER_RUNTIME,
-        busybox_rootfs(),
-        &id,
-        &["/bin/sleep", "1000"],
-    );
+    let id = detached(&ctr, &["/bin/sleep", "1000"]);
 
     // A long exec, attached through ctr in the background: ctr returns when it exits.
     let mut long_cmd = ctr.command(&[

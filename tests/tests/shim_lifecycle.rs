@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 use tether_tests::ctr::Run;
 use tether_tests::shimtest::finish;
+use tether_tests::shimtest::Scene;
 use tether_tests::{
     busybox_image, busybox_rootfs, mounts, procs, shim, unique_id, wait_until, Containerd, Ctr,
     SNAPSHOTTER, TETHER_RUNTIME,
@@ -90,9 +91,7 @@ fn container_killed_with_sigkill_reports_137() {
 
 #[test]
 fn detached_task_lists_kills_deletes_and_leaves_no_shim_socket_mount_runc_state_or_zombie() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let id = unique_id("c");
     tether_run(&ctr, &id)
         .detach()
@@ -239,9 +238,7 @@ fn overlay_at(path: &Path) -> bool {
 #[test]
 fn image_container_gets_its_overlay_rootfs_from_create_and_it_is_unmounted_after() {
     tether_tests::shim_binary();
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let image = busybox_image();
     ctr.image_import(&image.path);
     let events = ctr.events();

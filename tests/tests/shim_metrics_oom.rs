@@ -2,10 +2,9 @@
 //! over its memory limit that gets `/tasks/oom` and then exits with 137.
 
 use std::collections::HashMap;
+use tether_tests::shimtest::{detached, Scene};
 use tether_tests::shimtest::{finish, T};
-use tether_tests::{
-    busybox_rootfs, cgroups, unique_id, wait_until, Containerd, RUNC_RUNTIME, TETHER_RUNTIME,
-};
+use tether_tests::{busybox_rootfs, cgroups, unique_id, wait_until, RUNC_RUNTIME, TETHER_RUNTIME};
 
 /// Parses `ctr task metrics` (table): `METRIC VALUE` rows after the header.
 fn parse_metrics(out: &str) -> HashMap<String, String> {
@@ -27,16 +26,8 @@ fn number(m: &HashMap<String, String>, key: &str, raw: &str) -> u64 {
 
 #[test]
 fn metrics_of_a_running_container() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
-    let id = unique_id("c");
-    ctr.run_detached_rootfs(
-        TETHER_RUNTIME,
-        busybox_rootfs(),
-        &id,
-        &["/bin/sleep", "1000"],
-    );
+    let Scene { cd, ctr, .. } = Scene::start();
+    let id = detached(&ctr, &["/bin/sleep", "1000"]);
     let out = ctr.call_ok(&["task", "metrics", &id]);
     let m = parse_metrics(&out.stdout);
     let usage = number(&m, "memory.usage_in_bytes", &out.stdout);
@@ -116,9 +107,7 @@ fn metrics_of_a_running_container() {
 
 /// The body of the OOM tests: 32 MiB limit, 100 MiB buffered by `tail`.
 fn oom_then_exit_137() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ctr, .. } = Scene::start();
     let events = ctr.events();
     let id = unique_id("c");
     let out = ctr
@@ -167,9 +156,7 @@ fn oom_event_before_exit_137_cgroup_v1() {
 #[test]
 fn oom_event_while_the_container_survives() {
     cgroups::require_v1("memory");
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ctr, .. } = Scene::start();
     let events = ctr.events();
     let id = unique_id("c");
     ctr.run(&id)

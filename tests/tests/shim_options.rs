@@ -14,6 +14,7 @@ use tether_protocol::api::task::{
 use tether_protocol::api::ttrpc::{self, Code};
 use tether_protocol::runtime_options::RuntimeOptions;
 use tether_protocol::task_service::TaskCaller;
+use tether_tests::shimtest::Scene;
 use tether_tests::{busybox_rootfs, shim, unique_id, wait_until, Containerd, TETHER_RUNTIME};
 
 const T: Duration = Duration::from_secs(20);
@@ -90,9 +91,7 @@ fn runtime_config_path_reaches_the_runtime() {
     let w = Wrapper::new();
     let config = w.dir.path().join("tether.toml");
     std::fs::write(&config, w.toml()).expect("write tether.toml");
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let id = unique_id("c");
     let out = ctr
         .run(&id)
@@ -152,9 +151,7 @@ fn runtime_config_path_reaches_the_runtime() {
 fn config_body_options_reach_the_runtime_through_the_task_api() {
     tether_tests::shim_binary();
     let w = Wrapper::new();
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let first = unique_id("c");
     ctr.run(&first)
         .runtime(TETHER_RUNTIME)
@@ -349,9 +346,7 @@ fn stdout_owner_as_user(
 #[test]
 fn io_uid_and_gid_own_the_container_stdio_pipes() {
     tether_tests::shim_binary();
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let first = unique_id("c");
     ctr.run(&first)
         .runtime(TETHER_RUNTIME)

@@ -4,8 +4,9 @@
 use std::time::Duration;
 use tether_protocol::api::task::{PauseRequest, ResumeRequest};
 use tether_protocol::api::Empty;
+use tether_tests::shimtest::{detached, Scene};
 use tether_tests::shimtest::{finish, rpc_code, shim_client, T};
-use tether_tests::{busybox_rootfs, cgroups, unique_id, wait_until, Containerd, TETHER_RUNTIME};
+use tether_tests::{cgroups, wait_until};
 
 /// The counter the container writes (through its root, seen from the host).
 fn counter(pid: u32) -> Option<u64> {
@@ -29,15 +30,10 @@ fn proc_state(pid: u32) -> String {
 #[test]
 fn pause_freezes_and_resume_thaws_with_events() {
     let freezer_root = cgroups::require_v1("freezer");
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let events = ctr.events();
-    let id = unique_id("c");
-    ctr.run_detached_rootfs(
-        TETHER_RUNTIME,
-        busybox_rootfs(),
-        &id,
+    let id = detached(
+        &ctr,
         &[
             "/bin/sh",
             "-c",

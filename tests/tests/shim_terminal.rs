@@ -19,8 +19,9 @@ use tether_protocol::api::task::{
     StartResponse, WaitRequest, WaitResponse,
 };
 use tether_protocol::api::Empty;
+use tether_tests::shimtest::{detached, Scene};
 use tether_tests::shimtest::{finish, rpc_code, shim_client, T};
-use tether_tests::{busybox_rootfs, cmd, unique_id, Containerd, TETHER_RUNTIME};
+use tether_tests::{busybox_rootfs, cmd, unique_id, TETHER_RUNTIME};
 
 nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, Winsize);
 
@@ -237,9 +238,7 @@ fn assert_all_numbers(text: &str, last: u32) {
 
 #[test]
 fn run_with_terminal_size_resize_and_exit_status() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let id = unique_id("c");
     let mut run = ctr.command(&[
         "run",
@@ -295,16 +294,8 @@ fn run_with_terminal_size_resize_and_exit_status() {
 
 #[test]
 fn exec_with_terminal_on_detached_container() {
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
-    let id = unique_id("c");
-    ctr.run_detached_rootfs(
-        TETHER_RUNTIME,
-        busybox_rootfs(),
-        &id,
-        &["/bin/sleep", "1000"],
-    );
+    let Scene { cd, ns, ctr } = Scene::start();
+    let id = detached(&ctr, &["/bin/sleep", "1000"]);
     let mut exec = ctr.command(&["task", "exec", "-t", "--exec-id", "x", &id, "/bin/sh"]);
     exec.env("TERM", "dumb");
     let term = OnPty::spawn(exec, 33, 77);

@@ -5,8 +5,9 @@
 use std::path::Path;
 use tether_protocol::api::task::{StateRequest, StateResponse, UpdateTaskRequest};
 use tether_protocol::api::{Any, Empty};
+use tether_tests::shimtest::Scene;
 use tether_tests::shimtest::{finish, rpc_code, shim_client, T};
-use tether_tests::{busybox_rootfs, cgroups, unique_id, Containerd, TETHER_RUNTIME};
+use tether_tests::{busybox_rootfs, cgroups, unique_id, TETHER_RUNTIME};
 
 fn cgroup_file(controller: &str, ns: &str, id: &str, file: &str) -> String {
     let path = Path::new("/sys/fs/cgroup")
@@ -38,9 +39,7 @@ fn update_changes_the_cgroup_limits() {
     for controller in ["memory", "pids", "cpu"] {
         cgroups::require_v1(controller);
     }
-    let cd = Containerd::start();
-    let ns = unique_id("ns");
-    let ctr = cd.ctr(&ns);
+    let Scene { cd, ns, ctr } = Scene::start();
     let id = unique_id("c");
     ctr.run(&id)
         .runtime(TETHER_RUNTIME)

@@ -19,6 +19,7 @@ use tether_protocol::api::ttrpc::Code;
 use tether_protocol::api::{pack_any, Any};
 use tether_protocol::task_service::TASK_SERVICE_V2;
 use tether_tests::rawttrpc::{self, process_spec, request_frame};
+use tether_tests::shimtest::Scene;
 use tether_tests::{busybox_rootfs, procs, shim, unique_id, Containerd, Ctr, TETHER_RUNTIME};
 
 mod frames;

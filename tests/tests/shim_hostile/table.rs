@@ -138,9 +138,7 @@ impl Table {
         tether_tests::shim_binary();
         // A shim that a row kills is adopted here and reaped, not left a zombie of PID 1.
         procs::become_subreaper();
-        let cd = Containerd::start();
-        let ns = unique_id("ns");
-        let ctr = cd.ctr(&ns);
+        let Scene { cd, ns, ctr } = Scene::start();
         Table {
             cd,
             ns,
