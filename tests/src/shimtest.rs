@@ -33,6 +33,20 @@ pub fn detached(ctr: &Ctr, cmd: &[&str]) -> String {
     id
 }
 
+/// A detached, read-only `sleep 1000` container under our shim (the busybox rootfs is shared
+/// by parallel tests); its (unique) id.
+pub fn sleeper(ctr: &Ctr) -> String {
+    let id = unique_id("c");
+    ctr.run(&id)
+        .runtime(TETHER_RUNTIME)
+        .rootfs(busybox_rootfs())
+        .flag("--read-only")
+        .detach()
+        .args(&["/bin/sleep", "1000"])
+        .success();
+    id
+}
+
 /// The shim address of task `id` in `ns`, from the bundle's `address` file.
 pub fn shim_address(cd: &Containerd, ns: &str, id: &str) -> String {
     let path = cd.bundle(ns, id).join("address");

@@ -14,8 +14,9 @@ use tether_protocol::api::task::{
 use tether_protocol::api::ttrpc::{self, Code};
 use tether_protocol::task_service::{TaskCaller, TASK_SERVICE_V2, TASK_SERVICE_V3};
 use tether_tests::rawttrpc::{self, assert_closed, frame, read_response, rpc_status};
+use tether_tests::shimtest::sleeper;
 use tether_tests::shimtest::Scene;
-use tether_tests::{busybox_rootfs, procs, shim, unique_id, Containerd, Ctr, TETHER_RUNTIME};
+use tether_tests::{procs, shim, unique_id, Containerd, Ctr};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -33,14 +34,7 @@ struct Running {
 fn start_container() -> Running {
     tether_tests::shim_binary();
     let Scene { cd, ns, ctr } = Scene::start();
-    let id = unique_id("c");
-    ctr.run(&id)
-        .runtime(TETHER_RUNTIME)
-        .rootfs(busybox_rootfs())
-        .flag("--read-only")
-        .detach()
-        .args(&["/bin/sleep", "1000"])
-        .success();
+    let id = sleeper(&ctr);
     let row = ctr.task(&id).expect("the task is listed");
     assert_eq!(row.status, "RUNNING");
     let bundle = cd.bundle(&ns, &id);

@@ -148,11 +148,7 @@ fn delete_action_after_shim_death_reports_the_real_exit_status_and_is_idempotent
     assert!(cd.shim_pids().is_empty(), "{:?}", cd.shim_pids());
     let rm = ctr.container_delete(&id);
     assert!(rm.success(), "{rm}");
-    let check = cd.leak_check();
-    let report = cd.shutdown();
-    assert!(report.problems.is_empty(), "{report:#?}");
-    assert!(report.killed.is_empty(), "{report:#?}");
-    check.assert_clean();
+    tether_tests::shimtest::finish(cd, &[]);
 }
 
 #[test]
@@ -240,9 +236,5 @@ fn shim_killed_while_its_container_runs_is_cleaned_up_by_the_delete_action() {
     assert!(!shim::runc_list(&ns).contains(&id));
     assert!(ctr.container_delete(&id).success());
     drop(events);
-    let check = cd.leak_check();
-    let report = cd.shutdown();
-    assert!(report.problems.is_empty(), "{report:#?}");
-    assert!(report.killed.is_empty(), "{report:#?}");
-    check.assert_clean();
+    tether_tests::shimtest::finish(cd, &[]);
 }

@@ -14,6 +14,7 @@ use tether_protocol::api::task::{
 use tether_protocol::api::ttrpc::{self, Code};
 use tether_protocol::runtime_options::RuntimeOptions;
 use tether_protocol::task_service::TaskCaller;
+use tether_tests::shimtest::sleeper;
 use tether_tests::shimtest::Scene;
 use tether_tests::{busybox_rootfs, shim, unique_id, wait_until, Containerd, TETHER_RUNTIME};
 
@@ -140,11 +141,7 @@ fn runtime_config_path_reaches_the_runtime() {
     let _ = ctr.container_delete(&bad);
     assert!(wait_until(T, || cd.shim_pids().is_empty()));
 
-    let check = cd.leak_check();
-    let report = cd.shutdown();
-    assert!(report.problems.is_empty(), "{report:#?}");
-    assert!(report.killed.is_empty(), "{report:#?}");
-    check.assert_clean();
+    tether_tests::shimtest::finish(cd, &[]);
 }
 
 #[test]
@@ -152,14 +149,7 @@ fn config_body_options_reach_the_runtime_through_the_task_api() {
     tether_tests::shim_binary();
     let w = Wrapper::new();
     let Scene { cd, ns, ctr } = Scene::start();
-    let first = unique_id("c");
-    ctr.run(&first)
-        .runtime(TETHER_RUNTIME)
-        .rootfs(busybox_rootfs())
-        .flag("--read-only")
-        .detach()
-        .args(&["/bin/sleep", "1000"])
-        .success();
+    let first = sleeper(&ctr);
     let address = shim::address(&cd.bundle(&ns, &first)).expect("the shim's address file");
     let (caller, _) = TaskCaller::connect(&address, T).expect("connect to the shim");
 
@@ -253,11 +243,7 @@ fn config_body_options_reach_the_runtime_through_the_task_api() {
     assert_eq!(ctr.task_delete_status(&first), 137);
     assert!(ctr.container_delete(&first).success());
     assert!(wait_until(T, || cd.shim_pids().is_empty()));
-    let check = cd.leak_check();
-    let report = cd.shutdown();
-    assert!(report.problems.is_empty(), "{report:#?}");
-    assert!(report.killed.is_empty(), "{report:#?}");
-    check.assert_clean();
+    tether_tests::shimtest::finish(cd, &[]);
     assert!(
         tether_tests::cgroups::existing(&format!("{ns}/{id}")).is_empty(),
         "the second container's cgroup is gone"
@@ -347,14 +333,7 @@ fn stdout_owner_as_user(
 fn io_uid_and_gid_own_the_container_stdio_pipes() {
     tether_tests::shim_binary();
     let Scene { cd, ns, ctr } = Scene::start();
-    let first = unique_id("c");
-    ctr.run(&first)
-        .runtime(TETHER_RUNTIME)
-        .rootfs(busybox_rootfs())
-        .flag("--read-only")
-        .detach()
-        .args(&["/bin/sleep", "1000"])
-        .success();
+    let first = sleeper(&ctr);
     let address = shim::address(&cd.bundle(&ns, &first)).expect("the shim's address file");
     let (caller, _) = TaskCaller::connect(&address, T).expect("connect to the shim");
 
