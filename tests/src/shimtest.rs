@@ -2,8 +2,10 @@
 //! `shim_metrics_oom`, `shim_update`, `shim_checkpoint`, ...): a raw ttrpc client to one
 //! container's shim, and the end-of-test check that nothing is left.
 
+use crate::ctr::Run;
 use crate::{busybox_rootfs, procs, unique_id, Containerd, Ctr, TETHER_RUNTIME};
 use std::time::Duration;
+use tether_protocol::api::task::{StateRequest, StateResponse};
 use tether_protocol::task_service::TaskCaller;
 
 /// The deadline of one wait in these tests.
@@ -37,14 +39,33 @@ pub fn detached(ctr: &Ctr, cmd: &[&str]) -> String {
 /// by parallel tests); its (unique) id.
 pub fn sleeper(ctr: &Ctr) -> String {
     let id = unique_id("c");
-    ctr.run(&id)
-        .runtime(TETHER_RUNTIME)
-        .rootfs(busybox_rootfs())
-        .flag("--read-only")
+    tether_run(ctr, &id)
         .detach()
         .args(&["/bin/sleep", "1000"])
         .success();
     id
+}
+
+/// `ctr run --runtime io.containerd.tether.v2 --read-only --rootfs <busybox> ID`, to be given
+/// its flags and command.
+pub fn tether_run<'a>(ctr: &'a Ctr, id: &str) -> Run<'a> {
+    crate::shim_binary();
+    ctr.run(id)
+        .runtime(TETHER_RUNTIME)
+        .rootfs(busybox_rootfs())
+        .flag("--read-only")
+}
+
+/// The shim's `State` of process `exec_id` ("" for the init) of task `id`; fails the test
+/// unless the shim answers.
+pub fn state(shim: &TaskCaller, id: &str, exec_id: &str) -> StateResponse {
+    let req = StateRequest {
+        id: id.to_string(),
+        exec_id: exec_id.to_string(),
+        ..Default::default()
+    };
+    shim.call("State", &req, T)
+        .unwrap_or_else(|e| panic!("State of {id}/{exec_id}: {e:?}"))
 }
 
 /// The shim address of task `id` in `ns`, from the bundle's `address` file.

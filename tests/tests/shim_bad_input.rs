@@ -15,6 +15,7 @@ use tether_protocol::api::ttrpc::{self, Code};
 use tether_protocol::task_service::{TaskCaller, TASK_SERVICE_V2, TASK_SERVICE_V3};
 use tether_tests::rawttrpc::{self, assert_closed, frame, read_response, rpc_status};
 use tether_tests::shimtest::sleeper;
+use tether_tests::shimtest::state;
 use tether_tests::shimtest::Scene;
 use tether_tests::{procs, shim, unique_id, Containerd, Ctr};
 
@@ -58,16 +59,7 @@ impl Running {
 
     /// The real container still answers RUNNING with its pid, from the same shim process.
     fn assert_serving(&self, caller: &TaskCaller, after: &str) {
-        let state: StateResponse = caller
-            .call(
-                "State",
-                &StateRequest {
-                    id: self.id.clone(),
-                    ..Default::default()
-                },
-                T,
-            )
-            .unwrap_or_else(|e| panic!("State after {after}: {e:?}"));
+        let state = state(caller, &self.id, "");
         assert_eq!(
             state.status.enum_value(),
             Ok(TaskStatus::RUNNING),

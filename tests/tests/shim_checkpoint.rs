@@ -3,10 +3,11 @@
 //! dump) a real image.
 
 use tether_protocol::api::runc_options::CheckpointOptions;
-use tether_protocol::api::task::{CheckpointTaskRequest, StateRequest, StateResponse};
+use tether_protocol::api::task::CheckpointTaskRequest;
 use tether_protocol::api::{pack_any, Any, Empty};
 use tether_protocol::task_service::TaskCaller;
 use tether_tests::criu::working_criu;
+use tether_tests::shimtest::state;
 use tether_tests::shimtest::Scene;
 use tether_tests::shimtest::{finish, rpc_code, shim_client, T};
 use tether_tests::{busybox_rootfs, unique_id, Ctr, TETHER_RUNTIME};
@@ -46,16 +47,7 @@ fn kill_and_delete(ctr: &Ctr, id: &str) {
 
 /// The shim still answers, and containerd and the shim agree the task runs with its pid.
 fn assert_still_running(shim: &TaskCaller, ctr: &Ctr, id: &str) {
-    let state: StateResponse = shim
-        .call(
-            "State",
-            &StateRequest {
-                id: id.to_string(),
-                ..Default::default()
-            },
-            T,
-        )
-        .expect("the shim still answers");
+    let state = state(shim, id, "");
     let task = ctr.task(id).expect("task listed");
     assert_eq!((task.status.as_str(), task.pid), ("RUNNING", state.pid));
 }
@@ -206,16 +198,7 @@ fn restore_from_an_unusable_image_fails_at_start_and_the_shim_serves_on() {
         .call("Create", &create(&image.path().display().to_string()), T)
         .expect("Create from a checkpoint is accepted; the restore comes at Start");
     assert_eq!(created.pid, 0, "nothing runs before the restore");
-    let state: StateResponse = shim
-        .call(
-            "State",
-            &StateRequest {
-                id: id.clone(),
-                ..Default::default()
-            },
-            T,
-        )
-        .expect("State");
+    let state = state(&shim, &id, "");
     assert_eq!(state.status.enum_value(), Ok(Status::CREATED), "{state:?}");
 
     let start = StartRequest {

@@ -4,23 +4,12 @@
 use protobuf::Message;
 use std::time::Duration;
 use tether_protocol::api::task::DeleteResponse;
-use tether_tests::ctr::Run;
 use tether_tests::events::Event;
+use tether_tests::shimtest::tether_run;
 use tether_tests::shimtest::Scene;
-use tether_tests::{
-    busybox_rootfs, procs, shim, unique_id, wait_until, Containerd, Ctr, TETHER_RUNTIME,
-};
+use tether_tests::{procs, shim, unique_id, wait_until, Containerd};
 
 const T: Duration = Duration::from_secs(20);
-
-/// `ctr run --runtime io.containerd.tether.v2 --read-only --rootfs <busybox> ID`.
-fn tether_run<'a>(ctr: &'a Ctr, id: &str) -> Run<'a> {
-    tether_tests::shim_binary();
-    ctr.run(id)
-        .runtime(TETHER_RUNTIME)
-        .rootfs(busybox_rootfs())
-        .flag("--read-only")
-}
 
 /// A numeric field of an event body; Go's JSON leaves out zero values.
 fn field(e: &Event, name: &str) -> u64 {

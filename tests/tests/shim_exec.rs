@@ -3,10 +3,9 @@
 //! refused once the init has exited.
 
 use std::time::Duration;
-use tether_protocol::api::task::{
-    ExecProcessRequest, StartRequest, StartResponse, StateRequest, StateResponse,
-};
+use tether_protocol::api::task::{ExecProcessRequest, StartRequest, StartResponse};
 use tether_protocol::api::Empty;
+use tether_tests::shimtest::state;
 use tether_tests::shimtest::{detached, Scene};
 use tether_tests::shimtest::{finish, process_spec, rpc_code, shim_client, T};
 use tether_tests::{cmd, procs, Event};
@@ -245,16 +244,7 @@ fn duplicate_exec_refused_exec_killed_with_init_and_no_exec_after_init_exit() {
     assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
     let late = ctr.call(&["task", "exec", "--exec-id", "late2", &id, "/bin/true"]);
     assert!(!late.success(), "exec after the init exited: {late}");
-    let state: StateResponse = shim
-        .call(
-            "State",
-            &StateRequest {
-                id: id.clone(),
-                ..Default::default()
-            },
-            T,
-        )
-        .expect("State of the exited init");
+    let state = state(&shim, &id, "");
     assert_eq!(state.exit_status, 137, "{state:?}");
     drop(shim);
 

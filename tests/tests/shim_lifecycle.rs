@@ -4,24 +4,15 @@
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::Duration;
-use tether_tests::ctr::Run;
 use tether_tests::shimtest::finish;
+use tether_tests::shimtest::tether_run;
 use tether_tests::shimtest::Scene;
 use tether_tests::{
-    busybox_image, busybox_rootfs, mounts, procs, shim, unique_id, wait_until, Containerd, Ctr,
-    SNAPSHOTTER, TETHER_RUNTIME,
+    busybox_image, mounts, procs, shim, unique_id, wait_until, Containerd, Ctr, SNAPSHOTTER,
+    TETHER_RUNTIME,
 };
 
 const T: Duration = Duration::from_secs(20);
-
-/// `ctr run --runtime io.containerd.tether.v2 --read-only --rootfs <busybox> ID`.
-fn tether_run<'a>(ctr: &'a Ctr, id: &str) -> Run<'a> {
-    tether_tests::shim_binary();
-    ctr.run(id)
-        .runtime(TETHER_RUNTIME)
-        .rootfs(busybox_rootfs())
-        .flag("--read-only")
-}
 
 fn wait_status(ctr: &Ctr, id: &str, status: &str) {
     assert!(

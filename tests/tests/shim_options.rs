@@ -8,13 +8,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 use tether_protocol::api::task::{
-    CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, StateRequest,
-    StateResponse, Status as TaskStatus,
+    CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, Status as TaskStatus,
 };
 use tether_protocol::api::ttrpc::{self, Code};
 use tether_protocol::runtime_options::RuntimeOptions;
 use tether_protocol::task_service::TaskCaller;
 use tether_tests::shimtest::sleeper;
+use tether_tests::shimtest::state;
 use tether_tests::shimtest::Scene;
 use tether_tests::{busybox_rootfs, shim, unique_id, wait_until, Containerd, TETHER_RUNTIME};
 
@@ -177,16 +177,7 @@ fn config_body_options_reach_the_runtime_through_the_task_api() {
         w.calls()
     );
     assert!(w.root().join(&ns).join(&id).join("state.json").is_file());
-    let state: StateResponse = caller
-        .call(
-            "State",
-            &StateRequest {
-                id: id.clone(),
-                ..Default::default()
-            },
-            T,
-        )
-        .expect("State of the second container");
+    let state = state(&caller, &id, "");
     assert_eq!(
         state.status.enum_value(),
         Ok(TaskStatus::CREATED),

@@ -6,18 +6,13 @@ use std::fmt::Write as _;
 use std::time::Duration;
 use tether_tests::ctr::Run;
 use tether_tests::shimtest::finish;
-use tether_tests::{busybox_rootfs, unique_id, wait_until, Containerd, Ctr, TETHER_RUNTIME};
+use tether_tests::{unique_id, wait_until, Containerd, Ctr};
 
 const T: Duration = Duration::from_secs(20);
 
 /// `ctr run --rm --runtime io.containerd.tether.v2 --read-only --rootfs <busybox> ID`.
 fn tether_run_rm<'a>(ctr: &'a Ctr, id: &str) -> Run<'a> {
-    tether_tests::shim_binary();
-    ctr.run(id)
-        .runtime(TETHER_RUNTIME)
-        .rootfs(busybox_rootfs())
-        .flag("--read-only")
-        .rm()
+    tether_tests::shimtest::tether_run(ctr, id).rm()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -4,18 +4,14 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tether_tests::ctr::Run;
-use tether_tests::{busybox_rootfs, unique_id, Containerd, Ctr, TETHER_RUNTIME};
+use tether_tests::{unique_id, Containerd, Ctr};
 
 /// One `ctr run` on a loaded 2-core machine: generous, it only bounds a hang.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// `ctr run --rm --runtime io.containerd.tether.v2 --read-only --rootfs <busybox> ID`.
 fn tether_run_rm<'a>(ctr: &'a Ctr, id: &str) -> Run<'a> {
-    tether_tests::shim_binary();
-    ctr.run(id)
-        .runtime(TETHER_RUNTIME)
-        .rootfs(busybox_rootfs())
-        .flag("--read-only")
+    tether_tests::shimtest::tether_run(ctr, id)
         .rm()
         .timeout(RUN_TIMEOUT)
 }

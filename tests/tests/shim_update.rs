@@ -3,8 +3,9 @@
 //! living on.
 
 use std::path::Path;
-use tether_protocol::api::task::{StateRequest, StateResponse, UpdateTaskRequest};
+use tether_protocol::api::task::UpdateTaskRequest;
 use tether_protocol::api::{Any, Empty};
+use tether_tests::shimtest::state;
 use tether_tests::shimtest::Scene;
 use tether_tests::shimtest::{finish, rpc_code, shim_client, T};
 use tether_tests::{busybox_rootfs, cgroups, unique_id, TETHER_RUNTIME};
@@ -104,16 +105,7 @@ fn update_changes_the_cgroup_limits() {
         "Update of an unknown container",
     );
     assert_eq!(code, ttrpc::Code::NOT_FOUND);
-    let state: StateResponse = shim
-        .call(
-            "State",
-            &StateRequest {
-                id: id.clone(),
-                ..Default::default()
-            },
-            T,
-        )
-        .expect("the shim still answers");
+    let state = state(&shim, &id, "");
     assert_eq!(state.pid, ctr.task(&id).expect("task listed").pid);
     assert_eq!(ctr.task(&id).expect("task listed").status, "RUNNING");
     assert_eq!(
