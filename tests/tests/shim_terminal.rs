@@ -19,6 +19,7 @@ use tether_protocol::api::task::{
     StartResponse, WaitRequest, WaitResponse,
 };
 use tether_protocol::api::Empty;
+use tether_protocol::task_service::TaskCaller;
 use tether_tests::shimtest::{detached, Scene};
 use tether_tests::shimtest::{finish, rpc_code, shim_client, T};
 use tether_tests::{busybox_rootfs, cmd, unique_id, TETHER_RUNTIME};
@@ -236,6 +237,24 @@ fn assert_all_numbers(text: &str, last: u32) {
     }
 }
 
+/// ResizePty of process `exec_id` ("" for the init) of task `id` to `rows` x `cols`.
+fn resize_pty(
+    shim: &TaskCaller,
+    id: &str,
+    exec_id: &str,
+    rows: u32,
+    cols: u32,
+) -> ttrpc::Result<Empty> {
+    let req = ResizePtyRequest {
+        id: id.to_string(),
+        exec_id: exec_id.to_string(),
+        width: cols,
+        height: rows,
+        ..Default::default()
+    };
+    shim.call("ResizePty", &req, T)
+}
+
 #[test]
 fn run_with_terminal_size_resize_and_exit_status() {
     let Scene { cd, ns, ctr } = Scene::start();
@@ -261,14 +280,7 @@ fn run_with_terminal_size_resize_and_exit_status() {
 
     // ResizePty directly on the init process.
     let shim = shim_client(&cd, &ns, &id);
-    let req = ResizePtyRequest {
-        id: id.clone(),
-        width: 61,
-        height: 21,
-        ..Default::default()
-    };
-    shim.call::<_, Empty>("ResizePty", &req, T)
-        .expect("ResizePty of the init");
+    resize_pty(&shim, &id, "", 21, 61).expect("ResizePty of the init");
     term.type_text("echo \"DIRECT:$(stty size)\"\n");
     term.wait_for("DIRECT:21 61", T);
     drop(shim);
@@ -305,15 +317,7 @@ fn exec_with_terminal_on_detached_container() {
 
     // ResizePty directly: the exec's terminal changes; the init has none.
     let shim = shim_client(&cd, &ns, &id);
-    let req = ResizePtyRequest {
-        id: id.clone(),
-        exec_id: "x".into(),
-        width: 50,
-        height: 20,
-        ..Default::default()
-    };
-    shim.call::<_, Empty>("ResizePty", &req, T)
-        .expect("ResizePty of exec x");
+    resize_pty(&shim, &id, "x", 20, 50).expect("ResizePty of exec x");
     term.type_text("echo \"DIRECT:$(stty size)\"\n");
     term.wait_for("DIRECT:20 50", T);
     let shim_files =
@@ -322,24 +326,11 @@ fn exec_with_terminal_on_detached_container() {
         shim_files.iter().any(|f| f.contains("ptmx")),
         "the shim holds the exec's pty master: {shim_files:?}"
     );
-    let no_tty = ResizePtyRequest {
-        id: id.clone(),
-        width: 50,
-        height: 20,
-        ..Default::default()
-    };
     // containerd's shim answers OK (its client's `task.Resize` relies on it): nothing to resize.
-    shim.call::<_, Empty>("ResizePty", &no_tty, T)
+    resize_pty(&shim, &id, "", 20, 50)
         .expect("ResizePty of an init without a terminal is OK, as with containerd's shim");
-    let unknown = ResizePtyRequest {
-        id: id.clone(),
-        exec_id: "nosuch".into(),
-        width: 50,
-        height: 20,
-        ..Default::default()
-    };
     let code = rpc_code(
-        shim.call::<_, Empty>("ResizePty", &unknown, T),
+        resize_pty(&shim, &id, "nosuch", 20, 50),
         "ResizePty of an unknown exec",
     );
     assert_eq!(code, ttrpc::Code::NOT_FOUND);
