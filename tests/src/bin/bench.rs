@@ -17,7 +17,7 @@
 //! see `chart`); `--chart-from X.md` only redraws it. `--scale`: how costs grow with N (`scale`).
 
 // A directory without main.rs: not a binary of its own.
-#[path = "bench/chart.rs"]
+#[path = "bench/chart/mod.rs"]
 mod chart;
 #[path = "bench/clock.rs"]
 mod clock;
