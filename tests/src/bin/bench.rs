@@ -401,6 +401,18 @@ fn write_chart(path: &Path, report: &str) {
     eprintln!("chart of {} figures: {}", figures.len(), out.display());
 }
 
+/// Marks where the hand-written part of a report begins: everything from this line on is kept
+/// when the bench writes the report again.
+const KEPT: &str = "<!-- make bench keeps what follows -->";
+
+/// The hand-written part of the report at `path` (from [`KEPT`] on), or nothing.
+fn kept_part(path: &Path) -> String {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    old.find(KEPT)
+        .map(|at| format!("\n{}", &old[at..]))
+        .unwrap_or_default()
+}
+
 fn main() {
     if let Some(s) = scale::Args::from_env() {
         return scale::main(s);
@@ -464,6 +476,7 @@ fn main() {
     if let Some(r) = &restart {
         report.push_str(&render_restart(r));
     }
+    report.push_str(&kept_part(&a.out));
     std::fs::write(&a.out, &report).expect("write report");
     write_chart(&a.out, &report);
     println!("{report}");
