@@ -70,6 +70,11 @@ impl Containerd {
         let mut report = Cleanup::default();
         if self.is_running() {
             self.delete_tasks(&mut report);
+            // A deleted task's shim exits a moment after the delete returns: that is stopping
+            // by itself, not a leftover to kill.
+            if !report.deleted_tasks.is_empty() {
+                crate::wait_until(Duration::from_secs(10), || self.shim_pids().is_empty());
+            }
         }
         self.kill_daemon(libc::SIGTERM);
 
