@@ -25,6 +25,8 @@ mod clock;
 mod responsive;
 #[path = "bench/scale.rs"]
 mod scale;
+#[path = "bench/stream.rs"]
+mod stream;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -162,6 +164,8 @@ struct Figures {
     exit_event_ms: f64,
     stream_mibs: f64,
     stream_cpu_s: f64,
+    stream_ctr_cpu_s: f64,
+    stream_alone_mibs: f64,
     hang: responsive::HangFigures,
     wakeups_per_min: f64,
 }
@@ -309,79 +313,17 @@ fn bench_runtime(cd: &Containerd, ctr: &Ctr, runtime: &str, a: &Args) -> Figures
     f.exit_reaped_ms = median(&mut reaped);
     f.exit_event_ms = median(&mut seen);
 
-    // Stdout throughput through the shim, and the shim's CPU for it.
-    let id = unique_id("dd");
-    let script = format!(
-        "dd if=/dev/zero bs=1M count={} 2>/dev/null; sleep 3",
-        a.stream_mib
-    );
-    let mut child = ctr
-        .command(&["run", "--rm", "--runtime", runtime, "--rootfs"])
-        .arg(rootfs)
-        .args([id.as_str(), "/bin/sh", "-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ctr run dd");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let before: std::collections::HashSet<i32> = cd.shim_pids().into_iter().collect();
-    let t0 = Instant::now();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0usize;
-    let mut shim = None;
-    let mut last_cpu = 0.0;
-    let want = a.stream_mib << 20;
-    while total < want {
-        use std::io::Read;
-        match stdout.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => total += n,
-        }
-        if shim.is_none() {
-            shim = cd.shim_pids().into_iter().find(|p| !before.contains(p));
-        }
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    if let Some(pid) = shim {
-        last_cpu = cpu_seconds(pid).unwrap_or(0.0);
-    }
-    let _ = child.wait();
-    f.stream_mibs = (total as f64 / (1 << 20) as f64) / secs;
-    f.stream_cpu_s = last_cpu * (2048.0 / a.stream_mib as f64);
+    // Stdout throughput through the shim and ctr, the shim's CPU for it; and through the shim
+    // alone.
+    let through = stream::through_ctr(cd, ctr, runtime, a.stream_mib);
+    (f.stream_mibs, f.stream_cpu_s, f.stream_ctr_cpu_s) =
+        (through.mibs, through.shim_cpu_s, through.ctr_cpu_s);
+    f.stream_alone_mibs = stream::into_dev_null(ctr, runtime, a.stream_mib);
     eprintln!(
-        "   stream {:.0} MiB/s, shim cpu {:.2}s",
-        f.stream_mibs, last_cpu
+        "   stream {:.0} MiB/s via ctr (shim cpu {:.2}s, ctr cpu {:.2}s per 2 GiB), {:.0} MiB/s shim alone",
+        f.stream_mibs, f.stream_cpu_s, f.stream_ctr_cpu_s, f.stream_alone_mibs
     );
     f
-}
-
-/// The host pipe ceiling: dd into a 1 MiB pipe (the size the shim gives its pipes) read by this
-/// process, best of three.
-fn host_pipe_mibs(mib: usize) -> f64 {
-    (0..3).map(|_| host_pipe_once(mib)).fold(0.0, f64::max)
-}
-
-fn host_pipe_once(mib: usize) -> f64 {
-    let mut child = Command::new("/bin/busybox")
-        .args(["dd", "if=/dev/zero", "bs=1M", &format!("count={mib}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dd");
-    let mut out = child.stdout.take().expect("stdout");
-    let _ = nix::fcntl::fcntl(&out, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
-    let t0 = Instant::now();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0usize;
-    loop {
-        use std::io::Read;
-        match out.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => total += n,
-        }
-    }
-    let _ = child.wait();
-    (total as f64 / (1 << 20) as f64) / t0.elapsed().as_secs_f64()
 }
 
 /// The chart beside a report: `BENCHMARKS.md` -> `BENCHMARKS.svg`.
@@ -442,7 +384,7 @@ fn main() {
         (f64::NAN, Figures::default(), Figures::default())
     } else {
         (
-            host_pipe_mibs(a.stream_mib),
+            stream::host_pipe_mibs(a.stream_mib),
             bench_runtime(&cd, &ctr, RUNC_RUNTIME, &a),
             bench_runtime(&cd, &ctr, TETHER_RUNTIME, &a),
         )
@@ -566,6 +508,12 @@ fn render(a: &Args, host: f64, go: &Figures, ours: &Figures) -> String {
             "MiB/s",
         );
         row(
+            "stdout through the shim alone (`dd bs=1M` into `--log-uri file:///dev/null`)",
+            go.stream_alone_mibs,
+            ours.stream_alone_mibs,
+            "MiB/s",
+        );
+        row(
             "shim CPU per 2 GiB of stdout",
             go.stream_cpu_s,
             ours.stream_cpu_s,
@@ -607,7 +555,10 @@ fn render(a: &Args, host: f64, go: &Figures, ours: &Figures) -> String {
     if !a.responsive_only {
         let _ = writeln!(
             s,
-            "\nHost pipe ceiling (busybox dd into a 1 MiB pipe read by the bench, best of 3): {host:.0} MiB/s.\n"
+            "\nHost pipe ceiling (busybox dd into a 1 MiB pipe read by the bench, best of 3): {host:.0} MiB/s. \
+             Through `ctr`, ctr's own CPU per 2 GiB (it copies the FIFO to its stdout \
+             through user space): Go {:.2} s, tether {:.2} s.\n",
+            go.stream_ctr_cpu_s, ours.stream_ctr_cpu_s
         );
     } else {
         let _ = writeln!(s);
@@ -620,7 +571,9 @@ fn render(a: &Args, host: f64, go: &Figures, ours: &Figures) -> String {
          `/tasks/exit` event and with the moment `ctr events` printed it; `shim start` is the time \
          from exec of `shim start` until the shim answers `Connect` on the printed address; \
          throughput is what `ctr run` writes to the bench's pipe, and the shim's CPU is its \
-         user+system time read before the container exits. `State` during a hang: each shim's \
+         user+system time read before the container exits; through the shim alone, the container \
+         times its dd with `$EPOCHREALTIME` while the shim writes its stdout into /dev/null \
+         (`file://` logging: no reader but the shim). `State` during a hang: each shim's \
          container runs on a runc wrapper (a script the bench writes, first on the `PATH` of a \
          second private containerd that both shims inherit: ctr refuses `--runc-binary` for any \
          runtime but `io.containerd.runc.v2`) that sleeps {hang} s before `runc exec`; while `ctr task exec` waits on it, the bench calls \
