@@ -1,6 +1,7 @@
 //! The service's side of a live upgrade (docs/upgrade.md): the `Upgrade` request and its check
-//! of the new binary, whether the shim is quiescent enough to hand over, and the containers,
-//! parked `Wait`s and OOM watchers in the record and back.
+//! of the new binary, the wait for the shim to be quiet (no runtime call in flight; requests
+//! that would start one are deferred meanwhile and handed over), and the containers, parked
+//! `Wait`s, OOM watchers, unclaimed exits and deferred requests in the record and back.
 
 use super::wait::Waiter;
 use super::{Flow, ReplyTo, Service};
@@ -10,6 +11,7 @@ use crate::oom::OomWatcher;
 use crate::pid::Pid;
 use crate::process::{Process, State};
 use crate::reaper::Exit;
+use crate::upgrade::record::{DeferredRecord, ExitRecord};
 use crate::stdio::{ProcessIo, StdioPaths};
 use crate::upgrade::record::{
     ContainerRecord, OomRecord, ProcessRecord, ReplyRecord, StateRecord, WaiterRecord,
@@ -20,8 +22,31 @@ use mio::{Interest, Token};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tether_protocol::admin::UpgradeRequest;
+
+/// How long an upgrade waits for the runtime calls in flight to end before it is refused.
+pub const QUIET_DEADLINE: Duration = Duration::from_secs(10);
+/// Requests deferred while an upgrade waits; past this they are refused (a bound on memory).
+const MAX_DEFERRED: usize = 1024;
+
+/// A request that would start a runtime call, taken while an upgrade waits for the shim to be
+/// quiet: run after the handover (by the new image) or after a refusal (by this one).
+pub(super) struct Deferred {
+    method: String,
+    payload: Vec<u8>,
+    pub(super) from: ReplyTo,
+    deadline: Instant,
+}
+
+/// Whether `method` may start a runtime call (and so is deferred while an upgrade waits).
+fn starts_runtime_call(method: &str) -> bool {
+    matches!(
+        method,
+        "Create" | "Start" | "Delete" | "Pause" | "Resume" | "Update" | "Checkpoint" | "Kill"
+            | "Pids"
+    )
+}
 
 /// The new binary's `--handover-check` in flight.
 pub struct Check {
@@ -64,11 +89,14 @@ pub struct Exported {
     pub waiters: Vec<WaiterRecord>,
     pub ooms: Vec<OomRecord>,
     pub next_oom: usize,
+    pub unclaimed: Vec<ExitRecord>,
+    pub deferred: Vec<DeferredRecord>,
 }
 
 impl Service {
-    /// `Upgrade`: refused at once if the shim holds work that cannot be handed over, else the
-    /// new binary is checked (the reply comes after the handover, or with the refusal).
+    /// `Upgrade`: the new binary is checked at once; the handover waits (up to
+    /// `QUIET_DEADLINE`) for the runtime calls in flight to end. The reply comes from the new
+    /// image, or with the refusal.
     pub fn upgrade(&mut self, payload: &[u8], from: ReplyTo, binary: PathBuf) -> Flow {
         let requested_at = monotonic_nanos();
         if let Err(e) = serde_json::from_slice::<UpgradeRequest>(payload) {
@@ -81,8 +109,10 @@ impl Service {
                 "an upgrade is already in progress".into(),
             )));
         }
-        if let Some(why) = self.not_quiescent() {
-            return Flow::Done(Err(why));
+        if self.shutdown {
+            return Flow::Done(Err(ShimError::FailedPrecondition(
+                "upgrade refused: the shim is shutting down".into(),
+            )));
         }
         match upgrade::start_check(&binary) {
             Ok((pid, out)) => {
@@ -98,6 +128,7 @@ impl Service {
                         requested_at,
                     },
                 });
+                self.quiet_by = Some(Instant::now() + QUIET_DEADLINE);
                 Flow::Parked
             }
             Err(e) => Flow::Done(Err(e)),
@@ -111,7 +142,59 @@ impl Service {
         })
     }
 
-    /// Work in flight that the record does not carry.
+    /// Whether an upgrade is being checked or waits for the shim to be quiet.
+    pub(super) fn upgrade_pending(&self) -> bool {
+        self.upgrading.is_some() || self.upgrade_ready.is_some()
+    }
+
+    /// While an upgrade is pending, a request that would start a runtime call waits for it
+    /// (so the shim gets quiet); `None`: not deferred, run it now.
+    pub(super) fn defer(
+        &mut self,
+        method: &str,
+        payload: &[u8],
+        from: ReplyTo,
+        deadline: Instant,
+    ) -> Option<Flow> {
+        if !self.upgrade_pending() || !starts_runtime_call(method) {
+            return None;
+        }
+        if self.deferred.len() >= MAX_DEFERRED {
+            return Some(Flow::Done(Err(ShimError::ResourceExhausted(format!(
+                "{MAX_DEFERRED} requests already wait for an upgrade in progress"
+            )))));
+        }
+        self.deferred.push(Deferred {
+            method: method.to_string(),
+            payload: payload.to_vec(),
+            from,
+            deadline,
+        });
+        Some(Flow::Parked)
+    }
+
+    /// Runs the requests deferred by an upgrade that is over (done, by the new image; refused,
+    /// by this one), in the order they came.
+    pub fn run_deferred(&mut self) {
+        if self.upgrade_pending() || self.deferred.is_empty() {
+            return;
+        }
+        for d in std::mem::take(&mut self.deferred) {
+            if d.deadline <= Instant::now() {
+                let why = ShimError::DeadlineExceeded(format!(
+                    "{}: waited for an upgrade past its deadline",
+                    d.method
+                ));
+                self.answer(Some(d.from), Err(why));
+                continue;
+            }
+            if let Flow::Done(r) = self.dispatch(&d.method, &d.payload, d.from, d.deadline) {
+                self.answer(Some(d.from), r);
+            }
+        }
+    }
+
+    /// Work in flight that the record does not carry: the upgrade waits for it to end.
     fn blocker(&self) -> Option<String> {
         if let Some(p) = self.calls.values().next() {
             Some(format!(
@@ -122,24 +205,14 @@ impl Service {
             Some(format!("container {id} has an operation in flight"))
         } else if let Some(id) = self.creating.iter().next() {
             Some(format!("container {id} is being created"))
-        } else if !self.unclaimed.is_empty() {
-            Some(format!(
-                "{} exits are not yet claimed",
-                self.unclaimed.len()
-            ))
         } else if let Some(c) = self
             .containers
             .values()
-            .find(|c| c.init_exit_held || c.killing_all || c.starting)
+            .find(|c| c.killing_all || c.starting)
         {
-            Some(format!(
-                "container {}: its init's exit is being settled",
-                c.id
-            ))
+            Some(format!("container {}: its start or kill-all is in flight", c.id))
         } else if self.shutdown {
             Some("the shim is shutting down".to_string())
-        } else if !self.publisher.is_idle() {
-            Some("events are not yet delivered to containerd".to_string())
         } else {
             self.pumps.busy()
         }
@@ -163,6 +236,7 @@ impl Service {
             }
             Err(why) => {
                 log::warn!("{why}");
+                self.quiet_by = None;
                 self.answer(c.ready.reply, Err(why));
             }
         }
@@ -170,13 +244,17 @@ impl Service {
     }
 
     pub(super) fn check_deadline(&self) -> Option<Instant> {
-        self.upgrading
+        let check = self
+            .upgrading
             .as_ref()
             .filter(|c| !c.timed_out)
-            .map(|c| c.deadline)
+            .map(|c| c.deadline);
+        let quiet = self.upgrade_ready.and(self.quiet_by);
+        check.into_iter().chain(quiet).min()
     }
 
-    /// A check past its deadline is killed; its exit answers the request.
+    /// A check past its deadline is killed (its exit answers the request); an upgrade still
+    /// not quiet at its deadline is refused with what it waited for.
     pub(super) fn check_timers(&mut self, now: Instant) {
         if let Some(c) = self.upgrading.as_mut() {
             if !c.timed_out && c.deadline <= now {
@@ -184,10 +262,35 @@ impl Service {
                 let _ = c.pid.signal(nix::sys::signal::Signal::SIGKILL);
             }
         }
+        if self.upgrade_ready.is_some() && self.quiet_by.is_some_and(|t| t <= now) {
+            if let Some(why) = self.blocker() {
+                self.refuse_ready(format!(
+                    "upgrade refused: the shim was not quiet within {QUIET_DEADLINE:?} ({why}); \
+                     retry later"
+                ));
+            }
+        }
     }
 
-    /// An upgrade whose check passed, for the loop to commit.
+    fn refuse_ready(&mut self, why: String) {
+        self.quiet_by = None;
+        if let Some(r) = self.upgrade_ready.take() {
+            log::warn!("{why}");
+            self.answer(r.reply, Err(ShimError::FailedPrecondition(why)));
+        }
+    }
+
+    /// An upgrade whose check passed, once the shim is quiet, for the loop to commit.
     pub fn take_ready_upgrade(&mut self) -> Option<Ready> {
+        self.upgrade_ready?;
+        if self.shutdown {
+            self.refuse_ready("upgrade refused: the shim is shutting down".into());
+            return None;
+        }
+        if self.blocker().is_some() {
+            return None;
+        }
+        self.quiet_by = None;
         self.upgrade_ready.take()
     }
 
@@ -202,6 +305,7 @@ impl Service {
                 runtime: c.runtime.config.clone(),
                 rootfs_mounted: c.rootfs_mounted,
                 kill_all_on_exit: c.kill_all_on_exit,
+                init_exit_held: c.init_exit_held,
                 restore_from: c.restore_from.clone(),
                 init: process_record(&c.init),
                 execs: c.execs.values().map(process_record).collect(),
@@ -235,11 +339,35 @@ impl Service {
             })
             .collect();
         ooms.sort_by_key(|o| o.token);
+        let unclaimed = self
+            .unclaimed
+            .iter()
+            .map(|e| ExitRecord {
+                pid: e.pid.raw(),
+                status: e.status,
+                at: e.at,
+            })
+            .collect();
+        let now = Instant::now();
+        let deferred = self
+            .deferred
+            .iter()
+            .map(|d| DeferredRecord {
+                token: d.from.token.0,
+                stream_id: d.from.stream_id,
+                method: d.method.clone(),
+                payload: d.payload.clone(),
+                deadline_left_micros: d.deadline.saturating_duration_since(now).as_micros()
+                    as u64,
+            })
+            .collect();
         Exported {
             containers,
             waiters,
             ooms,
             next_oom: self.next_oom,
+            unclaimed,
+            deferred,
         }
     }
 
@@ -251,6 +379,7 @@ impl Service {
             let mut c = Container::new(&r.id, &r.bundle, r.runtime, init);
             c.rootfs_mounted = r.rootfs_mounted;
             c.kill_all_on_exit = r.kill_all_on_exit;
+            c.init_exit_held = r.init_exit_held;
             c.restore_from = r.restore_from;
             for e in r.execs {
                 c.execs.insert(e.exec_id.clone(), process_from(e));
@@ -293,6 +422,31 @@ impl Service {
             self.ooms.insert(Token(o.token), (o.container, w));
         }
         self.next_oom = ex.next_oom;
+        self.unclaimed = ex
+            .unclaimed
+            .into_iter()
+            .filter_map(|e| {
+                Some(Exit {
+                    pid: Pid::new(i64::from(e.pid))?,
+                    status: e.status,
+                    at: e.at,
+                })
+            })
+            .collect();
+        let now = Instant::now();
+        self.deferred = ex
+            .deferred
+            .into_iter()
+            .map(|d| Deferred {
+                method: d.method,
+                payload: d.payload,
+                from: ReplyTo {
+                    token: Token(d.token),
+                    stream_id: d.stream_id,
+                },
+                deadline: now + Duration::from_micros(d.deadline_left_micros),
+            })
+            .collect();
         Ok(())
     }
 
@@ -301,8 +455,10 @@ impl Service {
         self.answer(to, r);
     }
 
-    /// A connection went away: an upgrade it asked for is answered to nobody.
+    /// A connection went away: an upgrade it asked for is answered to nobody, its deferred
+    /// requests are dropped.
     pub(super) fn forget_upgrade(&mut self, token: Token) {
+        self.deferred.retain(|d| d.from.token != token);
         if let Some(c) = self.upgrading.as_mut() {
             c.ready.forget(token);
         }
