@@ -136,10 +136,17 @@ mod tests {
                 .expect("poll");
             new.on_event(poll2.registry());
         }
-        assert_eq!(new.queue.len(), 1, "the reply took the first event off the queue");
+        assert_eq!(
+            new.queue.len(),
+            1,
+            "the reply took the first event off the queue"
+        );
         let second = read_request(&mut peer);
         assert_ne!(second, first, "the next event is a new request");
-        assert_eq!(new.queue.front().map(|q| q.topic.as_str()), Some("/tasks/exit"));
+        assert_eq!(
+            new.queue.front().map(|q| q.topic.as_str()),
+            Some("/tasks/exit")
+        );
     }
 
     /// Reads one request frame's stream id from `peer`.

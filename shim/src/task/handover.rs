@@ -11,11 +11,11 @@ use crate::oom::OomWatcher;
 use crate::pid::Pid;
 use crate::process::{Process, State};
 use crate::reaper::Exit;
-use crate::upgrade::record::{DeferredRecord, ExitRecord};
 use crate::stdio::{ProcessIo, StdioPaths};
 use crate::upgrade::record::{
     ContainerRecord, OomRecord, ProcessRecord, ReplyRecord, StateRecord, WaiterRecord,
 };
+use crate::upgrade::record::{DeferredRecord, ExitRecord};
 use crate::upgrade::{self, exec::monotonic_nanos};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
@@ -43,7 +43,14 @@ pub(super) struct Deferred {
 fn starts_runtime_call(method: &str) -> bool {
     matches!(
         method,
-        "Create" | "Start" | "Delete" | "Pause" | "Resume" | "Update" | "Checkpoint" | "Kill"
+        "Create"
+            | "Start"
+            | "Delete"
+            | "Pause"
+            | "Resume"
+            | "Update"
+            | "Checkpoint"
+            | "Kill"
             | "Pids"
     )
 }
@@ -164,6 +171,7 @@ impl Service {
                 "{MAX_DEFERRED} requests already wait for an upgrade in progress"
             )))));
         }
+        log::info!("{method} waits for the upgrade in progress");
         self.deferred.push(Deferred {
             method: method.to_string(),
             payload: payload.to_vec(),
@@ -210,7 +218,10 @@ impl Service {
             .values()
             .find(|c| c.killing_all || c.starting)
         {
-            Some(format!("container {}: its start or kill-all is in flight", c.id))
+            Some(format!(
+                "container {}: its start or kill-all is in flight",
+                c.id
+            ))
         } else if self.shutdown {
             Some("the shim is shutting down".to_string())
         } else {
@@ -357,8 +368,7 @@ impl Service {
                 stream_id: d.from.stream_id,
                 method: d.method.clone(),
                 payload: d.payload.clone(),
-                deadline_left_micros: d.deadline.saturating_duration_since(now).as_micros()
-                    as u64,
+                deadline_left_micros: d.deadline.saturating_duration_since(now).as_micros() as u64,
             })
             .collect();
         Exported {

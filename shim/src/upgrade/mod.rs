@@ -141,6 +141,11 @@ mod tests {
             ExitCode::SUCCESS
         );
         assert_eq!(answer_check("999"), ExitCode::FAILURE);
+        // An older record lacks what this one hands over (the event queue, deferred requests).
+        assert_eq!(
+            answer_check(&(record::RECORD_VERSION - 1).to_string()),
+            ExitCode::FAILURE
+        );
         assert_eq!(answer_check("x"), ExitCode::FAILURE);
     }
 }

@@ -141,8 +141,7 @@ fn build(record: Record, flags: &Flags) -> Result<Server> {
     let clone = || registry.try_clone().map_err(ShimError::io("dup epoll fd"));
     let pumps = Pumps::import(clone()?, record.pumps, record.next_pump)?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").ok();
-    let mut publisher =
-        Publisher::new(ttrpc_address.as_deref(), &record.namespace, server::EVENTS);
+    let mut publisher = Publisher::new(ttrpc_address.as_deref(), &record.namespace, server::EVENTS);
     publisher.import(record.events, registry)?;
     let mut service = Service::new(&record.namespace, reaper, pumps, publisher, clone()?);
     service.import(Exported {
