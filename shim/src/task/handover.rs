@@ -25,8 +25,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tether_protocol::admin::UpgradeRequest;
 
-/// How long an upgrade waits for the runtime calls in flight to end before it is refused.
-pub const QUIET_DEADLINE: Duration = Duration::from_secs(10);
+use tether_protocol::admin::UPGRADE_QUIET_DEADLINE as QUIET_DEADLINE;
 /// Requests deferred while an upgrade waits; past this they are refused (a bound on memory).
 const MAX_DEFERRED: usize = 1024;
 
