@@ -201,21 +201,16 @@ impl Setup {
     /// The init has exited (or is about to): the parked `Wait` and `ctr task delete` say
     /// `status`; the container is deleted.
     fn end(&self, mut wait: UnixStream, status: u32) {
-        let (stream, res) = rawttrpc::read_response(&mut wait);
-        assert_eq!(stream, 1);
-        assert!(
-            res.status
-                .as_ref()
-                .is_none_or(|s| s.code() == ttrpc::Code::OK),
-            "Wait: {:?}",
-            res.status
-        );
-        let w: WaitResponse =
-            protobuf::Message::parse_from_bytes(&res.payload).expect("a WaitResponse");
         assert_eq!(
-            w.exit_status, status,
+            read_wait(&mut wait),
+            status,
             "the exit code through a Wait parked before the upgrade"
         );
+        self.delete(status);
+    }
+
+    /// `ctr task delete` says `status`; the container is deleted.
+    fn delete(&self, status: u32) {
         assert_eq!(self.ctr.task_delete_status(&self.id), status);
         self.ctr.container_delete(&self.id);
     }
@@ -230,6 +225,39 @@ impl Setup {
             "nothing needed killing: {report:#?}"
         );
         check.assert_clean();
+    }
+}
+
+/// The answer to the `Wait` sent on `wait` (stream 1): its exit code.
+fn read_wait(wait: &mut UnixStream) -> u32 {
+    let (stream, res) = rawttrpc::read_response(wait);
+    assert_eq!(stream, 1);
+    assert!(
+        res.status
+            .as_ref()
+            .is_none_or(|s| s.code() == ttrpc::Code::OK),
+        "Wait: {:?}",
+        res.status
+    );
+    let w: WaitResponse =
+        protobuf::Message::parse_from_bytes(&res.payload).expect("a WaitResponse");
+    w.exit_status
+}
+
+/// A process the test stopped with SIGSTOP, continued (by pid) however the test ends.
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    fn new(pid: i32) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
     }
 }
 
@@ -771,5 +799,42 @@ fn a_terminal_container_keeps_its_terminal_across_an_upgrade() {
     );
     term.close();
     assert!(s.ctr.containers().is_empty(), "--rm removed the container");
+    s.clean_up();
+}
+
+/// An exit event containerd has not yet answered (containerd held stopped) crosses the
+/// upgrade with the shim's event connection: once containerd runs again, the new image gets
+/// the reply to the old one's request, and `ctr events` shows the exit once.
+#[test]
+fn an_exit_event_containerd_has_not_taken_yet_is_published_once_across_the_upgrade() {
+    let s = Setup::start();
+    let events = s.ctr.events();
+    let pid = s.shim_pid();
+    let mut wait = s.park_wait();
+    let init = s.ctr.task(&s.id).expect("the task").pid as i32;
+    s.install(&std::fs::read(shim_binary()).expect("read the shim binary"));
+    let daemon = s.cd.pid().expect("containerd's pid");
+    let stopped = Stopped::new(daemon);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the container's init");
+    // The shim answers the Wait as it publishes the exit: the event is sent (or queued) and
+    // containerd, stopped, has not answered it.
+    assert_eq!(read_wait(&mut wait), 137);
+    let r = s
+        .upgrade()
+        .unwrap_or_else(|e| panic!("upgrade with an event in flight: {e:?}"));
+    assert_eq!(r.pid as i32, pid);
+    drop(stopped);
+    events.wait_for_topic(&s.id, "/tasks/exit", T);
+    s.delete(137);
+    events.wait_for_topic(&s.id, "/tasks/delete", T);
+    assert_eq!(
+        exits_of(&events, &s.id, &s.id),
+        vec![137],
+        "one exit, code 137"
+    );
     s.clean_up();
 }
