@@ -4,7 +4,8 @@
 //! Here: whether the new binary can take over (`--handover-check`). The record is
 //! `record.rs`; the memfd and the `exec`s are `exec.rs`; the old image's commit is
 //! `handover.rs`, the new image's start `resume.rs`; the `upgrade` action is `client.rs`. The
-//! service's side (is the shim quiescent, what goes in the record) is `task/handover.rs`.
+//! service's side is `task/upgrade.rs` (the request, the wait for quiet) and `task/handover.rs`
+//! (what goes in the record).
 
 pub mod client;
 pub mod exec;
