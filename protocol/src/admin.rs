@@ -2,9 +2,14 @@
 //! `Upgrade` (docs/upgrade.md). Payloads are JSON, so a client needs no generated code.
 
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 pub const ADMIN_SERVICE: &str = "tether.shim.admin.v1.Admin";
 pub const UPGRADE_METHOD: &str = "Upgrade";
+/// How long a shim waits for its runtime calls in flight to end before it refuses an upgrade
+/// (measured from the request, the new binary's check included): a client waits longer than
+/// this for the answer.
+pub const UPGRADE_QUIET_DEADLINE: Duration = Duration::from_secs(10);
 
 /// `Upgrade`: re-execute the binary now installed at the shim's path, in place.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -145,8 +145,10 @@ impl Server {
             if let Some(ready) = self.service.take_ready_upgrade() {
                 // Returns only if the handover did not happen: this image serves on.
                 self.handover(ready);
-                self.send_outbox();
             }
+            // An upgrade refused (or never committed) leaves its deferred requests to us.
+            self.service.run_deferred();
+            self.send_outbox();
             self.service.publisher.kick(self.poll.registry());
         }
     }

@@ -90,6 +90,14 @@ impl Terminal {
         crate::wait_until(timeout, || self.output().contains(what))
     }
 
+    /// Types `bytes` at the terminal (they reach its process as keyboard input).
+    pub fn send(&self, bytes: &[u8]) {
+        use std::io::Write;
+        (&self.master)
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("write to the pty: {e}"));
+    }
+
     /// Resizes the terminal (its process gets SIGWINCH).
     pub fn resize(&self, rows: u16, cols: u16) {
         set_size(&self.master, rows, cols);

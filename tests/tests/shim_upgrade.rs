@@ -1,8 +1,10 @@
 //! Live shim upgrade (docs/upgrade.md) through a real containerd and runc: the shim serving a
 //! running container re-executes the binary newly installed at its path, keeps its pid, its
-//! container, its output and a `Wait` parked before the upgrade; a binary that cannot take over
-//! is refused (before `execve`, or after it by going back to the old binary) and the old code
-//! serves on.
+//! container, its output, its terminal, its execs and a `Wait` parked before the upgrade; an
+//! exit during the handover is reaped by the new image and reported once; an upgrade asked
+//! during a runtime call waits for it; containerd's own `ctr` scenarios pass after it; a binary
+//! that cannot take over is refused (before `execve`, or after it by going back to the old
+//! binary) and the old code serves on.
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
@@ -14,8 +16,10 @@ use tether_protocol::api::task::{WaitRequest, WaitResponse};
 use tether_protocol::api::ttrpc;
 use tether_protocol::task_service::TASK_SERVICE_V2;
 use tether_tests::containerd::Options;
+use tether_tests::pty::Terminal;
 use tether_tests::{busybox_rootfs, rawttrpc, shim, unique_id, wait_until, Containerd, Ctr};
 use tether_tests::{shim_binary, TETHER_RUNTIME};
+use tether_tests::{Event, Events};
 
 const T: Duration = Duration::from_secs(30);
 const SHIM_NAME: &str = "containerd-shim-tether-v2";
@@ -41,6 +45,30 @@ impl Setup {
     /// A container running `script`, once its output shows `first`.
     /// `runc`: a script put first on the shims' PATH as `runc` (given the directory).
     fn start_with(script: &str, first: &str, runc: Option<&dyn Fn(&Path) -> String>) -> Setup {
+        let s = Self::bare(runc);
+        let uri = format!("file://{}", s.log.display());
+        let run = s
+            .ctr
+            .run(&s.id)
+            .runtime(TETHER_RUNTIME)
+            .rootfs(busybox_rootfs())
+            .flag("--read-only")
+            .flag("--log-uri")
+            .flag(&uri)
+            .detach()
+            .args(&["/bin/sh", "-c", script]);
+        run.success();
+        assert!(
+            wait_until(T, || s.output().contains(first)),
+            "the container's first line never came: {:?}\n{}",
+            s.output(),
+            s.cd.log_excerpt()
+        );
+        s
+    }
+
+    /// The containerd and the shim's directory, no container yet (`id` is the one to run).
+    fn bare(runc: Option<&dyn Fn(&Path) -> String>) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir for the shim binary");
         std::fs::copy(shim_binary(), dir.path().join(SHIM_NAME)).expect("copy the shim binary");
         if let Some(runc) = runc {
@@ -56,31 +84,13 @@ impl Setup {
         let ctr = cd.ctr(&unique_id("ns"));
         let id = unique_id("c");
         let log = dir.path().join("container.log");
-        let uri = format!("file://{}", log.display());
-        let run = ctr
-            .run(&id)
-            .runtime(TETHER_RUNTIME)
-            .rootfs(busybox_rootfs())
-            .flag("--read-only")
-            .flag("--log-uri")
-            .flag(&uri)
-            .detach()
-            .args(&["/bin/sh", "-c", script]);
-        run.success();
-        let s = Setup {
+        Setup {
             cd,
             ctr,
             dir,
             id,
             log,
-        };
-        assert!(
-            wait_until(T, || s.output().contains(first)),
-            "the container's first line never came: {:?}\n{}",
-            s.output(),
-            s.cd.log_excerpt()
-        );
-        s
+        }
     }
 
     fn binary(&self) -> PathBuf {
@@ -112,14 +122,22 @@ impl Setup {
     }
 
     fn upgrade(&self) -> ttrpc::Result<UpgradeResponse> {
-        let bytes = tether_protocol::wire::call(
-            &self.socket(),
-            ADMIN_SERVICE,
-            UPGRADE_METHOD,
-            b"{}".to_vec(),
-            T,
-        )?;
-        Ok(serde_json::from_slice(&bytes).expect("an UpgradeResponse"))
+        upgrade_at(&self.socket())
+    }
+
+    /// An upgrade asked now and answered on another thread.
+    fn upgrade_in_background(&self) -> std::thread::JoinHandle<ttrpc::Result<UpgradeResponse>> {
+        let socket = self.socket();
+        std::thread::spawn(move || upgrade_at(&socket))
+    }
+
+    /// Installs a script at the shim's path that runs a copy of the real binary with `env`
+    /// (so a test hook reaches the new image); returns the copy's path.
+    fn install_with_env(&self, env: &str) -> PathBuf {
+        let real = self.dir.path().join("real-shim");
+        std::fs::copy(shim_binary(), &real).expect("copy the shim binary");
+        self.install(format!("#!/bin/sh\n{env} exec {} \"$@\"\n", real.display()).as_bytes());
+        real
     }
 
     /// `containerd-shim-tether-v2 -namespace NS -address ADDR -id ID upgrade`, as an operator
@@ -173,26 +191,32 @@ impl Setup {
 
     /// SIGTERM; the parked `Wait` and `ctr task delete` say `status`; the whole output then
     /// passes `check`; the container is deleted and nothing is left behind.
-    fn finish_with(self, mut wait: UnixStream, status: u32, check: impl FnOnce(&str)) {
+    fn finish_with(self, wait: UnixStream, status: u32, check: impl FnOnce(&str)) {
         self.ctr.task_kill(&self.id, "SIGTERM");
-        let (stream, res) = rawttrpc::read_response(&mut wait);
-        assert_eq!(stream, 1);
-        assert!(
-            res.status
-                .as_ref()
-                .is_none_or(|s| s.code() == ttrpc::Code::OK),
-            "Wait: {:?}",
-            res.status
-        );
-        let w: WaitResponse =
-            protobuf::Message::parse_from_bytes(&res.payload).expect("a WaitResponse");
+        self.end(wait, status);
+        check(&self.output());
+        self.clean_up();
+    }
+
+    /// The init has exited (or is about to): the parked `Wait` and `ctr task delete` say
+    /// `status`; the container is deleted.
+    fn end(&self, mut wait: UnixStream, status: u32) {
         assert_eq!(
-            w.exit_status, status,
+            read_wait(&mut wait),
+            status,
             "the exit code through a Wait parked before the upgrade"
         );
+        self.delete(status);
+    }
+
+    /// `ctr task delete` says `status`; the container is deleted.
+    fn delete(&self, status: u32) {
         assert_eq!(self.ctr.task_delete_status(&self.id), status);
-        check(&self.output());
         self.ctr.container_delete(&self.id);
+    }
+
+    /// containerd shut down; nothing is left behind and nothing needed killing.
+    fn clean_up(self) {
         let check = self.cd.leak_check();
         let report = self.cd.shutdown();
         assert!(report.problems.is_empty(), "{report:#?}");
@@ -202,6 +226,65 @@ impl Setup {
         );
         check.assert_clean();
     }
+}
+
+/// The answer to the `Wait` sent on `wait` (stream 1): its exit code.
+fn read_wait(wait: &mut UnixStream) -> u32 {
+    let (stream, res) = rawttrpc::read_response(wait);
+    assert_eq!(stream, 1);
+    assert!(
+        res.status
+            .as_ref()
+            .is_none_or(|s| s.code() == ttrpc::Code::OK),
+        "Wait: {:?}",
+        res.status
+    );
+    let w: WaitResponse =
+        protobuf::Message::parse_from_bytes(&res.payload).expect("a WaitResponse");
+    w.exit_status
+}
+
+/// A process the test stopped with SIGSTOP, continued (by pid) however the test ends.
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    fn new(pid: i32) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+fn upgrade_at(socket: &Path) -> ttrpc::Result<UpgradeResponse> {
+    let bytes =
+        tether_protocol::wire::call(socket, ADMIN_SERVICE, UPGRADE_METHOD, b"{}".to_vec(), T)?;
+    Ok(serde_json::from_slice(&bytes).expect("an UpgradeResponse"))
+}
+
+/// The exit codes `ctr events` reported for process `process` (the container's id for its
+/// init, else the exec id) of container `id`, in order.
+fn exits_of(events: &Events, id: &str, process: &str) -> Vec<u64> {
+    events
+        .for_container(id)
+        .iter()
+        .filter(|e| e.topic == "/tasks/exit")
+        .filter_map(Event::json)
+        .filter(|v| v.get("id").and_then(|x| x.as_str()) == Some(process))
+        // Go leaves a zero out of the JSON.
+        .map(|v| v.get("exit_status").and_then(|x| x.as_u64()).unwrap_or(0))
+        .collect()
+}
+
+/// The state letter of `/proc/PID/stat` (`Z`: exited, not yet reaped).
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// The fds of `pid` without close-on-exec (what its next `exec` would hand on).
@@ -396,10 +479,11 @@ fn numbered_lines_survive_ten_upgrades_in_a_row() {
 }
 
 /// An upgrade asked while a runtime command is in flight (`runc ps`, held until the test lets
-/// it go) is refused with that reason, and the old image serves on; once the command is done,
-/// the upgrade goes through.
+/// it go) waits for it: refused with that reason if the command outlives the wait, else done
+/// once the command ends; meanwhile the shim serves, and a request that would start another
+/// runtime command (`ctr task pause`) waits for the upgrade and is run by the new image.
 #[test]
-fn an_upgrade_during_a_runtime_call_is_refused_until_it_is_done() {
+fn an_upgrade_during_a_runtime_call_waits_for_it_to_end() {
     let hold = |dir: &Path| {
         format!(
             "#!/bin/sh\n\
@@ -418,19 +502,20 @@ fn an_upgrade_during_a_runtime_call_is_refused_until_it_is_done() {
     let old = exe_inode(pid);
     let wait = s.park_wait();
     let new = s.install(&std::fs::read(shim_binary()).expect("read the shim binary"));
-    let mut ps = s.ctr.command(&["task", "ps", s.id.as_str()]);
-    let mut ps = Reaped(
-        ps.stdout(std::process::Stdio::null())
+    let quiet = |cmd: &mut std::process::Command| {
+        cmd.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("spawn ctr task ps"),
-    );
+            .expect("spawn ctr")
+    };
+    let mut ps = Reaped(quiet(&mut s.ctr.command(&["task", "ps", s.id.as_str()])));
     assert!(
         wait_until(T, || s.dir.path().join("ps-started").exists()),
         "runc ps never started\n{}",
         s.cd.log_excerpt()
     );
-    let e = s.upgrade().expect_err("refused while runc ps runs");
+    // runc ps outlives the upgrade's wait (10 s): refused, saying what it waited for.
+    let e = s.upgrade().expect_err("refused while runc ps runs on");
     let status = rawttrpc::rpc_status("upgrade during runc ps", Err::<(), _>(e));
     assert_eq!(
         status.code(),
@@ -438,24 +523,318 @@ fn an_upgrade_during_a_runtime_call_is_refused_until_it_is_done() {
         "{status:?}"
     );
     assert!(
-        status.message().contains("a runtime call is in flight"),
+        status.message().contains("not quiet within")
+            && status.message().contains("a runtime call is in flight"),
         "{status:?}"
     );
     assert_eq!(exe_inode(pid), old, "the old image serves on");
 
+    // Asked again; runc ps still held: the shim serves (State) and defers the pause.
+    let upgrading = s.upgrade_in_background();
+    s.assert_running();
+    let mut pause = Reaped(quiet(&mut s.ctr.command(&["task", "pause", s.id.as_str()])));
+    assert!(
+        wait_until(T, || s.cd.log().contains("Pause waits for the upgrade")),
+        "the pause never reached the shim\n{}",
+        s.cd.log_excerpt()
+    );
+    assert_eq!(exe_inode(pid), old, "no handover while runc ps runs");
     std::fs::write(s.dir.path().join("ps-release"), b"").expect("release runc ps");
+    let r = upgrading
+        .join()
+        .expect("the upgrade's thread")
+        .unwrap_or_else(|e| panic!("the upgrade once runc ps is done: {e:?}"));
+    eprintln!(
+        "upgrade after a runtime call: took {} µs, the handover {} µs",
+        r.took_micros, r.handover_micros
+    );
+    assert_eq!(r.pid as i32, pid);
+    assert_eq!(exe_inode(pid), new);
+    for (what, child) in [("ps", &mut ps), ("pause", &mut pause)] {
+        let mut done = None;
+        assert!(
+            wait_until(T, || {
+                done = child.0.try_wait().expect("wait for ctr");
+                done.is_some()
+            }),
+            "ctr task {what} did not end"
+        );
+        assert!(
+            done.is_some_and(|st| st.success()),
+            "ctr task {what}: {done:?}"
+        );
+    }
+    let task = s.ctr.task(&s.id);
+    assert_eq!(task.map(|t| t.status).as_deref(), Some("PAUSED"));
+    s.ctr.call_ok(&["task", "resume", s.id.as_str()]);
+    s.assert_running();
+    s.finish(wait);
+}
+
+/// A container that exits while its shim is between images (the new image held before its
+/// first reap by a test hook): the exit waits as a zombie, the new image reaps it, and it is
+/// reported once, with its code, to the `Wait` parked before the upgrade, `ctr task delete`
+/// and `ctr events`.
+#[test]
+fn an_exit_during_the_handover_is_reaped_by_the_new_image_and_reported_once() {
+    let s = Setup::start();
+    let events = s.ctr.events();
+    let pid = s.shim_pid();
+    let wait = s.park_wait();
+    let init = s.ctr.task(&s.id).expect("the task").pid as i32;
+    let hold = s.dir.path().join("hold");
+    std::fs::create_dir(&hold).expect("mkdir hold");
+    let real = s.install_with_env(&format!("TETHER_SHIM_TEST_PAUSE_RESUME={}", hold.display()));
+    let upgrading = s.upgrade_in_background();
+    assert!(
+        wait_until(T, || hold.join("resume-paused").exists()),
+        "the new image never reached its pause\n{}",
+        s.cd.log_excerpt()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the container's init");
+    assert!(
+        wait_until(T, || proc_state(init) == Some('Z')),
+        "the init exits and waits, unreaped, during the handover: {:?}",
+        proc_state(init)
+    );
+    std::fs::write(hold.join("resume-go"), b"").expect("let the new image go on");
+    let r = upgrading
+        .join()
+        .expect("the upgrade's thread")
+        .unwrap_or_else(|e| panic!("upgrade: {e:?}\n{}", s.cd.log_excerpt()));
+    assert_eq!(r.pid as i32, pid);
+    assert_eq!(s.shim_pid(), pid);
+    // containerd's own clean-up runs the binary at the shim's path: the real one again.
+    s.install(&std::fs::read(&real).expect("read the real binary"));
+    s.end(wait, 137);
+    events.wait_for_topic(&s.id, "/tasks/delete", T);
+    assert_eq!(
+        exits_of(&events, &s.id, &s.id),
+        vec![137],
+        "one exit, code 137"
+    );
+    s.clean_up();
+}
+
+/// containerd's scenarios through `ctr` across an upgrade: an exec started before it ends
+/// after it (killed by `ctr task kill --exec-id`) with its code, reported once; after it an
+/// exec with its output and code, pause and resume, kill and delete, each seen by `ctr events`.
+#[test]
+fn containerds_own_scenarios_pass_across_an_upgrade() {
+    let s = Setup::start();
+    let events = s.ctr.events();
+    let pid = s.shim_pid();
+    let wait = s.park_wait();
+    let mut before = Reaped(
+        s.ctr
+            .command(&[
+                "task",
+                "exec",
+                "--exec-id",
+                "before",
+                s.id.as_str(),
+                "/bin/sh",
+                "-c",
+                "trap 'exit 5' TERM; while true; do sleep 0.1; done",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn ctr task exec"),
+    );
+    events.wait_for(
+        |e| {
+            e.is(&s.id, "/tasks/exec-started")
+                && e.json()
+                    .is_some_and(|v| v.get("exec_id").and_then(|x| x.as_str()) == Some("before"))
+        },
+        T,
+    );
+    s.install(&std::fs::read(shim_binary()).expect("read the shim binary"));
+    let r = s
+        .upgrade()
+        .unwrap_or_else(|e| panic!("upgrade refused: {e:?}\n{}", s.cd.log_excerpt()));
+    assert_eq!(r.pid as i32, pid);
+
+    s.ctr.call_ok(&[
+        "task",
+        "kill",
+        "--exec-id",
+        "before",
+        "--signal",
+        "SIGTERM",
+        s.id.as_str(),
+    ]);
     let mut done = None;
     assert!(
         wait_until(T, || {
-            done = ps.0.try_wait().expect("wait for ctr task ps");
+            done = before.0.try_wait().expect("wait for ctr task exec");
             done.is_some()
         }),
-        "ctr task ps did not end"
+        "the exec started before the upgrade did not end"
     );
-    assert!(done.is_some_and(|st| st.success()), "ctr task ps: {done:?}");
-    let r = s.upgrade().expect("the upgrade once runc ps is done");
-    assert_eq!(r.pid as i32, pid);
-    assert_eq!(exe_inode(pid), new);
+    assert_eq!(
+        done.and_then(|st| st.code()),
+        Some(5),
+        "ctr task exec's code"
+    );
+    events.wait_for(
+        |e| {
+            e.is(&s.id, "/tasks/exit")
+                && e.json()
+                    .is_some_and(|v| v.get("id").and_then(|x| x.as_str()) == Some("before"))
+        },
+        T,
+    );
+
+    let out = s.ctr.call(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "after",
+        s.id.as_str(),
+        "/bin/sh",
+        "-c",
+        "echo exec-after-upgrade; exit 3",
+    ]);
+    assert_eq!(out.code, 3, "{out}");
+    assert!(out.stdout.contains("exec-after-upgrade"), "{out}");
+
+    s.ctr.call_ok(&["task", "pause", s.id.as_str()]);
+    let task = s.ctr.task(&s.id);
+    assert_eq!(task.map(|t| t.status).as_deref(), Some("PAUSED"));
+    events.wait_for_topic(&s.id, "/tasks/paused", T);
+    s.ctr.call_ok(&["task", "resume", s.id.as_str()]);
     s.assert_running();
-    s.finish(wait);
+    events.wait_for_topic(&s.id, "/tasks/resumed", T);
+
+    s.ctr.task_kill(&s.id, "SIGTERM");
+    s.end(wait, 7);
+    events.wait_for_topic(&s.id, "/tasks/delete", T);
+    assert_eq!(
+        exits_of(&events, &s.id, "before"),
+        vec![5],
+        "the exec's exit, once"
+    );
+    assert_eq!(exits_of(&events, &s.id, "after"), vec![3]);
+    assert_eq!(
+        exits_of(&events, &s.id, &s.id),
+        vec![7],
+        "the init's exit, once"
+    );
+    assert_eq!(
+        s.output(),
+        "before-upgrade\nafter-upgrade\n",
+        "each line once, in order"
+    );
+    s.clean_up();
+}
+
+/// `ctr run --tty` on a terminal: the shell in the container reads what is typed and writes
+/// to the terminal before and after its shim's upgrade, and a resize after it reaches the
+/// container's terminal.
+#[test]
+fn a_terminal_container_keeps_its_terminal_across_an_upgrade() {
+    let s = Setup::bare(None);
+    let run = s
+        .ctr
+        .run(&s.id)
+        .runtime(TETHER_RUNTIME)
+        .rootfs(busybox_rootfs())
+        .flag("--read-only")
+        .flag("--tty")
+        .rm()
+        .args(&["/bin/sh"]);
+    let (child, term) = Terminal::spawn(s.ctr.command(&run.to_args()), 24, 80);
+    let mut child = Reaped(child);
+    // The typed line holds an expression: only the shell's answer shows its value.
+    term.send(b"echo one-$((20+22))\n");
+    assert!(
+        term.saw("one-42", T),
+        "before the upgrade: {:?}\n{}",
+        term.output(),
+        s.cd.log_excerpt()
+    );
+    let pid = s.shim_pid();
+    s.install(&std::fs::read(shim_binary()).expect("read the shim binary"));
+    let r = s
+        .upgrade()
+        .unwrap_or_else(|e| panic!("upgrade refused: {e:?}\n{}", s.cd.log_excerpt()));
+    assert_eq!(r.pid as i32, pid);
+    term.send(b"echo two-$((40+3))\n");
+    assert!(
+        term.saw("two-43", T),
+        "after the upgrade: {:?}",
+        term.output()
+    );
+    term.resize(33, 101);
+    // ctr forwards the size on SIGWINCH; the shell asks until it shows.
+    assert!(
+        wait_until(T, || {
+            term.send(b"stty size\n");
+            term.saw("33 101", Duration::from_millis(500))
+        }),
+        "the resize after the upgrade: {:?}",
+        term.output()
+    );
+    term.send(b"exit 4\n");
+    let mut done = None;
+    assert!(
+        wait_until(T, || {
+            done = child.0.try_wait().expect("wait for ctr run");
+            done.is_some()
+        }),
+        "ctr run did not end: {:?}",
+        term.output()
+    );
+    assert_eq!(
+        done.and_then(|st| st.code()),
+        Some(4),
+        "{:?}",
+        term.output()
+    );
+    term.close();
+    assert!(s.ctr.containers().is_empty(), "--rm removed the container");
+    s.clean_up();
+}
+
+/// An exit event containerd has not yet answered (containerd held stopped) crosses the
+/// upgrade with the shim's event connection: once containerd runs again, the new image gets
+/// the reply to the old one's request, and `ctr events` shows the exit once.
+#[test]
+fn an_exit_event_containerd_has_not_taken_yet_is_published_once_across_the_upgrade() {
+    let s = Setup::start();
+    let events = s.ctr.events();
+    let pid = s.shim_pid();
+    let mut wait = s.park_wait();
+    let init = s.ctr.task(&s.id).expect("the task").pid as i32;
+    s.install(&std::fs::read(shim_binary()).expect("read the shim binary"));
+    let daemon = s.cd.pid().expect("containerd's pid");
+    let stopped = Stopped::new(daemon);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the container's init");
+    // The shim answers the Wait as it publishes the exit: the event is sent (or queued) and
+    // containerd, stopped, has not answered it.
+    assert_eq!(read_wait(&mut wait), 137);
+    let r = s
+        .upgrade()
+        .unwrap_or_else(|e| panic!("upgrade with an event in flight: {e:?}"));
+    assert_eq!(r.pid as i32, pid);
+    drop(stopped);
+    events.wait_for_topic(&s.id, "/tasks/exit", T);
+    s.delete(137);
+    events.wait_for_topic(&s.id, "/tasks/delete", T);
+    assert_eq!(
+        exits_of(&events, &s.id, &s.id),
+        vec![137],
+        "one exit, code 137"
+    );
+    s.clean_up();
 }

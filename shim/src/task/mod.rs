@@ -28,11 +28,13 @@ mod restore;
 mod start;
 mod state;
 mod update;
+mod upgrade;
 mod wait;
 
 pub use delete::delete_response;
-pub use handover::{Exported, Ready};
+pub use handover::Exported;
 pub use oom::FIRST_OOM;
+pub use upgrade::Ready;
 
 use crate::container::Container;
 use crate::error::{Result, ShimError};
@@ -96,10 +98,14 @@ pub struct Service {
     creating: HashSet<String>,
     /// Exits of pids no process owns yet.
     unclaimed: Vec<Exit>,
-    /// A live upgrade's check of the new binary in flight (`handover.rs`).
-    upgrading: Option<handover::Check>,
-    /// A live upgrade whose check passed, for the loop to commit.
+    /// A live upgrade's check of the new binary in flight (`upgrade.rs`).
+    upgrading: Option<upgrade::Check>,
+    /// A live upgrade whose check passed, for the loop to commit once the shim is quiet.
     upgrade_ready: Option<Ready>,
+    /// When a pending upgrade stops waiting for the shim to be quiet.
+    quiet_by: Option<Instant>,
+    /// Requests that would start a runtime call, held while an upgrade is pending.
+    deferred: Vec<upgrade::Deferred>,
 }
 
 impl Service {
@@ -128,6 +134,8 @@ impl Service {
             unclaimed: Vec::new(),
             upgrading: None,
             upgrade_ready: None,
+            quiet_by: None,
+            deferred: Vec::new(),
         }
     }
 
@@ -139,6 +147,9 @@ impl Service {
         from: ReplyTo,
         deadline: Instant,
     ) -> Flow {
+        if let Some(flow) = self.defer(method, payload, from, deadline) {
+            return flow;
+        }
         let flow = match queue::ordered_id(method, payload) {
             Some(Err(e)) => Flow::Done(Err(e)),
             Some(Ok(id)) => self.ordered(id, method, payload, from, deadline),

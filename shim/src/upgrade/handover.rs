@@ -72,6 +72,7 @@ impl Server {
         conns.sort_by_key(|c| c.token);
         let (pumps, next_pump) = self.service.pumps.export();
         let ex = self.service.export();
+        let events = self.service.publisher.export();
         Record {
             record_version: RECORD_VERSION,
             shim_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -89,6 +90,9 @@ impl Server {
             next_pump,
             ooms: ex.ooms,
             next_oom: ex.next_oom,
+            events,
+            unclaimed: ex.unclaimed,
+            deferred: ex.deferred,
         }
     }
 }

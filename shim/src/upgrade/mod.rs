@@ -4,7 +4,8 @@
 //! Here: whether the new binary can take over (`--handover-check`). The record is
 //! `record.rs`; the memfd and the `exec`s are `exec.rs`; the old image's commit is
 //! `handover.rs`, the new image's start `resume.rs`; the `upgrade` action is `client.rs`. The
-//! service's side (is the shim quiescent, what goes in the record) is `task/handover.rs`.
+//! service's side is `task/upgrade.rs` (the request, the wait for quiet) and `task/handover.rs`
+//! (what goes in the record).
 
 pub mod client;
 pub mod exec;
@@ -141,6 +142,11 @@ mod tests {
             ExitCode::SUCCESS
         );
         assert_eq!(answer_check("999"), ExitCode::FAILURE);
+        // An older record lacks what this one hands over (the event queue, deferred requests).
+        assert_eq!(
+            answer_check(&(record::RECORD_VERSION - 1).to_string()),
+            ExitCode::FAILURE
+        );
         assert_eq!(answer_check("x"), ExitCode::FAILURE);
     }
 }

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-/// Bumped on any change an older or newer image could misread.
-pub const RECORD_VERSION: u32 = 1;
+/// Bumped on any change an older or newer image could misread. 2: the event queue and its
+/// connection, unclaimed exits, an init exit held, requests deferred during the upgrade.
+pub const RECORD_VERSION: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Record {
@@ -34,6 +35,12 @@ pub struct Record {
     pub next_pump: usize,
     pub ooms: Vec<OomRecord>,
     pub next_oom: usize,
+    /// Events not yet taken by containerd, with their connection.
+    pub events: EventsRecord,
+    /// Exits reaped and not yet claimed by a process.
+    pub unclaimed: Vec<ExitRecord>,
+    /// Requests that arrived while the upgrade waited, for the new image to run.
+    pub deferred: Vec<DeferredRecord>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -67,6 +74,8 @@ pub struct ContainerRecord {
     pub runtime: RuntimeConfig,
     pub rootfs_mounted: bool,
     pub kill_all_on_exit: bool,
+    /// The init's exit waits for its execs' exits.
+    pub init_exit_held: bool,
     pub restore_from: Option<PathBuf>,
     pub init: ProcessRecord,
     pub execs: Vec<ProcessRecord>,
@@ -128,6 +137,44 @@ pub struct OomRecord {
     pub v2_seen: Option<u64>,
 }
 
+/// The event publisher: its queue in order, and the connection with the request in flight
+/// (handed over so the reply to it reaches the new image: no event is sent twice).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct EventsRecord {
+    pub conn: Option<ConnRecord>,
+    /// The stream id of the `Forward` in flight (the queue's first event).
+    pub in_flight: Option<u32>,
+    pub next_stream: u32,
+    pub queue: Vec<EventRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub topic: String,
+    pub keep: bool,
+    pub type_url: String,
+    pub value: Vec<u8>,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub pid: i32,
+    pub status: u32,
+    pub at: i64,
+}
+
+/// A task request taken while the upgrade waited for the shim to be quiet.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeferredRecord {
+    pub token: usize,
+    pub stream_id: u32,
+    pub method: String,
+    pub payload: Vec<u8>,
+    /// What was left of its deadline at the commit.
+    pub deadline_left_micros: u64,
+}
+
 impl Record {
     /// Every fd the record names: these, and only these, cross `execve`.
     pub fn fds(&self) -> Vec<RawFd> {
@@ -146,6 +193,7 @@ impl Record {
             }
         }
         v.extend(self.ooms.iter().map(|o| o.fd));
+        v.extend(self.events.conn.as_ref().map(|c| c.fd));
         v.sort_unstable();
         v.dedup();
         v
@@ -203,6 +251,7 @@ mod tests {
                 .expect("a runtime config"),
                 rootfs_mounted: true,
                 kill_all_on_exit: false,
+                init_exit_held: true,
                 restore_from: None,
                 init: process(Some(8)),
                 execs: vec![process(None)],
@@ -239,8 +288,37 @@ mod tests {
                 v2_seen: Some(2),
             }],
             next_oom: (1 << 19) + 1,
+            events: EventsRecord {
+                conn: Some(ConnRecord {
+                    token: 3,
+                    fd: 16,
+                    inbuf: vec![],
+                    outbuf: vec![9],
+                }),
+                in_flight: Some(5),
+                next_stream: 7,
+                queue: vec![EventRecord {
+                    topic: "/tasks/exit".into(),
+                    keep: true,
+                    type_url: "containerd.events.TaskExit".into(),
+                    value: vec![1, 2, 3],
+                    at: 4,
+                }],
+            },
+            unclaimed: vec![ExitRecord {
+                pid: 99,
+                status: 137,
+                at: 5,
+            }],
+            deferred: vec![DeferredRecord {
+                token: 16,
+                stream_id: 5,
+                method: "Kill".into(),
+                payload: vec![],
+                deadline_left_micros: 1000,
+            }],
         };
-        assert_eq!(r.fds(), vec![3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+        assert_eq!(r.fds(), vec![3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
         let back: Record =
             serde_json::from_slice(&serde_json::to_vec(&r).expect("encode")).expect("decode");
         assert_eq!(back.fds(), r.fds());
@@ -249,5 +327,9 @@ mod tests {
             StateRecord::Stopped { status: 7, at: 9 }
         ));
         assert_eq!(back.pumps[2].pending.as_deref(), Some(&b"x"[..]));
+        assert!(back.containers[0].init_exit_held);
+        assert_eq!(back.events.queue[0].value, vec![1, 2, 3]);
+        assert_eq!(back.unclaimed[0].status, 137);
+        assert_eq!(back.deferred[0].method, "Kill");
     }
 }

@@ -24,6 +24,11 @@ use tether_protocol::admin::UpgradeResponse;
 /// Set in a new image's environment, it refuses to resume (the tests' way to exercise the
 /// fallback to the old binary); the old image never reads it.
 pub const FAIL_RESUME_ENV: &str = "TETHER_SHIM_TEST_FAIL_RESUME";
+/// Set to a directory in a new image's environment, it stops before its first reap (making
+/// `DIR/resume-paused`) until `DIR/resume-go` exists, at most `TEST_PAUSE_MAX`: the tests'
+/// way to make a container exit during the handover. The old image never reads it.
+pub const PAUSE_RESUME_ENV: &str = "TETHER_SHIM_TEST_PAUSE_RESUME";
+const TEST_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `-resume-from FD`: serve on from the record, or fall back to the old binary.
 pub fn resume(flags: &Flags, fd: i32) -> Result<()> {
@@ -89,6 +94,22 @@ fn fall_back(record: &Record, memfd: &OwnedFd, flags: &Flags, why: ShimError) ->
     exec::exec_fd(record.fallback_exe, &argv)
 }
 
+/// `PAUSE_RESUME_ENV`: a test holds this image before its first reap.
+fn test_pause() {
+    let Some(dir) = std::env::var_os(PAUSE_RESUME_ENV).map(std::path::PathBuf::from) else {
+        return;
+    };
+    std::env::remove_var(PAUSE_RESUME_ENV);
+    if let Err(e) = std::fs::write(dir.join("resume-paused"), b"") {
+        log::warn!("{PAUSE_RESUME_ENV}: {e}");
+        return;
+    }
+    let until = std::time::Instant::now() + TEST_PAUSE_MAX;
+    while !dir.join("resume-go").exists() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// The loop around the handed-over fds. The fds are taken here: an error leaves the shim
 /// unable to serve (it exits; its containers keep running, as after any shim death).
 fn build(record: Record, flags: &Flags) -> Result<Server> {
@@ -120,13 +141,16 @@ fn build(record: Record, flags: &Flags) -> Result<Server> {
     let clone = || registry.try_clone().map_err(ShimError::io("dup epoll fd"));
     let pumps = Pumps::import(clone()?, record.pumps, record.next_pump)?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").ok();
-    let publisher = Publisher::new(ttrpc_address.as_deref(), &record.namespace, server::EVENTS);
+    let mut publisher = Publisher::new(ttrpc_address.as_deref(), &record.namespace, server::EVENTS);
+    publisher.import(record.events, registry)?;
     let mut service = Service::new(&record.namespace, reaper, pumps, publisher, clone()?);
     service.import(Exported {
         containers: record.containers,
         waiters: record.waiters,
         ooms: record.ooms,
         next_oom: record.next_oom,
+        unclaimed: record.unclaimed,
+        deferred: record.deferred,
     })?;
     let mut conns = HashMap::new();
     for c in record.conns {
@@ -167,8 +191,14 @@ fn build(record: Record, flags: &Flags) -> Result<Server> {
         })),
     };
     service.answer_upgrade(to, answer);
+    if flags.fallback_reason.is_none() {
+        test_pause();
+    }
     // Exits that came during the handover: their processes waited as zombies for us.
     service.reaper.reap();
+    service.handle_exits();
+    // Requests the old image deferred while it waited to be quiet, in their order.
+    service.run_deferred();
     let socket_path = (!flags.socket.is_empty()).then(|| std::path::PathBuf::from(&flags.socket));
     Ok(Server {
         binary,

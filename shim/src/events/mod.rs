@@ -9,6 +9,8 @@
 //! is bounded by the processes the shim holds), and one the receiver refuses is offered again
 //! with backoff until it is taken.
 
+mod handover;
+
 use crate::wire::{Conn, MESSAGE_TYPE_REQUEST, MESSAGE_TYPE_RESPONSE};
 use containerd_shim_protos::ttrpc;
 use mio::net::UnixStream;
@@ -26,7 +28,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 struct Queued {
-    topic: &'static str,
+    topic: String,
     /// An exit: never dropped, retried until the receiver takes it.
     keep: bool,
     event: Any,
@@ -89,7 +91,7 @@ impl Publisher {
             }
         }
         self.queue.push_back(Queued {
-            topic,
+            topic: topic.to_string(),
             keep: topic == tether_protocol::topics::TASK_EXIT,
             event,
             at: now_nanos(),
@@ -175,7 +177,7 @@ impl Publisher {
             envelope: MessageField::some(containerd_shim_protos::shim::event::Envelope {
                 timestamp: MessageField::some(to_timestamp(q.at)),
                 namespace: self.namespace.clone(),
-                topic: q.topic.to_string(),
+                topic: q.topic.clone(),
                 event: MessageField::some(q.event.clone()),
                 ..Default::default()
             }),
