@@ -109,8 +109,7 @@ impl Setup {
             .shim_pids()
             .into_iter()
             .find(|&p| {
-                procs::cmdline(p)
-                    .is_some_and(|a| a.windows(2).any(|w| w[0] == "-id" && w[1] == id))
+                procs::cmdline(p).is_some_and(|a| a.windows(2).any(|w| w[0] == "-id" && w[1] == id))
             })
             .unwrap_or_else(|| panic!("no shim for {id}\n{}", self.d.log()))
     }
@@ -244,7 +243,11 @@ fn tether_upgrade_moves_one_shim_then_all_in_place() {
         let w = s.tether(&["wait", id]);
         assert_eq!(w.code, 7, "tether wait {id}: {w}");
         assert_eq!(w.stdout.trim(), "7");
-        assert_eq!(s.logs(id), "before-upgrade\nafter-upgrade\n", "each line once");
+        assert_eq!(
+            s.logs(id),
+            "before-upgrade\nafter-upgrade\n",
+            "each line once"
+        );
     }
     assert_eq!(
         parked_status(&mut wait_a),
@@ -292,7 +295,11 @@ fn a_broken_binary_is_refused_and_the_old_shim_serves_on() {
     let w = s.tether(&["wait", &id]);
     assert_eq!(w.code, 7, "{w}");
     assert_eq!(s.logs(&id), "before-upgrade\nafter-upgrade\n");
-    assert_eq!(s.journaled_exits(), [(id.clone(), 7)], "the exit journaled once");
+    assert_eq!(
+        s.journaled_exits(),
+        [(id.clone(), 7)],
+        "the exit journaled once"
+    );
     assert!(s.tether(&["delete", &id]).success());
 }
 
@@ -316,8 +323,15 @@ fn unknown_ids_are_refused_and_an_exited_containers_shim_moves_too() {
     assert_eq!(upgraded_ids(&out.stdout), [done.clone()], "{out}");
     assert_eq!(exe_inode(pid), new);
     let st = s.state(&done);
-    assert_eq!((&st["status"], &st["exit_status"]), (&"EXITED".into(), &3.into()));
-    assert_eq!(s.tether(&["wait", &done]).code, 3, "the exit, after the upgrade");
+    assert_eq!(
+        (&st["status"], &st["exit_status"]),
+        (&"EXITED".into(), &3.into())
+    );
+    assert_eq!(
+        s.tether(&["wait", &done]).code,
+        3,
+        "the exit, after the upgrade"
+    );
     assert!(s.tether(&["delete", &done]).success());
     assert_eq!(s.journaled_exits(), [(done.clone(), 3)]);
 }
@@ -332,7 +346,7 @@ const STRESS_KILL_AT: usize = 5;
 fn counting_script(code: u32) -> String {
     format!(
         "trap 'echo end; exit {code}' TERM; i=0; \
-         while true; do i=$((i+1)); echo line-$i; sleep 0.5; done"
+         while true; do i=$((i+1)); echo line-$i; sleep 0.2; done"
     )
 }
 
@@ -448,36 +462,40 @@ fn fifty_containers_survive_ten_upgrades_and_a_daemon_sigkill() {
 
     let mut waiters: Vec<(String, Child)> = Vec::new();
     for round in 1..=STRESS_ROUNDS {
+        // Output between the rounds, not only across them.
+        std::thread::sleep(Duration::from_millis(300));
         let last = s.install_shim();
         if round == STRESS_KILL_AT {
             // The daemon dies while it upgrades: once some shim has moved, before all have.
-            let mut cli = s
-                .d
-                .tether()
-                .args(["--namespace", &s.ns, "upgrade"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start tether upgrade");
+            let mut cli =
+                s.d.tether()
+                    .args(["--namespace", &s.ns, "upgrade"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start tether upgrade");
             wait_until(T, || shims.values().any(|&p| exe_inode(p) == last));
             s.d.kill9();
+            let moved = shims.values().filter(|&&p| exe_inode(p) == last).count();
+            eprintln!("daemon SIGKILLed with {moved} of {STRESS_CONTAINERS} shims upgraded");
             let _ = cli.wait();
             s.d.restart();
             // `tether wait` from now on, through the upgrades left.
             for (i, id) in ids.iter().enumerate() {
-                let child = s
-                    .d
-                    .tether()
-                    .args(["--namespace", &s.ns, "wait", id])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap_or_else(|e| panic!("start tether wait {i}: {e}"));
+                let child =
+                    s.d.tether()
+                        .args(["--namespace", &s.ns, "wait", id])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .unwrap_or_else(|e| panic!("start tether wait {i}: {e}"));
                 waiters.push((id.clone(), child));
             }
         }
+        let started = std::time::Instant::now();
         let out = s.tether(&["upgrade"]);
+        eprintln!("round {round}: {:?}", started.elapsed());
         assert!(out.success(), "round {round}: {out}\n{}", s.d.log());
         assert_eq!(
             upgraded_ids(&out.stdout).len(),
@@ -494,6 +512,11 @@ fn fifty_containers_survive_ten_upgrades_and_a_daemon_sigkill() {
     let ps_result = ps_client.join().expect("the ps client");
     assert_eq!(state_result, Ok(()), "{}", s.d.log());
     assert_eq!(ps_result, Ok(()));
+    eprintln!(
+        "{} State calls on the shims, {} tether ps answers",
+        states.load(Ordering::Relaxed),
+        lists.load(Ordering::Relaxed)
+    );
     assert!(states.load(Ordering::Relaxed) > STRESS_CONTAINERS);
     assert!(lists.load(Ordering::Relaxed) > 0);
     for id in &ids {
@@ -514,7 +537,10 @@ fn fifty_containers_survive_ten_upgrades_and_a_daemon_sigkill() {
         let out = child.wait_with_output().expect("tether wait");
         let want = code(ids_index(&id));
         assert_eq!(
-            (out.status.code(), String::from_utf8_lossy(&out.stdout).trim()),
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            ),
             (Some(want as i32), want.to_string().as_str()),
             "tether wait {id}: {}",
             String::from_utf8_lossy(&out.stderr)
@@ -529,7 +555,9 @@ fn fifty_containers_survive_ten_upgrades_and_a_daemon_sigkill() {
     want.sort();
     assert_eq!(exits, want, "every exit journaled once, with its code");
     for id in &ids {
-        check_numbered(id, &s.logs(id));
+        let out = s.logs(id);
+        eprintln!("{id}: {} lines", out.lines().count());
+        check_numbered(id, &out);
         assert!(s.tether(&["delete", id]).success());
     }
     s.d.stop();
