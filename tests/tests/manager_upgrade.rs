@@ -220,7 +220,7 @@ fn tether_upgrade_moves_one_shim_then_all_in_place() {
     assert_ne!(new, old);
     let out = s.tether(&["upgrade", &a]);
     assert!(out.success(), "{out}\n{}", s.d.log());
-    assert_eq!(upgraded_ids(&out.stdout), [a.clone()], "{out}");
+    assert_eq!(upgraded_ids(&out.stdout), vec![a.clone()], "{out}");
     assert_eq!(exe_inode(pa), new, "the upgraded shim runs the new binary");
     assert_eq!(exe_inode(pb), old, "the other shim was not asked");
 
@@ -320,7 +320,7 @@ fn unknown_ids_are_refused_and_an_exited_containers_shim_moves_too() {
         out.stdout.contains(&format!("{ghost}: refused (")) && out.stdout.contains("not found"),
         "{out}"
     );
-    assert_eq!(upgraded_ids(&out.stdout), [done.clone()], "{out}");
+    assert_eq!(upgraded_ids(&out.stdout), vec![done.clone()], "{out}");
     assert_eq!(exe_inode(pid), new);
     let st = s.state(&done);
     assert_eq!(
@@ -403,6 +403,7 @@ fn fifty_containers_survive_ten_upgrades_and_a_daemon_sigkill() {
     // Clients: State on every shim directly (each call must succeed), `tether ps` through the
     // daemon (which is down for a while: failures then are expected, answers must be right).
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = StopOnDrop(stop.clone());
     let states = Arc::new(AtomicUsize::new(0));
     let lists = Arc::new(AtomicUsize::new(0));
     let state_client = {
@@ -561,6 +562,15 @@ fn fifty_containers_survive_ten_upgrades_and_a_daemon_sigkill() {
         assert!(s.tether(&["delete", id]).success());
     }
     s.d.stop();
+}
+
+/// Tells the client threads to stop, also when the test fails before it does.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The index in the id `s{i}-...`.
