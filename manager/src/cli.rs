@@ -72,8 +72,8 @@ pub enum Command {
     Restore(crate::cpcli::RestoreArgs),
     /// Move running shims to the binary now installed at their path, in place: containers keep
     /// running, their shims keep their pids. No ids: every running shim of the daemon (of
-    /// every namespace unless --namespace is given). Prints one line per shim; exits 1 if any
-    /// was refused.
+    /// every namespace unless --namespace is given; another runtime's shims are skipped).
+    /// Prints one line per shim; exits 1 if any was refused.
     Upgrade(crate::upgrade_cmd::UpgradeArgs),
 }
 

@@ -31,6 +31,8 @@ struct Target {
     namespace: String,
     id: String,
     shim: std::result::Result<(PathBuf, u32), String>,
+    /// Named by the caller (else found by listing every shim).
+    named: bool,
 }
 
 /// Upgrades the shims of the containers `req` names (none: every container with a running
@@ -63,6 +65,7 @@ pub fn upgrade(containers: &Containers, req: api::UpgradeRequest) -> Result<api:
 
 fn targets(containers: &Containers, req: &api::UpgradeRequest) -> Result<Vec<Target>> {
     let target = |namespace: &str, id: &str| Target {
+        named: !req.ids.is_empty(),
         namespace: namespace.to_string(),
         id: id.to_string(),
         shim: containers
@@ -164,11 +167,13 @@ fn upgrade_one(t: Target) -> api::UpgradeResult {
         }
         Ok(Err(e)) => result.reason = format!("the shim's answer is not an upgrade's: {e}"),
         Err(ttrpc::Error::RpcStatus(s)) if s.code() == Code::UNIMPLEMENTED => {
-            result.reason = format!("the shim cannot upgrade in place ({})", s.message())
+            // Another runtime's shim: refused only if the caller named it.
+            result.skipped = !t.named;
+            result.reason = format!("its shim has no live upgrade ({})", s.message())
         }
         Err(e) => result.reason = crate::error::ttrpc_message(&e),
     }
-    if !result.upgraded {
+    if !result.upgraded && !result.skipped {
         log::warn!(
             "upgrade of the shim of {}/{} refused: {}",
             t.namespace,

@@ -1,6 +1,7 @@
 //! `tether upgrade [ID...]`: asks the daemon to move shims to the binary now installed at their
 //! path (the daemon calls each shim, a few at a time: `upgrade.rs`), and prints one line per
-//! shim: `ID: upgraded (OLD -> NEW, N ms)` or `ID: refused (WHY)`.
+//! shim: `ID: upgraded (OLD -> NEW, N ms)` or `ID: refused (WHY)`; asked for every shim, one
+//! with no live upgrade (another runtime's) is `ID: skipped (WHY)`, not a refusal.
 
 use crate::client::{Client, CALL_TIMEOUT};
 use crate::error::Result;
@@ -41,7 +42,7 @@ pub fn upgrade(socket: &Path, namespace: Option<&str>, a: &UpgradeArgs) -> Resul
     let resp = Client::connect(socket)?.call(CALL_TIMEOUT, |m, ctx| m.upgrade(ctx, &req))?;
     let mut refused = false;
     for r in &resp.results {
-        refused |= !r.upgraded;
+        refused |= !r.upgraded && !r.skipped;
         if a.json {
             println!("{}", result_json(r));
         } else {
@@ -65,6 +66,8 @@ fn describe(r: &api::UpgradeResult) -> String {
             r.new_version,
             r.took_micros as f64 / 1000.0
         )
+    } else if r.skipped {
+        format!("skipped ({})", r.reason)
     } else {
         format!("refused ({})", r.reason)
     }
@@ -84,6 +87,7 @@ fn result_json(r: &api::UpgradeResult) -> serde_json::Value {
         v["handover_micros"] = json!(r.handover_micros);
         v["wall_micros"] = json!(r.wall_micros);
     } else {
+        v["skipped"] = json!(r.skipped);
         v["reason"] = json!(r.reason);
     }
     v
@@ -114,6 +118,15 @@ mod tests {
             "refused (the new binary cannot take over: exit status 1)"
         );
         assert_eq!(result_json(&no)["reason"], no.reason);
+        let other = api::UpgradeResult {
+            skipped: true,
+            reason: "its shim has no live upgrade (service not found)".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            describe(&other),
+            "skipped (its shim has no live upgrade (service not found))"
+        );
         assert_eq!(result_json(&up)["took_micros"], 4_250);
     }
 }

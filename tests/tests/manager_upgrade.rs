@@ -21,7 +21,7 @@ use tether_protocol::api::events::TaskExit;
 use tether_protocol::api::task::{StateRequest, StateResponse, WaitRequest, WaitResponse};
 use tether_protocol::api::ttrpc;
 use tether_protocol::task_service::{TaskCaller, TASK_SERVICE_V2};
-use tether_tests::manager::Daemon;
+use tether_tests::manager::{Daemon, RUNC_RUNTIME};
 use tether_tests::{procs, rawttrpc, shim_binary, unique_id, wait_until};
 
 const T: Duration = Duration::from_secs(60);
@@ -334,6 +334,36 @@ fn unknown_ids_are_refused_and_an_exited_containers_shim_moves_too() {
     );
     assert!(s.tether(&["delete", &done]).success());
     assert_eq!(s.journaled_exits(), [(done.clone(), 3)]);
+}
+
+/// containerd's own shim has no live upgrade: asked for every shim, `tether upgrade` skips it
+/// (and succeeds, ours upgraded); named, it is refused.
+#[test]
+fn another_runtimes_shim_is_skipped_unless_named() {
+    let s = Setup::start();
+    let (ours, go) = (unique_id("ours"), unique_id("go"));
+    s.run(&ours, SCRIPT);
+    s.d.run_detached(&s.ns, RUNC_RUNTIME, &go, &["/bin/sh", "-c", SCRIPT]);
+    let new = s.install_shim();
+
+    let out = s.tether(&["upgrade"]);
+    assert!(out.success(), "{out}\n{}", s.d.log());
+    assert_eq!(upgraded_ids(&out.stdout), vec![ours.clone()], "{out}");
+    assert!(
+        out.stdout
+            .contains(&format!("{go}: skipped (its shim has no live upgrade")),
+        "{out}"
+    );
+    assert_eq!(exe_inode(s.shim_of(&ours)), new);
+
+    let out = s.tether(&["upgrade", &go]);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stdout.contains(&format!("{go}: refused (")), "{out}");
+    for id in [&ours, &go] {
+        assert!(s.tether(&["kill", id]).success());
+        assert_eq!(s.tether(&["wait", id]).code, 7, "{id}");
+        assert!(s.tether(&["delete", id]).success());
+    }
 }
 
 /// Containers in the stress test, upgrades in a row, and the round after which the daemon
