@@ -7,6 +7,7 @@
 #   make install  installs the binaries into $(PREFIX)/bin
 #   make bench    benchmarks against containerd-shim-runc-v2, written to BENCHMARKS.md, with a
 #                 chart of the figures in BENCHMARKS.svg
+#   make bench-upgrade  only the live shim upgrade figures, replaced in BENCHMARKS.md
 #   make bench-scale  how each cost grows with N = 100..1,000 idle containers, both shims and the
 #                 manager: BENCHMARKS-scale.md and BENCHMARKS-scale.svg (BENCHMARKS.md links it)
 
@@ -26,7 +27,7 @@ MATRIX_TESTS ?= --test harness --test 'shim_*'
 test-containerd-1.7: MATRIX_TESTS += --test cri
 test-containerd-2: MATRIX_TESTS += --test cri
 
-.PHONY: all build deps containerd-versions criu test test-system lint run install bench bench-scale clean
+.PHONY: all build deps containerd-versions criu test test-system lint run install bench bench-upgrade bench-scale clean
 
 all: build
 
@@ -79,6 +80,9 @@ install: build
 
 bench: deps build
 	./target/release/bench --out BENCHMARKS.md
+
+bench-upgrade: deps build
+	./target/release/bench --only upgrade --out BENCHMARKS.md
 
 # SCALE_N=20,50 for a quick run; stops (saying why) when memory, pids or the time budget run short.
 SCALE_N ?= 100,250,500,1000

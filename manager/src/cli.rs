@@ -70,6 +70,11 @@ pub enum Command {
     Checkpoint(crate::cpcli::CheckpointArgs),
     /// Create and start a container from a `tether checkpoint --export` archive.
     Restore(crate::cpcli::RestoreArgs),
+    /// Move running shims to the binary now installed at their path, in place: containers keep
+    /// running, their shims keep their pids. No ids: every running shim of the daemon (of
+    /// every namespace unless --namespace is given; another runtime's shims are skipped).
+    /// Prints one line per shim; exits 1 if any was refused.
+    Upgrade(crate::upgrade_cmd::UpgradeArgs),
 }
 
 #[derive(Debug, Args)]

@@ -36,6 +36,8 @@ mod service;
 mod shim_client;
 mod sig_proxy;
 mod stats;
+mod upgrade;
+mod upgrade_cmd;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -83,6 +85,7 @@ fn main() {
         Command::Attach(a) => attach_cmd::attach(socket, ns, a),
         Command::Checkpoint(a) => cpcli::checkpoint(socket, ns, a),
         Command::Restore(a) => cpcli::restore(socket, ns, a),
+        Command::Upgrade(u) => upgrade_cmd::upgrade(socket, cli.namespace.as_deref(), u),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -78,6 +78,9 @@ impl Manager for ManagerService {
         self.containers.checkpoint(req)?;
         Ok(api::Empty::default())
     }
+    fn upgrade(&self, _: &TtrpcContext, req: api::UpgradeRequest) -> R<api::UpgradeResponse> {
+        Ok(crate::upgrade::upgrade(&self.containers, req)?)
+    }
     fn events(&self, _: &TtrpcContext, req: api::EventsRequest) -> R<api::EventsResponse> {
         let filters = Filters::parse(&req.filters).map_err(crate::error::Error::from)?;
         let since = if req.from_now {

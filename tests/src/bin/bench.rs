@@ -11,6 +11,10 @@
 //! The manager: `tether daemon` restarted (after a SIGKILL) over 200 live shims and 20 dead
 //! ones, from exec until `tether ps` lists all 220 resolved; and its thread count meanwhile.
 //! `--quick` skips it (and counts wake-ups over 10 s instead of 60).
+//!
+//! Live shim upgrade (`upgrade`): one shim's handover, 20 times, and 200 idle shims upgraded by
+//! `tether upgrade` (`--upgrade-many N`; 20 with `--quick`). `--only upgrade` runs just that and
+//! replaces its section in the report at `--out`.
 //! `--responsive-only` runs only the hang and wake-up figures.
 //!
 //! Beside the markdown goes a chart of the Go-vs-tether table (`--out X.md` also writes `X.svg`,
@@ -27,6 +31,8 @@ mod responsive;
 mod scale;
 #[path = "bench/stream.rs"]
 mod stream;
+#[path = "bench/upgrade.rs"]
+mod upgrade;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -54,6 +60,11 @@ struct Args {
     responsive_only: bool,
     /// Only redraw the chart of this report (`--chart-from`).
     chart_from: Option<PathBuf>,
+    /// Upgrades of one shim, and idle shims upgraded at once (0: skipped).
+    upgrade_runs: usize,
+    upgrade_many: usize,
+    /// Only this part, spliced into the report at `out` (`--only upgrade`).
+    only: Option<String>,
 }
 
 /// The manager's figures.
@@ -78,6 +89,9 @@ fn args() -> Args {
         wakeup_window: Duration::from_secs(60),
         responsive_only: false,
         chart_from: None,
+        upgrade_runs: 20,
+        upgrade_many: 200,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -94,7 +108,10 @@ fn args() -> Args {
                 a.restart_live = 0;
                 a.restart_dead = 0;
                 a.wakeup_window = Duration::from_secs(10);
+                a.upgrade_many = 20;
             }
+            "--upgrade-many" => a.upgrade_many = val().parse().expect("--upgrade-many N"),
+            "--only" => a.only = Some(val()),
             "--restart-only" => a.restart_only = true,
             "--responsive-only" => a.responsive_only = true,
             "--chart-from" => a.chart_from = Some(PathBuf::from(val())),
@@ -102,7 +119,7 @@ fn args() -> Args {
                 a.restart_live = val().parse().expect("--restart LIVE");
             }
             other => panic!(
-                "unknown argument {other} (--out P, --idle N, --runs N, --stream-mib N, --restart LIVE, --restart-only, --responsive-only, --quick, --chart-from REPORT)"
+                "unknown argument {other} (--out P, --idle N, --runs N, --stream-mib N, --restart LIVE, --restart-only, --responsive-only, --quick, --chart-from REPORT, --upgrade-many N, --only upgrade)"
             ),
         }
     }
@@ -369,6 +386,11 @@ fn main() {
     // Freshly built binaries sit dirty in the page cache, which smaps counts as private memory
     // of every process mapping them; write them back first so shared pages count as shared.
     nix::unistd::sync();
+    match a.only.as_deref() {
+        Some("upgrade") => return upgrade::only(&a.out, a.upgrade_runs, a.upgrade_many.max(1)),
+        Some(other) => panic!("--only {other}: the parts are: upgrade"),
+        None => {}
+    }
     if a.restart_only {
         let r = bench_restart(a.restart_live.max(1), a.restart_dead);
         let report = format!("# Benchmarks (manager only)\n{}", render_restart(&r));
@@ -414,9 +436,14 @@ fn main() {
     check.assert_clean();
     let restart = (a.restart_live > 0 && !a.responsive_only)
         .then(|| bench_restart(a.restart_live, a.restart_dead));
+    let upgraded = (a.upgrade_many > 0 && !a.responsive_only)
+        .then(|| upgrade::bench(a.upgrade_runs, a.upgrade_many, 3));
     let mut report = render(&a, host, &go, &ours);
     if let Some(r) = &restart {
         report.push_str(&render_restart(r));
+    }
+    if let Some(u) = &upgraded {
+        report.push_str(&upgrade::render(u));
     }
     report.push_str(&kept_part(&a.out));
     std::fs::write(&a.out, &report).expect("write report");
