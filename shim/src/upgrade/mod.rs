@@ -44,36 +44,35 @@ pub fn answer_check(version: &str) -> ExitCode {
     }
 }
 
-/// Starts `binary --handover-check RECORD_VERSION`; its exit comes through the reaper.
+/// Starts `binary --handover-check RECORD_VERSION`; its exit comes through the reaper. Its
+/// stdout and stderr share one pipe, so a refusal shows whatever the binary said on either.
 pub fn start_check(binary: &Path) -> Result<(Pid, File)> {
+    // Non-blocking: a binary that leaves a child holding the pipe must not make the read in
+    // `verdict` wait.
+    let (out, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+        .map_err(ShimError::nix("pipe for the handover check"))?;
+    let w2 = w
+        .try_clone()
+        .map_err(ShimError::io("dup the handover check's pipe"))?;
     let mut cmd = Command::new(binary);
     crate::signals::unblocked(&mut cmd);
     cmd.arg(CHECK_FLAG)
         .arg(record::RECORD_VERSION.to_string())
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().map_err(|e| {
+        .stdout(Stdio::from(w))
+        .stderr(Stdio::from(w2));
+    let child = cmd.spawn().map_err(|e| {
         ShimError::FailedPrecondition(format!(
             "the new binary {} does not start: {e}",
             binary.display()
         ))
     })?;
-    let out = child
-        .stdout
-        .take()
-        .map(|o| File::from(std::os::fd::OwnedFd::from(o)))
-        .ok_or_else(|| ShimError::Runtime("the handover check has no stdout".into()))?;
-    // A binary that leaves a child holding the pipe must not make the read below wait.
-    nix::fcntl::fcntl(
-        &out,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .map_err(ShimError::nix("set the check's stdout non-blocking"))?;
+    // Our copies of the write end go with the command: the pipe ends when the check's do.
+    drop(cmd);
     // Not waited for here: the reaper takes its exit.
     let pid = Pid::new(child.id() as i64)
         .ok_or_else(|| ShimError::Runtime(format!("the check got pid {}", child.id())))?;
-    Ok((pid, out))
+    Ok((pid, File::from(out)))
 }
 
 /// The check exited with `status`: the new binary's version, or why it cannot take over.
@@ -93,8 +92,10 @@ pub fn verdict(binary: &Path, status: u32, out: &mut File, timed_out: bool) -> R
     let mut text = String::new();
     let _ = out.take(4096).read_to_string(&mut text);
     let text = text.trim();
+    // The answer is its own line; anything else the binary logged may stand around it.
     let version = text
-        .strip_prefix(CHECK_OK)
+        .lines()
+        .find_map(|l| l.strip_prefix(CHECK_OK)?.strip_prefix(' '))
         .map(str::trim)
         .filter(|v| !v.is_empty() && status == 0);
     match version {
@@ -122,16 +123,27 @@ mod tests {
         let bin = Path::new("/new/shim");
         let ok = verdict(bin, 0, &mut said("ok 0.2.0\n"), false).expect("ok");
         assert_eq!(ok, "0.2.0");
+        // A log line on stderr (the same pipe) around the answer changes nothing.
+        let logged = "[WARN] something\nok 0.2.0\n";
+        assert_eq!(
+            verdict(bin, 0, &mut said(logged), false).expect("ok"),
+            "0.2.0"
+        );
         for (status, text, timed_out) in [
             (1, "record version \"1\" unknown", false),
             (0, "hello", false),
             (0, "ok", false),
+            (0, "okay 0.2.0", false),
             (2, "ok 0.2.0", false),
             (137, "", true),
         ] {
             let e = verdict(bin, status, &mut said(text), timed_out)
                 .expect_err(&format!("{status} {text:?} is refused"));
             assert!(e.to_string().contains("/new/shim cannot take over"), "{e}");
+            if !timed_out {
+                let said = format!("{text:?}");
+                assert!(e.to_string().contains(&said), "says what it said: {e}");
+            }
         }
     }
 
