@@ -81,6 +81,7 @@ pub mod registry;
 pub mod rootfs;
 pub mod scratch;
 pub mod shim;
+pub mod shimdir;
 pub mod shimtest;
 pub mod wait;
 

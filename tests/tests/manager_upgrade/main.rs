@@ -10,7 +10,6 @@
 use protobuf::Message;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,7 +21,8 @@ use tether_protocol::api::task::{StateRequest, StateResponse, WaitRequest, WaitR
 use tether_protocol::api::ttrpc;
 use tether_protocol::task_service::{TaskCaller, TASK_SERVICE_V2};
 use tether_tests::manager::{Daemon, RUNC_RUNTIME};
-use tether_tests::{procs, rawttrpc, shim_binary, unique_id, wait_until};
+use tether_tests::shimdir::{exe_inode, ShimDir};
+use tether_tests::{procs, rawttrpc, unique_id, wait_until};
 
 mod stress;
 
@@ -36,23 +36,14 @@ const SCRIPT: &str = "trap 'echo after-upgrade; exit 7' TERM; echo before-upgrad
 /// A daemon whose shims run from a private copy of the shim binary in `bin`.
 struct Setup {
     d: Daemon,
-    bin: tempfile::TempDir,
+    bin: ShimDir,
     ns: String,
 }
 
 impl Setup {
     fn start() -> Setup {
-        let bin = tempfile::Builder::new()
-            .prefix("tether-upgrade-")
-            .tempdir()
-            .expect("tempdir for the shim binary");
-        std::fs::copy(shim_binary(), bin.path().join(SHIM_NAME)).expect("copy the shim binary");
-        let path = format!(
-            "{}:{}",
-            bin.path().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let d = Daemon::start_env(&[], &[("PATH", &path)]);
+        let bin = ShimDir::new(SHIM_NAME);
+        let d = Daemon::start_env(&[], &[("PATH", &bin.path_env())]);
         Setup {
             d,
             bin,
@@ -60,23 +51,12 @@ impl Setup {
         }
     }
 
-    fn binary(&self) -> PathBuf {
-        self.bin.path().join(SHIM_NAME)
-    }
-
-    /// Installs `contents` at the shim's path as a new file (a new inode, as a package
-    /// manager's rename does); returns its inode.
     fn install(&self, contents: &[u8]) -> u64 {
-        let tmp = self.bin.path().join("incoming");
-        std::fs::write(&tmp, contents).expect("write the new binary");
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        std::fs::rename(&tmp, self.binary()).expect("install the new binary");
-        inode(&self.binary())
+        self.bin.install(contents)
     }
 
-    /// A fresh copy of the real shim at the shim's path; its inode.
     fn install_shim(&self) -> u64 {
-        self.install(&std::fs::read(shim_binary()).expect("read the shim binary"))
+        self.bin.install_shim()
     }
 
     fn run(&self, id: &str, script: &str) -> i32 {
@@ -152,17 +132,6 @@ impl Setup {
         }
         out
     }
-}
-
-fn inode(path: &Path) -> u64 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
-        .ino()
-}
-
-/// The inode of the binary process `pid` runs (the file may have been replaced since).
-fn exe_inode(pid: i32) -> u64 {
-    inode(Path::new(&format!("/proc/{pid}/exe")))
 }
 
 /// `ID: upgraded (OLD -> NEW, N ms)`: the id and whether the line says so.

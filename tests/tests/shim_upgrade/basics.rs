@@ -86,7 +86,7 @@ fn a_new_image_that_fails_after_execve_goes_back_to_the_old_binary() {
     let old = exe_inode(pid);
     let wait = s.park_wait();
     // Passes the check, then refuses to resume (the shim's test hook): the fallback path.
-    let real = s.dir.path().join("real-shim");
+    let real = s.dir.dir().join("real-shim");
     std::fs::copy(shim_binary(), &real).expect("copy the shim binary");
     s.install(
         format!(

@@ -34,7 +34,7 @@ fn an_upgrade_during_a_runtime_call_waits_for_it_to_end() {
     };
     let mut ps = Reaped(quiet(&mut s.ctr.command(&["task", "ps", s.id.as_str()])));
     assert!(
-        wait_until(T, || s.dir.path().join("ps-started").exists()),
+        wait_until(T, || s.dir.dir().join("ps-started").exists()),
         "runc ps never started\n{}",
         s.cd.log_excerpt()
     );
@@ -63,7 +63,7 @@ fn an_upgrade_during_a_runtime_call_waits_for_it_to_end() {
         s.cd.log_excerpt()
     );
     assert_eq!(exe_inode(pid), old, "no handover while runc ps runs");
-    std::fs::write(s.dir.path().join("ps-release"), b"").expect("release runc ps");
+    std::fs::write(s.dir.dir().join("ps-release"), b"").expect("release runc ps");
     let r = upgrading
         .join()
         .expect("the upgrade's thread")
@@ -106,7 +106,7 @@ fn an_exit_during_the_handover_is_reaped_by_the_new_image_and_reported_once() {
     let pid = s.shim_pid();
     let wait = s.park_wait();
     let init = s.ctr.task(&s.id).expect("the task").pid as i32;
-    let hold = s.dir.path().join("hold");
+    let hold = s.dir.dir().join("hold");
     std::fs::create_dir(&hold).expect("mkdir hold");
     let real = s.install_with_env(&format!("TETHER_SHIM_TEST_PAUSE_RESUME={}", hold.display()));
     let upgrading = s.upgrade_in_background();

@@ -6,7 +6,6 @@
 //! that cannot take over is refused (before `execve`, or after it by going back to the old
 //! binary) and the old code serves on.
 
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -17,6 +16,7 @@ use tether_protocol::api::ttrpc;
 use tether_protocol::task_service::TASK_SERVICE_V2;
 use tether_tests::containerd::Options;
 use tether_tests::pty::Terminal;
+use tether_tests::shimdir::{exe_inode, ShimDir};
 use tether_tests::{busybox_rootfs, rawttrpc, shim, unique_id, wait_until, Containerd, Ctr};
 use tether_tests::{shim_binary, TETHER_RUNTIME};
 use tether_tests::{Event, Events};

@@ -13,7 +13,7 @@ pub const SCRIPT: &str = "trap 'echo after-upgrade; exit 7' TERM; echo before-up
 pub struct Setup {
     pub cd: Containerd,
     pub ctr: Ctr,
-    pub dir: tempfile::TempDir,
+    pub dir: ShimDir,
     pub id: String,
     pub log: PathBuf,
 }
@@ -50,21 +50,20 @@ impl Setup {
 
     /// The containerd and the shim's directory, no container yet (`id` is the one to run).
     pub fn bare(runc: Option<&dyn Fn(&Path) -> String>) -> Setup {
-        let dir = tempfile::tempdir().expect("tempdir for the shim binary");
-        std::fs::copy(shim_binary(), dir.path().join(SHIM_NAME)).expect("copy the shim binary");
+        let dir = ShimDir::new(SHIM_NAME);
         if let Some(runc) = runc {
-            let path = dir.path().join("runc");
-            std::fs::write(&path, runc(dir.path())).expect("write the runc wrapper");
+            let path = dir.dir().join("runc");
+            std::fs::write(&path, runc(dir.dir())).expect("write the runc wrapper");
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
                 .expect("chmod the runc wrapper");
         }
         let cd = Containerd::start_with(Options {
-            path_prefix: vec![dir.path().to_path_buf()],
+            path_prefix: vec![dir.dir().to_path_buf()],
             ..Options::default()
         });
         let ctr = cd.ctr(&unique_id("ns"));
         let id = unique_id("c");
-        let log = dir.path().join("container.log");
+        let log = dir.dir().join("container.log");
         Setup {
             cd,
             ctr,
@@ -75,7 +74,7 @@ impl Setup {
     }
 
     pub fn binary(&self) -> PathBuf {
-        self.dir.path().join(SHIM_NAME)
+        self.dir.binary()
     }
 
     pub fn output(&self) -> String {
@@ -95,11 +94,7 @@ impl Setup {
     /// Installs `contents` at the shim's path as a new file (a new inode, as a package
     /// manager's rename does); returns its inode.
     pub fn install(&self, contents: &[u8]) -> u64 {
-        let tmp = self.dir.path().join("incoming");
-        std::fs::write(&tmp, contents).expect("write the new binary");
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        std::fs::rename(&tmp, self.binary()).expect("install the new binary");
-        inode(&self.binary())
+        self.dir.install(contents)
     }
 
     pub fn upgrade(&self) -> ttrpc::Result<UpgradeResponse> {
@@ -115,7 +110,7 @@ impl Setup {
     /// Installs a script at the shim's path that runs a copy of the real binary with `env`
     /// (so a test hook reaches the new image); returns the copy's path.
     pub fn install_with_env(&self, env: &str) -> PathBuf {
-        let real = self.dir.path().join("real-shim");
+        let real = self.dir.dir().join("real-shim");
         std::fs::copy(shim_binary(), &real).expect("copy the shim binary");
         self.install(format!("#!/bin/sh\n{env} exec {} \"$@\"\n", real.display()).as_bytes());
         real
@@ -296,15 +291,4 @@ impl Drop for Reaped {
         }
         let _ = self.0.wait();
     }
-}
-
-pub fn inode(path: &Path) -> u64 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
-        .ino()
-}
-
-/// The inode `/proc/PID/exe` runs (the link resolves even to a replaced, deleted file).
-pub fn exe_inode(pid: i32) -> u64 {
-    inode(Path::new(&format!("/proc/{pid}/exe")))
 }

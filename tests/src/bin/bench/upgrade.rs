@@ -6,12 +6,12 @@
 //! over it: a new inode, as a package manager does) never touches `target/release`.
 
 use std::fmt::Write as _;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tether_protocol::admin::{UpgradeResponse, ADMIN_SERVICE, UPGRADE_METHOD};
 use tether_tests::manager::Daemon;
-use tether_tests::{busybox_rootfs, procs, shim_binary, unique_id, wait_until};
+use tether_tests::shimdir::ShimDir;
+use tether_tests::{busybox_rootfs, procs, unique_id, wait_until};
 
 const RUNTIME: &str = "io.containerd.benchup.v2";
 const SHIM_NAME: &str = "containerd-shim-benchup-v2";
@@ -33,25 +33,15 @@ pub struct Upgrade {
 
 /// A private daemon whose shims run the binary at `dir/SHIM_NAME`.
 struct Setup {
-    dir: tempfile::TempDir,
+    dir: ShimDir,
     d: Daemon,
     ns: String,
 }
 
 impl Setup {
     fn start() -> Setup {
-        let dir = tempfile::Builder::new()
-            .prefix("tether-bench-upgrade-")
-            .tempdir()
-            .expect("tempdir");
-        let s_dir = dir.path().to_path_buf();
-        install(&s_dir);
-        let path = format!(
-            "{}:{}",
-            s_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let d = Daemon::start_env(&[], &[("PATH", &path)]);
+        let dir = ShimDir::new(SHIM_NAME);
+        let d = Daemon::start_env(&[], &[("PATH", &dir.path_env())]);
         Setup {
             dir,
             d,
@@ -60,7 +50,7 @@ impl Setup {
     }
 
     fn install(&self) {
-        install(self.dir.path());
+        self.dir.install_shim();
     }
 
     /// Runs `n` idle containers (two at a time); their ids.
@@ -110,14 +100,6 @@ impl Setup {
         wait_until(Duration::from_secs(30), || self.d.shim_pids().is_empty());
         procs::reap_orphans();
     }
-}
-
-/// A fresh copy of the shim renamed over `dir/SHIM_NAME`.
-fn install(dir: &Path) {
-    let tmp = dir.join("incoming");
-    std::fs::copy(shim_binary(), &tmp).expect("copy the shim binary");
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    std::fs::rename(&tmp, dir.join(SHIM_NAME)).expect("install the shim binary");
 }
 
 fn median_p90(mut v: Vec<f64>) -> (f64, f64) {
