@@ -109,16 +109,24 @@ impl Container {
         })
     }
 
-    /// Applies `f` to the record and writes it if `f` changed it.
+    /// Applies `f` to the record and writes it (durably) if `f` changed it.
     fn update(
         &self,
         f: impl FnOnce(&mut ContainerRecord) -> Result<()>,
+    ) -> Result<ContainerRecord> {
+        self.update_with(f, store::Durability::Durable)
+    }
+
+    fn update_with(
+        &self,
+        f: impl FnOnce(&mut ContainerRecord) -> Result<()>,
+        durability: store::Durability,
     ) -> Result<ContainerRecord> {
         let mut rec = lock(&self.record);
         let before = rec.clone();
         f(&mut rec)?;
         if *rec != before {
-            store::write(&self.record_path(), &*rec)?;
+            store::write_with(&self.record_path(), &*rec, durability)?;
             if rec.finished_at != 0 && before.finished_at == 0 {
                 self.exited.notify_all();
             }
@@ -128,12 +136,23 @@ impl Container {
 
     /// Records the init's exit unless one is recorded already.
     pub fn record_exit(&self, status: u32, at: i64, reason: &str) {
-        let r = self.update(|rec| {
-            if rec.finished_at == 0 && rec.deleted_at == 0 {
-                rec.exit(status, at, reason)?;
-            }
-            Ok(())
-        });
+        self.record_exit_with(status, at, reason, store::Durability::Durable);
+    }
+
+    /// Records the init's exit unless one is recorded already, as durably as asked: an exit a
+    /// shim published is in the journal (fsync'd) already, and a SIGKILLed daemon learns it
+    /// again from the shim; the record's own fsyncs (file and directory, per container, on the
+    /// monitor's loop) were most of a burst of exits' cost.
+    pub fn record_exit_with(&self, status: u32, at: i64, reason: &str, d: store::Durability) {
+        let r = self.update_with(
+            |rec| {
+                if rec.finished_at == 0 && rec.deleted_at == 0 {
+                    rec.exit(status, at, reason)?;
+                }
+                Ok(())
+            },
+            d,
+        );
         if let Err(e) = r {
             log::warn!("container {}/{}: record exit: {e}", self.key.0, self.key.1);
         }

@@ -253,6 +253,6 @@ impl Containers {
             .as_ref()
             .map(tether_protocol::time::from_timestamp)
             .unwrap_or_else(now_nanos);
-        c.record_exit(exit.exit_status, at, "");
+        c.record_exit_with(exit.exit_status, at, "", store::Durability::Atomic);
     }
 }
