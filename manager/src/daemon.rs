@@ -92,7 +92,7 @@ pub fn run(mut cfg: Config) -> Result<()> {
         log::warn!("{w}");
     }
     let bus = Arc::new(Bus::with_journal(opened.journal, opened.entries));
-    let containers = Containers::new(cfg.clone(), bus.clone());
+    let containers = Containers::new(cfg.clone(), bus.clone())?;
 
     // Before any shim can reach us: aborted creates are muted before their shims speak.
     let found = crate::recovery::scan_state(&containers);
@@ -100,7 +100,7 @@ pub fn run(mut cfg: Config) -> Result<()> {
     let events_listener = crate::event_server::bind(&containers.events_socket())?;
     let monitor = Monitor::start(crate::monitor::Setup {
         events: events_listener,
-        sink: forward_sink(containers.clone(), bus.clone()),
+        sink: forward_sink(containers.clone()),
         on_death: Box::new(move |key| {
             let _ = janitor.send(key);
         }),

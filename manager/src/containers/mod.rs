@@ -13,6 +13,7 @@ mod create;
 mod delete;
 mod process;
 mod shim_events;
+mod writer;
 
 pub use create::STDIN_FIFO;
 
@@ -20,7 +21,6 @@ use crate::error::{is_disconnected, Error, Result};
 use crate::events::{Bus, NewEvent};
 use crate::launcher::{self, ShimCommand};
 use crate::monitor::{Key, Monitor};
-use protobuf::MessageFull;
 use protobuf::{Message, MessageField};
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 use tether_protocol::api::events::{TaskDelete, TaskExit, TaskStart};
+use tether_protocol::api::forward::ForwardRequest;
 use tether_protocol::api::task;
 use tether_protocol::api::Any;
 use tether_protocol::manager_api::manager as api;
@@ -109,24 +110,16 @@ impl Container {
         })
     }
 
-    /// Applies `f` to the record and writes it (durably) if `f` changed it.
+    /// Applies `f` to the record and writes it if `f` changed it.
     fn update(
         &self,
         f: impl FnOnce(&mut ContainerRecord) -> Result<()>,
-    ) -> Result<ContainerRecord> {
-        self.update_with(f, store::Durability::Durable)
-    }
-
-    fn update_with(
-        &self,
-        f: impl FnOnce(&mut ContainerRecord) -> Result<()>,
-        durability: store::Durability,
     ) -> Result<ContainerRecord> {
         let mut rec = lock(&self.record);
         let before = rec.clone();
         f(&mut rec)?;
         if *rec != before {
-            store::write_with(&self.record_path(), &*rec, durability)?;
+            store::write(&self.record_path(), &*rec)?;
             if rec.finished_at != 0 && before.finished_at == 0 {
                 self.exited.notify_all();
             }
@@ -134,25 +127,29 @@ impl Container {
         Ok(rec.clone())
     }
 
-    /// Records the init's exit unless one is recorded already.
-    pub fn record_exit(&self, status: u32, at: i64, reason: &str) {
-        self.record_exit_with(status, at, reason, store::Durability::Durable);
+    /// Records, in memory, the init's exit unless one is recorded already; true if it was new
+    /// (then the caller has the file written, see [`writer`]).
+    fn note_exit(&self, status: u32, at: i64) -> bool {
+        let mut rec = lock(&self.record);
+        if rec.finished_at != 0 || rec.deleted_at != 0 {
+            return false;
+        }
+        if let Err(e) = rec.exit(status, at, "") {
+            log::warn!("container {}/{}: record exit: {e}", self.key.0, self.key.1);
+            return false;
+        }
+        self.exited.notify_all();
+        true
     }
 
-    /// Records the init's exit unless one is recorded already, as durably as asked: an exit a
-    /// shim published is in the journal (fsync'd) already, and a SIGKILLed daemon learns it
-    /// again from the shim; the record's own fsyncs (file and directory, per container, on the
-    /// monitor's loop) were most of a burst of exits' cost.
-    pub fn record_exit_with(&self, status: u32, at: i64, reason: &str, d: store::Durability) {
-        let r = self.update_with(
-            |rec| {
-                if rec.finished_at == 0 && rec.deleted_at == 0 {
-                    rec.exit(status, at, reason)?;
-                }
-                Ok(())
-            },
-            d,
-        );
+    /// Records the init's exit unless one is recorded already.
+    pub fn record_exit(&self, status: u32, at: i64, reason: &str) {
+        let r = self.update(|rec| {
+            if rec.finished_at == 0 && rec.deleted_at == 0 {
+                rec.exit(status, at, reason)?;
+            }
+            Ok(())
+        });
         if let Err(e) = r {
             log::warn!("container {}/{}: record exit: {e}", self.key.0, self.key.1);
         }
@@ -199,6 +196,7 @@ pub struct Containers {
     table: Mutex<HashMap<Key, Arc<Container>>>,
     bus: Arc<Bus>,
     monitor: Mutex<Option<Monitor>>,
+    writer: writer::Writer,
 }
 
 fn check_key(namespace: &str, id: &str) -> Result<Key> {
@@ -208,13 +206,14 @@ fn check_key(namespace: &str, id: &str) -> Result<Key> {
 }
 
 impl Containers {
-    pub fn new(cfg: Config, bus: Arc<Bus>) -> Arc<Containers> {
-        Arc::new(Containers {
+    pub fn new(cfg: Config, bus: Arc<Bus>) -> Result<Arc<Containers>> {
+        Ok(Arc::new(Containers {
             cfg,
             table: Mutex::new(HashMap::new()),
             bus,
             monitor: Mutex::new(None),
-        })
+            writer: writer::Writer::start().map_err(Error::io("spawn the record writer"))?,
+        }))
     }
 
     pub fn config(&self) -> &Config {
