@@ -90,6 +90,11 @@ pub struct Container {
     /// The pid of the logger the daemon started for a `-i` container (`fifo_logger`), killed
     /// if the creation fails.
     logger: Mutex<Option<u32>>,
+    /// Set while a dead shim's clean-up runs in the background after a restart (see
+    /// `recovery`): a delete waits for it, rather than remove the bundle under its `delete`
+    /// action.
+    cleaning: Mutex<bool>,
+    cleaned: Condvar,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -165,6 +170,24 @@ impl Container {
         });
         if let Err(e) = r {
             log::warn!("container {}/{}: record start: {e}", self.key.0, self.key.1);
+        }
+    }
+
+    /// Marks the container's dead shim as being cleaned up (see [`Container::cleaning`]).
+    pub fn begin_cleanup(&self) {
+        *lock(&self.cleaning) = true;
+    }
+
+    pub fn end_cleanup(&self) {
+        *lock(&self.cleaning) = false;
+        self.cleaned.notify_all();
+    }
+
+    /// Waits until no clean-up of the container's dead shim runs.
+    fn await_cleanup(&self) {
+        let mut busy = lock(&self.cleaning);
+        while *busy {
+            busy = self.cleaned.wait(busy).unwrap_or_else(|p| p.into_inner());
         }
     }
 

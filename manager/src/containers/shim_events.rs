@@ -22,6 +22,8 @@ impl Containers {
             exited: Condvar::new(),
             stdin: Mutex::new(None),
             logger: Mutex::new(None),
+            cleaning: Mutex::new(false),
+            cleaned: Condvar::new(),
             shim: Mutex::new(shim.map(Arc::new)),
         });
         if lock(&c.shim).is_some() && c.dir.join(STDIN_FIFO).exists() {

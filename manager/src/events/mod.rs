@@ -154,6 +154,8 @@ pub struct Batch {
 impl Bus {
     /// A bus backed by `journal`, holding what it retained (its newest events).
     pub fn with_journal(journal: Journal, entries: Vec<Entry>) -> Bus {
+        let started = Instant::now();
+        let n = entries.len();
         let bus = Bus::default();
         {
             let mut ring = bus.ring.lock().unwrap_or_else(|p| p.into_inner());
@@ -182,6 +184,10 @@ impl Bus {
             }
             ring.journal = Some(journal);
         }
+        log::info!(
+            "journal: {n} events loaded in {} ms",
+            started.elapsed().as_millis()
+        );
         bus
     }
 

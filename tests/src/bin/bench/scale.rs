@@ -457,6 +457,20 @@ impl Stack {
             running_ok && gone_ok
         });
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        if let Kind::Tether { d, .. } = &self.kind {
+            // Where the daemon's restart went (its own account of each phase).
+            let log = d.log();
+            let phases: Vec<&str> = log
+                .lines()
+                .rev()
+                .take_while(|l| !l.contains("journal:"))
+                .chain(log.lines().rev().find(|l| l.contains("journal:")))
+                .filter(|l| l.contains("journal:") || l.contains("rediscovery:"))
+                .collect();
+            for l in phases.iter().rev() {
+                eprintln!("      {l}");
+            }
+        }
         if resolved {
             ms
         } else {
