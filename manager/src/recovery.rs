@@ -25,6 +25,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tether_protocol::api::task::{self, Status};
+use tether_protocol::api::ttrpc;
 use tether_protocol::task_service::TaskCaller;
 use tether_protocol::time::{from_timestamp, now_nanos};
 use tether_protocol::{store, validate_id, validate_namespace, ContainerRecord};
@@ -258,10 +259,18 @@ fn shim_address(dir: &Path) -> Option<String> {
     })
 }
 
-/// Connects to the shim if it is alive; `None` at once if its socket refuses.
-fn probe(dir: &Path, key: &Key) -> Option<(TaskCaller, task::ConnectResponse)> {
+/// What a live shim answered: its caller, `Connect`, and the container's `State`.
+type Probed = (
+    TaskCaller,
+    task::ConnectResponse,
+    ttrpc::Result<task::StateResponse>,
+);
+
+/// Connects to the shim if it is alive, and asks the container's state on the same connection;
+/// `None` at once if its socket refuses.
+fn probe(dir: &Path, key: &Key) -> Option<Probed> {
     let address = shim_address(dir)?;
-    match TaskCaller::connect_per_call(&address, PROBE_TIMEOUT) {
+    match TaskCaller::connect_and_state(&address, &key.1, PROBE_TIMEOUT) {
         Ok(c) => Some(c),
         Err(e) => {
             log::debug!(
@@ -288,7 +297,7 @@ fn recover_one(containers: &Arc<Containers>, key: Key, record: ContainerRecord) 
     };
     let known = record.finished_at != 0;
     match shim {
-        Some((client, connected)) => {
+        Some((client, connected, state)) => {
             let conn = ShimConn {
                 task: client.clone(),
                 pid: connected.shim_pid,
@@ -298,11 +307,7 @@ fn recover_one(containers: &Arc<Containers>, key: Key, record: ContainerRecord) 
             if known {
                 return Outcome::Live { exited: false };
             }
-            let req = task::StateRequest {
-                id: key.1.clone(),
-                ..Default::default()
-            };
-            match client.call::<_, task::StateResponse>("State", &req, PROBE_TIMEOUT) {
+            match state {
                 Ok(st) if st.status.enum_value() == Ok(Status::STOPPED) => {
                     let at = st
                         .exited_at
@@ -422,7 +427,7 @@ fn finish_interrupted(
     key: &Key,
     dir: &Path,
     record: &ContainerRecord,
-    shim: Option<(TaskCaller, task::ConnectResponse)>,
+    shim: Option<Probed>,
 ) {
     let create = record.created_at == 0;
     log::info!(
@@ -431,7 +436,7 @@ fn finish_interrupted(
         key.1,
         if create { "create" } else { "delete" }
     );
-    if let Some((client, connected)) = shim {
+    if let Some((client, connected, _)) = shim {
         if create {
             containers.stop_aborted_shim(key, &client, connected.shim_pid, PROBE_TIMEOUT);
         } else {
