@@ -412,8 +412,9 @@ fn clean_up(containers: &Containers, d: Dead) {
             format!("{REASON_SHIM_GONE}; its cleanup failed: {e}"),
         ),
     };
-    c.record_exit(status, at, &reason);
+    // Journaled first, as a shim's own exit is: whoever sees the record's exit finds the event.
     containers.publish_exit(&key, pid, status, at, true);
+    c.record_exit(status, at, &reason);
     c.end_cleanup();
 }
 
