@@ -86,12 +86,32 @@ pub fn run(mut cfg: Config) -> Result<()> {
     // Shims we start are reparented to us, and so are a killed shim's processes: we reap them.
     crate::reaper::become_subreaper().map_err(Error::io("become a child subreaper"))?;
 
+    // The journal is read while the shims are probed: a restart waits for the longer of the
+    // two, not both. Publishing and polling wait for it (`Bus::pending`).
     let journal_path = cfg.state.join(JOURNAL_NAME);
-    let opened = Journal::open(&journal_path, JOURNAL_KEEP)?;
-    for w in &opened.warnings {
-        log::warn!("{w}");
-    }
-    let bus = Arc::new(Bus::with_journal(opened.journal, opened.entries));
+    let bus = Arc::new(Bus::pending());
+    let loader = {
+        let bus = bus.clone();
+        std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || -> Result<()> {
+                match Journal::open(&journal_path, JOURNAL_KEEP) {
+                    Ok(opened) => {
+                        for w in &opened.warnings {
+                            log::warn!("{w}");
+                        }
+                        bus.load(opened.journal, opened.entries);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Whoever waits for the bus (rediscovery's recovered exits) goes on.
+                        bus.fail(&e.to_string());
+                        Err(e)
+                    }
+                }
+            })
+            .map_err(Error::io("spawn the journal reader"))?
+    };
     let containers = Containers::new(cfg.clone(), bus.clone())?;
 
     // Before any shim can reach us: aborted creates are muted before their shims speak.
@@ -107,6 +127,9 @@ pub fn run(mut cfg: Config) -> Result<()> {
     })?;
     containers.set_monitor(monitor);
     crate::recovery::recover(&containers, found);
+    loader
+        .join()
+        .map_err(|_| Error::Unavailable("the journal reader panicked".into()))??;
 
     let address = format!("unix://{}", cfg.socket.display());
     let manager = Arc::new(ManagerService { containers, bus });

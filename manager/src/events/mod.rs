@@ -135,6 +135,8 @@ impl Default for Bus {
                 journal: None,
                 capacity: CAPACITY,
                 muted: HashSet::new(),
+                loaded: true,
+                broken: None,
             }),
             arrived: Condvar::new(),
         }
@@ -153,12 +155,28 @@ pub struct Batch {
 
 impl Bus {
     /// A bus backed by `journal`, holding what it retained (its newest events).
+    #[cfg(test)]
     pub fn with_journal(journal: Journal, entries: Vec<Entry>) -> Bus {
+        let bus = Bus::pending();
+        bus.load(journal, entries);
+        bus
+    }
+
+    /// A bus whose journal is still being read (see [`Bus::load`]): it can be muted and
+    /// suppressed at once, and publishing or polling waits until it is loaded. A daemon's
+    /// restart reads its journal (thousands of events, ~20 us each) while it probes its shims.
+    pub fn pending() -> Bus {
+        let bus = Bus::default();
+        bus.ring.lock().unwrap_or_else(|p| p.into_inner()).loaded = false;
+        bus
+    }
+
+    /// Fills a [`Bus::pending`] bus from its journal; everyone waiting on it goes on.
+    pub fn load(&self, journal: Journal, entries: Vec<Entry>) {
         let started = Instant::now();
         let n = entries.len();
-        let bus = Bus::default();
         {
-            let mut ring = bus.ring.lock().unwrap_or_else(|p| p.into_inner());
+            let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
             ring.capacity = journal.keep();
             for e in entries {
                 let Some(value) = journal::from_hex(&e.value) else {
@@ -183,19 +201,42 @@ impl Bus {
                 }));
             }
             ring.journal = Some(journal);
+            ring.loaded = true;
         }
+        self.arrived.notify_all();
         log::info!(
             "journal: {n} events loaded in {} ms",
             started.elapsed().as_millis()
         );
-        bus
+    }
+
+    /// Ends a [`Bus::pending`] bus whose journal could not be read: nothing is accepted (the
+    /// daemon stops with the error).
+    pub fn fail(&self, why: &str) {
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+            ring.broken = Some(why.to_string());
+            ring.loaded = true;
+        }
+        self.arrived.notify_all();
+    }
+
+    /// The ring, once loaded.
+    fn loaded(&self) -> std::sync::MutexGuard<'_, Ring> {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        self.arrived
+            .wait_while(ring, |r| !r.loaded)
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Puts events on the bus, in order: each gets the next sequence number and is journaled
     /// (fsync'd) before any reader sees it. Returns, for each, its sequence number, or `None`
     /// if the same event was accepted before. On a journal error nothing is accepted.
     pub fn publish_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<Option<u64>>> {
-        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ring = self.loaded();
+        if let Some(why) = &ring.broken {
+            return Err(crate::error::Error::Unavailable(why.clone()));
+        }
         let mut seqs = Vec::with_capacity(batch.len());
         let mut fresh = Vec::new();
         let mut keys = HashSet::new();
@@ -309,7 +350,7 @@ impl Bus {
 
     /// The last sequence number given out.
     pub fn last(&self) -> u64 {
-        self.ring.lock().unwrap_or_else(|p| p.into_inner()).last
+        self.loaded().last
     }
 
     /// Events after `since` that match `filters`, waiting up to `timeout` for the first one.
@@ -318,7 +359,7 @@ impl Bus {
         let max = max.clamp(1, MAX_BATCH);
         let mut cursor = since;
         let mut lost_before = 0;
-        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ring = self.loaded();
         loop {
             let mut out = Vec::new();
             if let Some(first) = ring.events.front() {

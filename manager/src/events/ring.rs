@@ -17,6 +17,10 @@ pub(super) struct Ring {
     pub(super) capacity: usize,
     /// Containers whose events are dropped, whatever they are: aborted creates being undone.
     pub(super) muted: HashSet<(String, String)>,
+    /// False until the journal's events are in (see `Bus::pending`).
+    pub(super) loaded: bool,
+    /// Why the journal could not be read (then nothing is accepted).
+    pub(super) broken: Option<String>,
 }
 
 impl Ring {

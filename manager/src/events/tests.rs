@@ -224,3 +224,40 @@ fn journaled_events_survive_a_restart_and_are_never_accepted_twice() {
         vec![(1, false), (2, false), (3, true)]
     );
 }
+
+/// A restart reads the journal while it probes shims: an event published meanwhile waits for
+/// the journal and is numbered after its last event, never reusing a number; a bus whose
+/// journal could not be read accepts nothing.
+#[test]
+fn a_pending_bus_numbers_events_after_its_journal_once_loaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("events.journal");
+    let o = Journal::open(&p, 100).expect("open");
+    let bus = Bus::with_journal(o.journal, o.entries);
+    bus.publish_batch(
+        (1..=3)
+            .map(|i| exit_event(&format!("c{i}"), false))
+            .collect(),
+    )
+    .expect("publish");
+    drop(bus);
+    let bus = Arc::new(Bus::pending());
+    bus.mute("ns", "muted");
+    let publisher = {
+        let bus = bus.clone();
+        std::thread::spawn(move || {
+            (
+                bus.publish(exit_event("muted", false)),
+                bus.publish(exit_event("c4", false)),
+            )
+        })
+    };
+    let o = Journal::open(&p, 100).expect("reopen");
+    bus.load(o.journal, o.entries);
+    assert_eq!(publisher.join().expect("publisher"), (None, Some(4)));
+    assert_eq!(bus.publish(exit_event("c1", false)), None, "a duplicate");
+
+    let broken = Bus::pending();
+    broken.fail("cannot read the journal");
+    assert!(broken.publish_batch(vec![exit_event("c5", false)]).is_err());
+}
