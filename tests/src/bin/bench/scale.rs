@@ -1079,9 +1079,14 @@ const WHY: &[&str] = &[
     "Listing N containers asks each shim its state (containerd: one `State` per task, in \
      sequence); tether answers from its table. Linear in N either way, by a different constant.",
     "A restart reconnects to every shim: linear in N. containerd loads its shims one after the \
-     other before it serves at all; the tether daemon probes them concurrently.",
+     other before it serves at all; the tether daemon probes them concurrently (`Connect` and \
+     `State` written together on one connection per shim) while another thread reads its event \
+     journal, whose length grows with the history, not with N.",
     "A dead shim's socket refuses at once; the cost is its clean-up (`shim delete`, which runs \
-     `runc delete`), one process per dead shim.",
+     `runc delete`), one process per dead shim. containerd runs them before it serves; the \
+     tether daemon lists such a container UNKNOWN (never RUNNING) and runs the clean-ups in the \
+     background once the live shims are resolved, so they cost its restart only the CPU they \
+     take from it.",
     "A stopped shim accepts the connection and never answers: the daemon waits out a timeout. \
      containerd waits its 5 s shim-load timeout for each stopped shim, one after the other, \
      before it serves anything; the tether daemon's wait does not add up per shim (its probes \
@@ -1092,7 +1097,9 @@ const WHY: &[&str] = &[
      daemon deleted the task without stopping the shim process, which lives on, orphaned.",
     "Each exit is reaped by its shim and published to the daemon, which fans it out: the burst \
      queues 100 publications in the daemon, so its spread (p99, max) shows the daemon's \
-     per-event cost, independent of N unless the daemon's work per event grows with N.",
+     per-event cost, independent of N unless the daemon's work per event grows with N. The \
+     tether daemon journals every event read in one turn of its loop with one fsync, and writes \
+     the containers' records off its loop.",
     "See the median.",
     "See the median.",
     "All 100 must arrive: an exit is never dropped.",
