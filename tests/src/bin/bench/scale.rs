@@ -183,6 +183,7 @@ const FIGURES: &[(&str, &str)] = &[
         "burst of 100 exits: `exited_at` -> subscriber (the path after the reap), max",
         "ms",
     ),
+    ("RSS of one shim, median over the shims", "kB"),
 ];
 const F_PSS_TOTAL: usize = 0;
 const F_PSS: usize = 1;
@@ -203,6 +204,7 @@ const F_BURST_N: usize = 15;
 const F_REAP_MED: usize = 16;
 const F_REAP_MAX: usize = 17;
 const F_PATH_MAX: usize = 18;
+const F_RSS: usize = 19;
 
 impl Stack {
     fn containerd(label: &'static str, runtime: &'static str, shim_cost: (u64, u64)) -> Stack {
@@ -487,6 +489,8 @@ impl Stack {
         let pss: u64 = shims.iter().map(|&p| footprint(p).0).sum();
         v[F_PSS_TOTAL] = pss as f64 / 1024.0;
         v[F_PSS] = pss as f64 / shims.len().max(1) as f64;
+        let mut rss: Vec<f64> = shims.iter().map(|&p| footprint(p).1 as f64).collect();
+        v[F_RSS] = median(&mut rss);
         v[F_HOST] = self.host_per_container_kb;
         if let Some(pid) = self.daemon_pid() {
             let (_, rss, threads) = footprint(pid);
@@ -506,9 +510,10 @@ impl Stack {
             .collect();
         v[F_LIST] = median(&mut lists);
         eprintln!(
-            "   {} shims, PSS {:.0} kB/shim, list {:.0} ms",
+            "   {} shims, PSS {:.0} kB/shim, RSS {:.0} kB (median), list {:.0} ms",
             shims.len(),
             v[F_PSS],
+            v[F_RSS],
             v[F_LIST]
         );
 
@@ -1109,6 +1114,8 @@ const WHY: &[&str] = &[
     "What the daemon (or containerd) adds: from the reap the shim stamps on the event to the \
      subscriber's line, for the slowest of the burst. The shim's clock and the bench's are the \
      same machine's.",
+    "RSS counts every page a shim maps, shared or not (its binary's text, libc): what one shim \
+     costs alone, not what each of N costs (that is the PSS).",
 ];
 
 fn render(a: &Args, series: &Measured, notes: &[String], took: Duration) -> String {
