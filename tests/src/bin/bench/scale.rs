@@ -1067,6 +1067,9 @@ fn per_shim(series: &Measured, i: usize) -> Option<String> {
     })
 }
 
+// One explanation per figure, checked when the bench is built.
+const _: () = assert!(WHY.len() == FIGURES.len());
+
 /// Why each figure grows as it does, per stack (the measured shape is printed beside it).
 const WHY: &[&str] = &[
     "Every shim is a process: the total grows with N for each stack, at the per-shim rate below.",
