@@ -86,8 +86,8 @@ pub fn run(mut cfg: Config) -> Result<()> {
     // Shims we start are reparented to us, and so are a killed shim's processes: we reap them.
     crate::reaper::become_subreaper().map_err(Error::io("become a child subreaper"))?;
 
-    // The journal is read while the shims are probed: a restart waits for the longer of the
-    // two, not both. Publishing and polling wait for it (`Bus::pending`).
+    // The journal is read while the shims are probed and the table served: a restart's `ps`
+    // does not wait for it. Publishing and polling do (`Bus::pending`).
     let journal_path = cfg.state.join(JOURNAL_NAME);
     let bus = Arc::new(Bus::pending());
     let loader = {
@@ -127,9 +127,6 @@ pub fn run(mut cfg: Config) -> Result<()> {
     })?;
     containers.set_monitor(monitor);
     crate::recovery::recover(&containers, found);
-    loader
-        .join()
-        .map_err(|_| Error::Unavailable("the journal reader panicked".into()))??;
 
     let address = format!("unix://{}", cfg.socket.display());
     let manager = Arc::new(ManagerService { containers, bus });
@@ -158,6 +155,11 @@ pub fn run(mut cfg: Config) -> Result<()> {
         cfg.state.display(),
         cfg.root.display()
     );
+    // The table is served while the journal may still be read (events wait for it); a journal
+    // that cannot be read stops the daemon.
+    loader
+        .join()
+        .map_err(|_| Error::Unavailable("the journal reader panicked".into()))??;
 
     let sig = stop
         .wait()

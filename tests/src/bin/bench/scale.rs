@@ -444,6 +444,10 @@ impl Stack {
     ) -> f64 {
         self.kill_daemon();
         while_down();
+        let log_before = match &self.kind {
+            Kind::Tether { d, .. } => d.log().len(),
+            Kind::Containerd { .. } => 0,
+        };
         let t0 = Instant::now();
         self.start_daemon();
         let resolved = wait_until(Duration::from_secs(300), || {
@@ -462,15 +466,10 @@ impl Stack {
         if let Kind::Tether { d, .. } = &self.kind {
             // Where the daemon's restart went (its own account of each phase).
             let log = d.log();
-            let phases: Vec<&str> = log
-                .lines()
-                .rev()
-                .take_while(|l| !l.contains("journal:"))
-                .chain(log.lines().rev().find(|l| l.contains("journal:")))
-                .filter(|l| l.contains("journal:") || l.contains("rediscovery:"))
-                .collect();
-            for l in phases.iter().rev() {
-                eprintln!("      {l}");
+            for l in log.get(log_before..).unwrap_or_default().lines() {
+                if l.contains("journal:") || l.contains("rediscovery:") {
+                    eprintln!("      {l}");
+                }
             }
         }
         if resolved {
