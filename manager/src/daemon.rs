@@ -86,13 +86,33 @@ pub fn run(mut cfg: Config) -> Result<()> {
     // Shims we start are reparented to us, and so are a killed shim's processes: we reap them.
     crate::reaper::become_subreaper().map_err(Error::io("become a child subreaper"))?;
 
+    // The journal is read while the shims are probed and the table served: a restart's `ps`
+    // does not wait for it. Publishing and polling do (`Bus::pending`).
     let journal_path = cfg.state.join(JOURNAL_NAME);
-    let opened = Journal::open(&journal_path, JOURNAL_KEEP)?;
-    for w in &opened.warnings {
-        log::warn!("{w}");
-    }
-    let bus = Arc::new(Bus::with_journal(opened.journal, opened.entries));
-    let containers = Containers::new(cfg.clone(), bus.clone());
+    let bus = Arc::new(Bus::pending());
+    let loader = {
+        let bus = bus.clone();
+        std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || -> Result<()> {
+                match Journal::open(&journal_path, JOURNAL_KEEP) {
+                    Ok(opened) => {
+                        for w in &opened.warnings {
+                            log::warn!("{w}");
+                        }
+                        bus.load(opened.journal, opened.entries);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Whoever waits for the bus (rediscovery's recovered exits) goes on.
+                        bus.fail(&e.to_string());
+                        Err(e)
+                    }
+                }
+            })
+            .map_err(Error::io("spawn the journal reader"))?
+    };
+    let containers = Containers::new(cfg.clone(), bus.clone())?;
 
     // Before any shim can reach us: aborted creates are muted before their shims speak.
     let found = crate::recovery::scan_state(&containers);
@@ -100,7 +120,7 @@ pub fn run(mut cfg: Config) -> Result<()> {
     let events_listener = crate::event_server::bind(&containers.events_socket())?;
     let monitor = Monitor::start(crate::monitor::Setup {
         events: events_listener,
-        sink: forward_sink(containers.clone(), bus.clone()),
+        sink: forward_sink(containers.clone()),
         on_death: Box::new(move |key| {
             let _ = janitor.send(key);
         }),
@@ -135,6 +155,11 @@ pub fn run(mut cfg: Config) -> Result<()> {
         cfg.state.display(),
         cfg.root.display()
     );
+    // The table is served while the journal may still be read (events wait for it); a journal
+    // that cannot be read stops the daemon.
+    loader
+        .join()
+        .map_err(|_| Error::Unavailable("the journal reader panicked".into()))??;
 
     let sig = stop
         .wait()

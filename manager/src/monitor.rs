@@ -183,7 +183,7 @@ impl Loop {
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => {}
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(&mut forwards),
                     SIGNALS => {
                         while let Ok(Some(_)) = self.signals.read_signal() {}
                         reap = true;
@@ -308,8 +308,10 @@ impl Loop {
         }
     }
 
-    /// Accepts every pending shim connection to the events socket.
-    fn accept(&mut self) {
+    /// Accepts every pending shim connection to the events socket; what they sent already joins
+    /// the turn's forwards (a shim connects when it has an event to send: after a daemon
+    /// restart, a burst of exits is a burst of new connections, journaled with one fsync).
+    fn accept(&mut self, forwards: &mut Vec<(Token, u32, ForwardRequest)>) {
         loop {
             match self.events.accept() {
                 Ok((mut stream, _)) => {
@@ -325,11 +327,7 @@ impl Loop {
                             self.watched
                                 .insert(token, Watched::Events(event_server::Conn::new(stream)));
                             // Data may have arrived before registration.
-                            let mut none = Vec::new();
-                            self.read_events(token, &mut none);
-                            if !none.is_empty() {
-                                self.forward(none);
-                            }
+                            self.read_events(token, forwards);
                         }
                         Err(e) => log::error!("monitor: watch an events connection: {e}"),
                     }

@@ -4,21 +4,28 @@
 //! Every `<state>/<namespace>/<id>` with a `record.json` is a container. Its shim is probed at
 //! the address it left: a live one answers `Connect` and is watched again (and asked whether
 //! the init exited while we were away); a dead one refuses the connection at once (a unix
-//! socket with no listener answers `ECONNREFUSED`: no dial timeout), its `delete` action
-//! cleans up and gives the exit, which is journaled once, marked as recovered. Interrupted
-//! creates and deletes are finished. A corrupt record is reported (file and reason) and skipped.
+//! socket with no listener answers `ECONNREFUSED`: no dial timeout). Interrupted creates and
+//! deletes are finished. A corrupt record is reported (file and reason) and skipped.
 //! Containers are probed by a few threads at once, which end when rediscovery does.
+//!
+//! A dead shim's container is in the table at once, UNKNOWN (never RUNNING), and its clean-up
+//! runs in the background after rediscovery, so the daemon serves the live ones without waiting
+//! for it: its `delete` action (which runs the OCI runtime's, ~40 ms a shim on this machine)
+//! gives the exit, journaled once, marked as recovered. A `tether delete` of that container
+//! waits for its clean-up.
 //!
 //! Records are read first ([`scan_state`]), before the events endpoint opens: a create that was
 //! never acknowledged (`created_at` 0 on disk, so this holds across any number of crashes) has
 //! its events muted before its shim can deliver any, and unmuted only once that shim is gone.
 
-use crate::containers::{remove_dir, Containers, ShimConn};
+use crate::containers::{remove_dir, Container, Containers, ShimConn};
+use crate::launcher::ShimCommand;
 use crate::monitor::Key;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tether_protocol::api::task::{self, Status};
+use tether_protocol::api::ttrpc;
 use tether_protocol::task_service::TaskCaller;
 use tether_protocol::time::{from_timestamp, now_nanos};
 use tether_protocol::{store, validate_id, validate_namespace, ContainerRecord};
@@ -49,9 +56,19 @@ pub struct Report {
 
 enum Outcome {
     Live { exited: bool },
-    Dead { exited: bool },
+    Dead(Dead),
     Cleaned,
     Skipped(String),
+}
+
+/// A container whose shim was gone, to clean up after rediscovery.
+struct Dead {
+    key: Key,
+    container: Arc<Container>,
+    command: ShimCommand,
+    /// Its pid and whether its exit was recorded, as the record said.
+    pid: u32,
+    known: bool,
 }
 
 /// What is on disk, read before any shim can reach the daemon.
@@ -81,6 +98,11 @@ pub fn scan_state(containers: &Containers) -> Found {
         }
         found.push((key, read));
     }
+    log::info!(
+        "rediscovery: {} records read in {} ms",
+        found.len(),
+        started.elapsed().as_millis()
+    );
     Found {
         started,
         containers: found,
@@ -117,6 +139,7 @@ pub fn recover(containers: &Arc<Containers>, found: Found) -> Report {
     };
     let queue = Mutex::new(found.containers);
     let outcomes = Mutex::new(Vec::new());
+    let mut dead = Vec::new();
     let workers = WORKERS.min(queue.lock().map(|q| q.len()).unwrap_or(0));
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -139,9 +162,9 @@ pub fn recover(containers: &Arc<Containers>, found: Found) -> Report {
                 report.live += 1;
                 report.exits += usize::from(exited);
             }
-            Outcome::Dead { exited } => {
+            Outcome::Dead(d) => {
                 report.dead += 1;
-                report.exits += usize::from(exited);
+                dead.push(d);
             }
             Outcome::Cleaned => report.cleaned += 1,
             Outcome::Skipped(why) => report.skipped.push(why),
@@ -151,8 +174,8 @@ pub fn recover(containers: &Arc<Containers>, found: Found) -> Report {
         log::warn!("rediscovery: skipped {why}");
     }
     log::info!(
-        "rediscovery: {} live shims, {} dead, {} exits while down, {} interrupted operations \
-         finished, {} skipped, in {} ms",
+        "rediscovery: {} live shims, {} dead (cleaned up in the background), {} exits while \
+         down, {} interrupted operations finished, {} skipped, in {} ms",
         report.live,
         report.dead,
         report.exits,
@@ -160,7 +183,39 @@ pub fn recover(containers: &Arc<Containers>, found: Found) -> Report {
         report.skipped.len(),
         started.elapsed().as_millis()
     );
+    clean_up_in_background(containers, dead);
     report
+}
+
+/// Runs the dead shims' clean-ups on a few threads of their own, which end with the last.
+fn clean_up_in_background(containers: &Arc<Containers>, dead: Vec<Dead>) {
+    if dead.is_empty() {
+        return;
+    }
+    let containers = containers.clone();
+    let spawned = std::thread::Builder::new()
+        .name("cleanup".into())
+        .spawn(move || {
+            let started = Instant::now();
+            let n = dead.len();
+            let queue = Mutex::new(dead);
+            std::thread::scope(|s| {
+                for _ in 0..WORKERS.min(n) {
+                    s.spawn(|| loop {
+                        let next = queue.lock().ok().and_then(|mut q| q.pop());
+                        let Some(d) = next else { break };
+                        clean_up(&containers, d);
+                    });
+                }
+            });
+            log::info!(
+                "rediscovery: {n} dead shims cleaned up in {} ms",
+                started.elapsed().as_millis()
+            );
+        });
+    if let Err(e) = spawned {
+        log::error!("rediscovery: cannot spawn the clean-up thread: {e}");
+    }
 }
 
 /// Every `(namespace, id)` directory under the state root.
@@ -204,10 +259,18 @@ fn shim_address(dir: &Path) -> Option<String> {
     })
 }
 
-/// Connects to the shim if it is alive; `None` at once if its socket refuses.
-fn probe(dir: &Path, key: &Key) -> Option<(TaskCaller, task::ConnectResponse)> {
+/// What a live shim answered: its caller, `Connect`, and the container's `State`.
+type Probed = (
+    TaskCaller,
+    task::ConnectResponse,
+    ttrpc::Result<task::StateResponse>,
+);
+
+/// Connects to the shim if it is alive, and asks the container's state on the same connection;
+/// `None` at once if its socket refuses.
+fn probe(dir: &Path, key: &Key) -> Option<Probed> {
     let address = shim_address(dir)?;
-    match TaskCaller::connect_per_call(&address, PROBE_TIMEOUT) {
+    match TaskCaller::connect_and_state(&address, &key.1, PROBE_TIMEOUT) {
         Ok(c) => Some(c),
         Err(e) => {
             log::debug!(
@@ -234,7 +297,7 @@ fn recover_one(containers: &Arc<Containers>, key: Key, record: ContainerRecord) 
     };
     let known = record.finished_at != 0;
     match shim {
-        Some((client, connected)) => {
+        Some((client, connected, state)) => {
             let conn = ShimConn {
                 task: client.clone(),
                 pid: connected.shim_pid,
@@ -244,11 +307,7 @@ fn recover_one(containers: &Arc<Containers>, key: Key, record: ContainerRecord) 
             if known {
                 return Outcome::Live { exited: false };
             }
-            let req = task::StateRequest {
-                id: key.1.clone(),
-                ..Default::default()
-            };
-            match client.call::<_, task::StateResponse>("State", &req, PROBE_TIMEOUT) {
+            match state {
                 Ok(st) if st.status.enum_value() == Ok(Status::STOPPED) => {
                     let at = st
                         .exited_at
@@ -281,52 +340,82 @@ fn recover_one(containers: &Arc<Containers>, key: Key, record: ContainerRecord) 
             }
         }
         None => {
-            let socket = shim_address(&dir)
-                .as_deref()
-                .and_then(tether_protocol::socket::from_address);
-            // A shim that is there but did not answer (its socket still accepts) is not left
-            // to wake up later. A refused socket means it is gone: no /proc scan for it, which
-            // would cost every dead shim a walk of every process on the restart's path.
-            if socket
-                .as_deref()
-                .is_some_and(|s| std::os::unix::net::UnixStream::connect(s).is_ok())
-            {
-                command.kill_lingering();
+            let pid = record.pid;
+            let mut record = record;
+            if !known {
+                // Not RUNNING meanwhile: nothing answers for it until its clean-up says how it
+                // ended.
+                let _ = record.mark_unknown(REASON_SHIM_GONE);
             }
-            // Its leftovers (mounts, runtime state) go with the delete action in any case.
-            let deleted = command.delete();
-            if let Some(socket) = socket {
-                crate::shim_client::remove_dead_socket(&socket);
-            }
-            let c = containers.adopt(key.clone(), record.clone(), None);
-            if known {
-                if let Err(e) = deleted {
-                    log::warn!("container {}/{}: {e}", key.0, key.1);
-                }
-                return Outcome::Dead { exited: false };
-            }
-            let (status, at, pid, reason) = match deleted {
-                Ok(d) => (
-                    d.exit_status,
-                    d.exited_at
-                        .as_ref()
-                        .map(from_timestamp)
-                        .unwrap_or_else(now_nanos),
-                    if d.pid != 0 { d.pid } else { record.pid },
-                    REASON_SHIM_GONE.to_string(),
-                ),
-                Err(e) => (
-                    128 + libc::SIGKILL as u32,
-                    now_nanos(),
-                    record.pid,
-                    format!("{REASON_SHIM_GONE}; its cleanup failed: {e}"),
-                ),
-            };
-            c.record_exit(status, at, &reason);
-            containers.publish_exit(&key, pid, status, at, true);
-            Outcome::Dead { exited: true }
+            let container = containers.adopt(key.clone(), record, None);
+            container.begin_cleanup();
+            Outcome::Dead(Dead {
+                key,
+                container,
+                command,
+                pid,
+                known,
+            })
         }
     }
+}
+
+/// A dead shim's clean-up: its `delete` action (which knows the exit it persisted), then the
+/// exit recorded and journaled (once) unless the record knew it.
+fn clean_up(containers: &Containers, d: Dead) {
+    let Dead {
+        key,
+        container: c,
+        command,
+        pid,
+        known,
+    } = d;
+    let dir = containers.config().state.join(&key.0).join(&key.1);
+    let socket = shim_address(&dir)
+        .as_deref()
+        .and_then(tether_protocol::socket::from_address);
+    // A shim that is there but did not answer (its socket still accepts) is not left to wake
+    // up later. A refused socket means it is gone: no /proc scan for it, which would cost every
+    // dead shim a walk of every process.
+    if socket
+        .as_deref()
+        .is_some_and(|s| std::os::unix::net::UnixStream::connect(s).is_ok())
+    {
+        command.kill_lingering();
+    }
+    // Its leftovers (mounts, runtime state) go with the delete action in any case.
+    let deleted = command.delete();
+    if let Some(socket) = socket {
+        crate::shim_client::remove_dead_socket(&socket);
+    }
+    if known {
+        if let Err(e) = deleted {
+            log::warn!("container {}/{}: {e}", key.0, key.1);
+        }
+        c.end_cleanup();
+        return;
+    }
+    let (status, at, pid, reason) = match deleted {
+        Ok(d) => (
+            d.exit_status,
+            d.exited_at
+                .as_ref()
+                .map(from_timestamp)
+                .unwrap_or_else(now_nanos),
+            if d.pid != 0 { d.pid } else { pid },
+            REASON_SHIM_GONE.to_string(),
+        ),
+        Err(e) => (
+            128 + libc::SIGKILL as u32,
+            now_nanos(),
+            pid,
+            format!("{REASON_SHIM_GONE}; its cleanup failed: {e}"),
+        ),
+    };
+    // Journaled first, as a shim's own exit is: whoever sees the record's exit finds the event.
+    containers.publish_exit(&key, pid, status, at, true);
+    c.record_exit(status, at, &reason);
+    c.end_cleanup();
 }
 
 /// A create or delete the daemon did not finish: stop the shim, clean up, forget it.
@@ -339,7 +428,7 @@ fn finish_interrupted(
     key: &Key,
     dir: &Path,
     record: &ContainerRecord,
-    shim: Option<(TaskCaller, task::ConnectResponse)>,
+    shim: Option<Probed>,
 ) {
     let create = record.created_at == 0;
     log::info!(
@@ -348,7 +437,7 @@ fn finish_interrupted(
         key.1,
         if create { "create" } else { "delete" }
     );
-    if let Some((client, connected)) = shim {
+    if let Some((client, connected, _)) = shim {
         if create {
             containers.stop_aborted_shim(key, &client, connected.shim_pid, PROBE_TIMEOUT);
         } else {

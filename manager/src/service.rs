@@ -4,14 +4,12 @@
 
 use crate::containers::Containers;
 use crate::event_server::Sink;
-use crate::events::{Bus, NewEvent, MAX_BATCH};
+use crate::events::{Bus, MAX_BATCH};
 use crate::filter::Filters;
 use std::sync::Arc;
 use std::time::Duration;
-use tether_protocol::api::events::TaskExit;
 use tether_protocol::api::forward::ForwardRequest;
 use tether_protocol::api::ttrpc::{self, TtrpcContext};
-use tether_protocol::api::Any;
 use tether_protocol::manager_api::manager as api;
 use tether_protocol::manager_api::manager_ttrpc::Manager;
 
@@ -104,92 +102,7 @@ impl Manager for ManagerService {
     }
 }
 
-/// containerd's `Events/Forward`, served on the monitor's loop: what shims publish is
-/// journaled (one fsync per batch) and put on the bus before the shims hear "ok", then the
-/// container table learns from it (the init's exit).
-pub fn forward_sink(containers: Arc<Containers>, bus: Arc<Bus>) -> Sink {
-    Box::new(move |reqs: Vec<ForwardRequest>| {
-        let mut events = Vec::with_capacity(reqs.len());
-        // Which request each event to publish comes from: another init's are dropped.
-        let mut from = Vec::with_capacity(reqs.len());
-        for (i, req) in reqs.iter().enumerate() {
-            let env = req.envelope.clone().unwrap_or_default();
-            if let Some(ev) = env.event.as_ref() {
-                if containers.is_other_init(&env.namespace, &env.topic, ev) {
-                    log::debug!(
-                        "dropped {} of {}: not the init the daemon knows",
-                        env.topic,
-                        env.namespace
-                    );
-                    continue;
-                }
-            }
-            let timestamp = env
-                .timestamp
-                .as_ref()
-                .map(tether_protocol::time::from_timestamp)
-                .unwrap_or_else(tether_protocol::time::now_nanos);
-            let (type_url, value) = env
-                .event
-                .as_ref()
-                .map(|a| (a.type_url.clone(), a.value.clone()))
-                .unwrap_or_default();
-            events.push(NewEvent {
-                timestamp,
-                namespace: env.namespace,
-                topic: env.topic,
-                type_url,
-                value,
-                recovered: false,
-            });
-            from.push(i);
-        }
-        match bus.publish_batch(events) {
-            Ok(published) => {
-                let mut seqs = vec![None; reqs.len()];
-                for (i, seq) in from.into_iter().zip(published) {
-                    seqs[i] = seq;
-                }
-                reqs.iter()
-                    .zip(seqs)
-                    .map(|(req, seq)| {
-                        // A duplicate (or a suppressed event) taught us nothing new.
-                        if let (Some(env), Some(seq)) = (req.envelope.as_ref(), seq) {
-                            if let Some(ev) = env.event.as_ref() {
-                                log_exit(&containers, seq, &env.namespace, &env.topic, ev);
-                                containers.on_event(&env.namespace, &env.topic, ev);
-                            }
-                        }
-                        Ok(())
-                    })
-                    .collect()
-            }
-            Err(e) => {
-                log::error!("events not accepted (the shims send them again): {e}");
-                let msg = format!("the daemon could not journal the event: {e}");
-                reqs.iter()
-                    .map(|_| Err(crate::error::Error::Unavailable(msg.clone())))
-                    .collect()
-            }
-        }
-    })
-}
-
-/// Which exit a shim reported, from which process, and whether its container is in the table.
-fn log_exit(containers: &Containers, seq: u64, namespace: &str, topic: &str, ev: &Any) {
-    if topic != tether_protocol::topics::TASK_EXIT {
-        return;
-    }
-    use protobuf::Message;
-    if let Ok(e) = TaskExit::parse_from_bytes(&ev.value) {
-        log::debug!(
-            "event {seq}: /tasks/exit of {namespace}/{} ({}) pid {} status {} from a shim \
-             (container {})",
-            e.container_id,
-            e.id,
-            e.pid,
-            e.exit_status,
-            containers.describe_pid(namespace, &e.container_id)
-        );
-    }
+/// containerd's `Events/Forward`, served on the monitor's loop (see [`Containers::forward`]).
+pub fn forward_sink(containers: Arc<Containers>) -> Sink {
+    Box::new(move |reqs: Vec<ForwardRequest>| containers.forward(reqs))
 }

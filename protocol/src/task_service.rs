@@ -105,6 +105,65 @@ impl TaskCaller {
         Self::learn_service(Via::Socket(socket), timeout)
     }
 
+    /// `Connect`, and `State` of the task `id`, written together on one fresh connection
+    /// (`address`: `unix:///path` or a path), under the v2 name, else v3: what a daemon asks
+    /// every shim it finds on a restart, for one connection and one wake-up of the shim.
+    /// Neither runs the runtime, so the answer is waited for `timeout` and no longer.
+    pub fn connect_and_state(
+        address: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> ttrpc::Result<(
+        Self,
+        crate::api::task::ConnectResponse,
+        ttrpc::Result<crate::api::task::StateResponse>,
+    )> {
+        let socket = crate::socket::from_address(address).ok_or_else(|| {
+            ttrpc::Error::Others(format!("{address:?} is not a unix socket address"))
+        })?;
+        let encode = |m: &dyn protobuf::MessageDyn, method: &str| {
+            m.write_to_bytes_dyn()
+                .map_err(|e| ttrpc::Error::Others(format!("encode {method} request: {e}")))
+        };
+        let connect = encode(&crate::api::task::ConnectRequest::default(), "Connect")?;
+        let state = encode(
+            &crate::api::task::StateRequest {
+                id: id.to_string(),
+                ..Default::default()
+            },
+            "State",
+        )?;
+        let mut last = None;
+        for service in [TASK_SERVICE_V2, TASK_SERVICE_V3] {
+            let calls = vec![("Connect", connect.clone()), ("State", state.clone())];
+            let mut answers =
+                wire::call_pipelined(&socket, service, calls, timeout, timeout)?.into_iter();
+            let (Some(c), Some(st)) = (answers.next(), answers.next()) else {
+                return Err(ttrpc::Error::Others("no answer to Connect".into()));
+            };
+            let connected = match c {
+                Ok(c) => c,
+                Err(e) if is_unknown_service(&e) => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let connected = crate::api::task::ConnectResponse::parse_from_bytes(&connected)
+                .map_err(|e| ttrpc::Error::Others(format!("decode Connect response: {e}")))?;
+            let state = st.and_then(|b| {
+                crate::api::task::StateResponse::parse_from_bytes(&b)
+                    .map_err(|e| ttrpc::Error::Others(format!("decode State response: {e}")))
+            });
+            let caller = TaskCaller {
+                via: Via::Socket(socket),
+                service,
+            };
+            return Ok((caller, connected, state));
+        }
+        Err(last.unwrap_or_else(|| ttrpc::Error::Others("no task service answered".into())))
+    }
+
     /// `Connect` under the v2 name, else v3.
     fn learn_service(
         via: Via,
@@ -237,5 +296,61 @@ mod tests {
             r.is_ok(),
             "the caller gave up before the shim answered: {r:?}"
         );
+    }
+
+    /// A restart's probe writes `Connect` and `State` together on one connection; a shim may
+    /// answer them in any order, and each answer reaches its call.
+    #[test]
+    fn connect_and_state_pair_each_answer_with_its_request() {
+        use crate::api::task::StateResponse;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("shim.sock");
+        let listener = UnixListener::bind(&socket).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut asked = Vec::new();
+            for _ in 0..2 {
+                let mut header = [0u8; MESSAGE_HEADER_LENGTH];
+                conn.read_exact(&mut header).expect("header");
+                let h = MessageHeader::from(&header[..]);
+                let mut body = vec![0u8; h.length as usize];
+                conn.read_exact(&mut body).expect("body");
+                let req = ttrpc::Request::parse_from_bytes(&body).expect("request");
+                asked.push((h.stream_id, req.method.clone()));
+            }
+            // The second request's answer first.
+            for (stream_id, method) in asked.iter().rev() {
+                let payload = match method.as_str() {
+                    "Connect" => ConnectResponse {
+                        shim_pid: 41,
+                        ..Default::default()
+                    }
+                    .write_to_bytes(),
+                    _ => StateResponse {
+                        pid: 42,
+                        ..Default::default()
+                    }
+                    .write_to_bytes(),
+                }
+                .expect("encode");
+                let bytes = wire::response(Ok(payload))
+                    .write_to_bytes()
+                    .expect("encode response");
+                conn.write_all(&wire::encode(
+                    *stream_id,
+                    wire::MESSAGE_TYPE_RESPONSE,
+                    &bytes,
+                ))
+                .expect("reply");
+            }
+            asked.into_iter().map(|(_, m)| m).collect::<Vec<_>>()
+        });
+        let address = format!("unix://{}", socket.display());
+        let (caller, connected, state) =
+            TaskCaller::connect_and_state(&address, "c1", Duration::from_secs(5)).expect("probe");
+        assert_eq!(server.join().expect("server"), vec!["Connect", "State"]);
+        assert_eq!(connected.shim_pid, 41);
+        assert_eq!(state.expect("state").pid, 42);
+        assert_eq!(caller.service(), TASK_SERVICE_V2);
     }
 }

@@ -221,6 +221,22 @@ pub fn call_with_deadline(
     deadline: Duration,
     timeout: Duration,
 ) -> ttrpc::Result<Vec<u8>> {
+    let mut answers = call_pipelined(socket, service, vec![(method, payload)], deadline, timeout)?;
+    answers
+        .pop()
+        .unwrap_or_else(|| Err(ttrpc::Error::Others(format!("no answer to {method}"))))
+}
+
+/// Several requests on one fresh connection, written at once (the server reads them in one
+/// wake-up) and answered in any order: each answer, in the order of `calls`. The connection
+/// failing fails them all (`Err` of the whole); a refusal fails only its call.
+pub fn call_pipelined(
+    socket: &Path,
+    service: &str,
+    calls: Vec<(&str, Vec<u8>)>,
+    deadline: Duration,
+    timeout: Duration,
+) -> ttrpc::Result<Vec<ttrpc::Result<Vec<u8>>>> {
     let sock_err = |what: &str, e: io::Error| {
         ttrpc::Error::Socket(format!("{what} {}: {e}", socket.display()))
     };
@@ -230,15 +246,22 @@ pub fn call_with_deadline(
         .set_read_timeout(limit)
         .and_then(|()| stream.set_write_timeout(limit))
         .map_err(|e| sock_err("set timeouts on", e))?;
-    let bytes = request(service, method, payload, deadline)
-        .write_to_bytes()
-        .map_err(|e| ttrpc::Error::Others(format!("encode {method} request: {e}")))?;
-    // Each call gets its own (odd) stream id, so a reply can never be taken for another's.
-    let stream_id = NEXT_STREAM.fetch_add(2, std::sync::atomic::Ordering::Relaxed) | 1;
+    let mut frames = Vec::new();
+    let mut pending = Vec::with_capacity(calls.len());
+    for (method, payload) in calls {
+        let bytes = request(service, method, payload, deadline)
+            .write_to_bytes()
+            .map_err(|e| ttrpc::Error::Others(format!("encode {method} request: {e}")))?;
+        // Each call gets its own (odd) stream id, so a reply can never be taken for another's.
+        let stream_id = NEXT_STREAM.fetch_add(2, std::sync::atomic::Ordering::Relaxed) | 1;
+        frames.extend_from_slice(&encode(stream_id, MESSAGE_TYPE_REQUEST, &bytes));
+        pending.push((stream_id, method, None));
+    }
     stream
-        .write_all(&encode(stream_id, MESSAGE_TYPE_REQUEST, &bytes))
+        .write_all(&frames)
         .map_err(|e| sock_err("write to", e))?;
-    loop {
+    let mut left = pending.len();
+    while left > 0 {
         let mut header = [0u8; MESSAGE_HEADER_LENGTH];
         read_exact(&mut stream, &mut header).map_err(|e| sock_err("read from", e))?;
         let h = MessageHeader::from(&header[..]);
@@ -254,18 +277,35 @@ pub fn call_with_deadline(
         }
         let mut body = vec![0u8; len];
         read_exact(&mut stream, &mut body).map_err(|e| sock_err("read from", e))?;
-        if h.stream_id != stream_id || h.type_ != MESSAGE_TYPE_RESPONSE {
+        if h.type_ != MESSAGE_TYPE_RESPONSE {
             continue;
         }
-        let resp = ttrpc::Response::parse_from_bytes(&body)
-            .map_err(|e| ttrpc::Error::Others(format!("decode {method} response: {e}")))?;
-        if let Some(status) = resp.status.as_ref() {
-            if status.code() != ttrpc::Code::OK {
-                return Err(ttrpc::Error::RpcStatus(status.clone()));
-            }
-        }
-        return Ok(resp.payload);
+        let Some((_, method, slot)) = pending
+            .iter_mut()
+            .find(|(id, _, slot)| *id == h.stream_id && slot.is_none())
+        else {
+            continue;
+        };
+        let answer = match ttrpc::Response::parse_from_bytes(&body) {
+            Err(e) => Err(ttrpc::Error::Others(format!(
+                "decode {method} response: {e}"
+            ))),
+            Ok(resp) => match resp.status.as_ref() {
+                Some(status) if status.code() != ttrpc::Code::OK => {
+                    Err(ttrpc::Error::RpcStatus(status.clone()))
+                }
+                _ => Ok(resp.payload),
+            },
+        };
+        *slot = Some(answer);
+        left -= 1;
     }
+    Ok(pending
+        .into_iter()
+        .map(|(_, method, slot)| {
+            slot.unwrap_or_else(|| Err(ttrpc::Error::Others(format!("no answer to {method}"))))
+        })
+        .collect())
 }
 
 /// `read_exact` that reports a closed peer as `UnexpectedEof` and a timeout as `TimedOut`.

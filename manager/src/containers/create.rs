@@ -33,6 +33,8 @@ impl Containers {
             shim: Mutex::new(None),
             stdin: Mutex::new(None),
             logger: Mutex::new(None),
+            cleaning: Mutex::new(false),
+            cleaned: Condvar::new(),
         });
         {
             let mut table = lock(&self.table);

@@ -7,6 +7,7 @@ impl Containers {
     /// Deletes the task (killing it first with `force`), stops its shim and removes the bundle.
     pub fn delete(&self, req: api::DeleteRequest) -> Result<api::ExitStatus> {
         let c = self.get(&req.namespace, &req.id)?;
+        c.await_cleanup();
         let status = lock(&c.record).status();
         if matches!(status, ContainerStatus::Running | ContainerStatus::Paused) && !req.force {
             return Err(Error::FailedPrecondition(format!(

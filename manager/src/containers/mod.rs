@@ -13,6 +13,7 @@ mod create;
 mod delete;
 mod process;
 mod shim_events;
+mod writer;
 
 pub use create::STDIN_FIFO;
 
@@ -20,7 +21,6 @@ use crate::error::{is_disconnected, Error, Result};
 use crate::events::{Bus, NewEvent};
 use crate::launcher::{self, ShimCommand};
 use crate::monitor::{Key, Monitor};
-use protobuf::MessageFull;
 use protobuf::{Message, MessageField};
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 use tether_protocol::api::events::{TaskDelete, TaskExit, TaskStart};
+use tether_protocol::api::forward::ForwardRequest;
 use tether_protocol::api::task;
 use tether_protocol::api::Any;
 use tether_protocol::manager_api::manager as api;
@@ -89,6 +90,11 @@ pub struct Container {
     /// The pid of the logger the daemon started for a `-i` container (`fifo_logger`), killed
     /// if the creation fails.
     logger: Mutex<Option<u32>>,
+    /// Set while a dead shim's clean-up runs in the background after a restart (see
+    /// `recovery`): a delete waits for it, rather than remove the bundle under its `delete`
+    /// action.
+    cleaning: Mutex<bool>,
+    cleaned: Condvar,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -126,6 +132,21 @@ impl Container {
         Ok(rec.clone())
     }
 
+    /// Records, in memory, the init's exit unless one is recorded already; true if it was new
+    /// (then the caller has the file written, see [`writer`]).
+    fn note_exit(&self, status: u32, at: i64) -> bool {
+        let mut rec = lock(&self.record);
+        if rec.finished_at != 0 || rec.deleted_at != 0 {
+            return false;
+        }
+        if let Err(e) = rec.exit(status, at, "") {
+            log::warn!("container {}/{}: record exit: {e}", self.key.0, self.key.1);
+            return false;
+        }
+        self.exited.notify_all();
+        true
+    }
+
     /// Records the init's exit unless one is recorded already.
     pub fn record_exit(&self, status: u32, at: i64, reason: &str) {
         let r = self.update(|rec| {
@@ -149,6 +170,24 @@ impl Container {
         });
         if let Err(e) = r {
             log::warn!("container {}/{}: record start: {e}", self.key.0, self.key.1);
+        }
+    }
+
+    /// Marks the container's dead shim as being cleaned up (see [`Container::cleaning`]).
+    pub fn begin_cleanup(&self) {
+        *lock(&self.cleaning) = true;
+    }
+
+    pub fn end_cleanup(&self) {
+        *lock(&self.cleaning) = false;
+        self.cleaned.notify_all();
+    }
+
+    /// Waits until no clean-up of the container's dead shim runs.
+    fn await_cleanup(&self) {
+        let mut busy = lock(&self.cleaning);
+        while *busy {
+            busy = self.cleaned.wait(busy).unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -180,6 +219,7 @@ pub struct Containers {
     table: Mutex<HashMap<Key, Arc<Container>>>,
     bus: Arc<Bus>,
     monitor: Mutex<Option<Monitor>>,
+    writer: writer::Writer,
 }
 
 fn check_key(namespace: &str, id: &str) -> Result<Key> {
@@ -189,13 +229,14 @@ fn check_key(namespace: &str, id: &str) -> Result<Key> {
 }
 
 impl Containers {
-    pub fn new(cfg: Config, bus: Arc<Bus>) -> Arc<Containers> {
-        Arc::new(Containers {
+    pub fn new(cfg: Config, bus: Arc<Bus>) -> Result<Arc<Containers>> {
+        Ok(Arc::new(Containers {
             cfg,
             table: Mutex::new(HashMap::new()),
             bus,
             monitor: Mutex::new(None),
-        })
+            writer: writer::Writer::start().map_err(Error::io("spawn the record writer"))?,
+        }))
     }
 
     pub fn config(&self) -> &Config {

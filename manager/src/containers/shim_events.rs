@@ -22,6 +22,8 @@ impl Containers {
             exited: Condvar::new(),
             stdin: Mutex::new(None),
             logger: Mutex::new(None),
+            cleaning: Mutex::new(false),
+            cleaned: Condvar::new(),
             shim: Mutex::new(shim.map(Arc::new)),
         });
         if lock(&c.shim).is_some() && c.dir.join(STDIN_FIFO).exists() {
@@ -48,15 +50,8 @@ impl Containers {
             exited_at: MessageField::some(to_timestamp(at)),
             ..Default::default()
         };
-        if let Ok(value) = ev.write_to_bytes() {
-            self.bus.publish(NewEvent {
-                timestamp: now_nanos(),
-                namespace: key.0.clone(),
-                topic: topics::TASK_EXIT.into(),
-                type_url: TaskExit::descriptor().full_name().into(),
-                value,
-                recovered,
-            });
+        if let Some(e) = NewEvent::of(now_nanos(), &key.0, topics::TASK_EXIT, ev, recovered) {
+            self.bus.publish(e);
         }
     }
 
@@ -198,29 +193,95 @@ impl Containers {
         }
     }
 
+    /// containerd's `Events/Forward`, on the monitor's loop: each event is decoded once,
+    /// another incarnation's init's dropped, the rest journaled (one fsync for the batch) and put
+    /// on the bus before the shims hear "ok"; then the table learns the inits' exits.
+    pub fn forward(&self, reqs: Vec<ForwardRequest>) -> Vec<Result<()>> {
+        let n = reqs.len();
+        let mut events = Vec::with_capacity(n);
+        // The init exits among the events to publish, for the table once they are accepted.
+        let mut exits = Vec::with_capacity(n);
+        for req in reqs {
+            let env = req.envelope.into_option().unwrap_or_default();
+            let timestamp = env
+                .timestamp
+                .as_ref()
+                .map(tether_protocol::time::from_timestamp)
+                .unwrap_or_else(now_nanos);
+            let (type_url, value) = env
+                .event
+                .into_option()
+                .map(|a| (a.type_url, a.value))
+                .unwrap_or_default();
+            let e = NewEvent::decode(timestamp, env.namespace, env.topic, type_url, value, false);
+            if self.is_other_init(&e) {
+                log::debug!(
+                    "dropped {} of {}: not the init the daemon knows",
+                    e.topic,
+                    e.namespace
+                );
+                continue;
+            }
+            let exit = match e.topic.as_str() {
+                topics::TASK_EXIT => e.decoded.get::<TaskExit>().cloned(),
+                _ => None,
+            };
+            exits.push(exit.map(|x| (e.namespace.clone(), x)));
+            events.push(e);
+        }
+        match self.bus.publish_batch(events) {
+            Ok(seqs) => {
+                for (exit, seq) in exits.into_iter().zip(seqs) {
+                    // A duplicate (or a muted event) taught us nothing new.
+                    if let (Some((namespace, exit)), Some(seq)) = (exit, seq) {
+                        log::debug!(
+                            "event {seq}: /tasks/exit of {namespace}/{} ({}) pid {} status {} \
+                             from a shim (container {})",
+                            exit.container_id,
+                            exit.id,
+                            exit.pid,
+                            exit.exit_status,
+                            self.describe_pid(&namespace, &exit.container_id)
+                        );
+                        self.on_exit(&namespace, &exit);
+                    }
+                }
+                (0..n).map(|_| Ok(())).collect()
+            }
+            Err(e) => {
+                log::error!("events not accepted (the shims send them again): {e}");
+                let msg = format!("the daemon could not journal the event: {e}");
+                (0..n)
+                    .map(|_| Err(Error::Unavailable(msg.clone())))
+                    .collect()
+            }
+        }
+    }
+
     /// Whether an init's one-time event (start, exit, delete) names a pid other than that of
     /// the init the daemon knows for that container: another incarnation's (an aborted
     /// create's), which must not be reported as this container's.
-    pub fn is_other_init(&self, namespace: &str, topic: &str, event: &Any) -> bool {
-        let (container, id, pid) = match topic {
-            topics::TASK_EXIT => match TaskExit::parse_from_bytes(&event.value) {
-                Ok(e) => (e.container_id, e.id, e.pid),
-                Err(_) => return false,
+    fn is_other_init(&self, e: &NewEvent) -> bool {
+        let d = &e.decoded;
+        let (container, id, pid) = match e.topic.as_str() {
+            topics::TASK_EXIT => match d.get::<TaskExit>() {
+                Some(x) => (&x.container_id, x.id.as_str(), x.pid),
+                None => return false,
             },
-            topics::TASK_DELETE => match TaskDelete::parse_from_bytes(&event.value) {
-                Ok(e) => (e.container_id, e.id, e.pid),
-                Err(_) => return false,
+            topics::TASK_DELETE => match d.get::<TaskDelete>() {
+                Some(x) => (&x.container_id, x.id.as_str(), x.pid),
+                None => return false,
             },
-            topics::TASK_START => match TaskStart::parse_from_bytes(&event.value) {
-                Ok(e) => (e.container_id, String::new(), e.pid),
-                Err(_) => return false,
+            topics::TASK_START => match d.get::<TaskStart>() {
+                Some(x) => (&x.container_id, "", x.pid),
+                None => return false,
             },
             _ => return false,
         };
         if pid == 0 || !(id.is_empty() || id == container) {
             return false;
         }
-        let key = (namespace.to_string(), container);
+        let key = (e.namespace.clone(), container.clone());
         let Some(c) = lock(&self.table).get(&key).cloned() else {
             return false;
         };
@@ -228,14 +289,9 @@ impl Containers {
         known != 0 && known != pid
     }
 
-    /// Learns from an event a shim published (the init's exit).
-    pub fn on_event(&self, namespace: &str, topic: &str, event: &Any) {
-        if topic != topics::TASK_EXIT {
-            return;
-        }
-        let Ok(exit) = TaskExit::parse_from_bytes(&event.value) else {
-            return;
-        };
+    /// Learns an init's exit a shim published: in the table at once, in its record from the
+    /// writer thread (the journal holds the exit durably already; see [`writer`]).
+    fn on_exit(&self, namespace: &str, exit: &TaskExit) {
         if exit.id != exit.container_id && !exit.id.is_empty() {
             return;
         }
@@ -253,6 +309,8 @@ impl Containers {
             .as_ref()
             .map(tether_protocol::time::from_timestamp)
             .unwrap_or_else(now_nanos);
-        c.record_exit(exit.exit_status, at, "");
+        if c.note_exit(exit.exit_status, at) {
+            self.writer.write_soon(c);
+        }
     }
 }

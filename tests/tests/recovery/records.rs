@@ -25,6 +25,9 @@ pub fn corrupt_records_are_reported_and_skipped() {
     std::io::Write::write_all(&mut j, b"{\"version\":\"v1\",\"seq\":99").expect("write");
     drop(j);
     d.restart();
+    // The journal is read beside the restart's probes (the daemon may answer first): its
+    // warning comes when it is read.
+    wait_until(T, || d.log().contains("torn"));
     let log = d.log();
     assert!(
         log.contains(&bad.join("record.json").display().to_string()) && log.contains("corrupt"),
