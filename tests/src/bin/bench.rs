@@ -29,7 +29,7 @@ mod clock;
 mod report;
 #[path = "bench/responsive.rs"]
 mod responsive;
-#[path = "bench/scale.rs"]
+#[path = "bench/scale/mod.rs"]
 mod scale;
 #[path = "bench/stream.rs"]
 mod stream;
