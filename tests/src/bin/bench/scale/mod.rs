@@ -339,7 +339,8 @@ pub fn main(a: Args) {
     }
     let series: Vec<(&str, Vec<Point>)> =
         stacks.iter().map(|s| (s.label, s.points.clone())).collect();
-    let report = render(&a, &series, &notes, started.elapsed());
+    let mut report = render(&a, &series, &notes, started.elapsed());
+    report.push_str(&crate::kept_part(&a.out));
     std::fs::write(&a.out, &report).unwrap_or_else(|e| panic!("write {}: {e}", a.out.display()));
     let svg_path = a.out.with_extension("svg");
     std::fs::write(&svg_path, svg(&series))
