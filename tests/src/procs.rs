@@ -229,6 +229,55 @@ pub fn reap_orphans() -> Vec<i32> {
     reaped
 }
 
+/// The paths of the unix sockets the processes `pids` hold (their listening sockets among
+/// them), from `/proc/PID/fd` and one read of `/proc/net/unix`: what to remove after killing a
+/// shim, whose socket file outlives it.
+pub fn unix_socket_paths(pids: &[i32]) -> Vec<std::path::PathBuf> {
+    let mut inodes = std::collections::HashSet::new();
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let link = link.to_string_lossy().into_owned();
+            if let Some(inode) = link
+                .strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let mut paths: Vec<std::path::PathBuf> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            // Num RefCount Protocol Flags Type St Inode Path
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (inode, path) = (f.get(6)?, f.get(7)?);
+            (inodes.contains(*inode) && path.starts_with('/')).then(|| path.into())
+        })
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// Removes the socket files in `paths` that nothing listens on any more.
+pub fn remove_dead_sockets(paths: &[std::path::PathBuf]) {
+    use std::os::unix::fs::FileTypeExt;
+    for p in paths {
+        let is_socket = std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket());
+        if is_socket && std::os::unix::net::UnixStream::connect(p).is_err() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

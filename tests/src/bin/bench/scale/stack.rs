@@ -323,6 +323,8 @@ impl Stack {
         let dead: Vec<String> = live.iter().take(n * DEAD_PERCENT / 100).cloned().collect();
         let rest: Vec<String> = live[dead.len()..].to_vec();
         let dead_shims = self.shims_of(&dead);
+        // A killed shim's socket file outlives it (containerd's Go shim's `delete` leaves it).
+        let dead_sockets = procs::unix_socket_paths(&dead_shims);
         v[F_RESTART_DEAD] = self.timed_restart(&rest, &dead, || {
             for &p in &dead_shims {
                 procs::signal(p, libc::SIGKILL);
@@ -330,6 +332,7 @@ impl Stack {
             procs::wait_gone(&dead_shims, Duration::from_secs(10));
             procs::reap_orphans();
         });
+        procs::remove_dead_sockets(&dead_sockets);
         eprintln!(
             "   restart, {} shims killed: {:.0} ms",
             dead.len(),
@@ -341,6 +344,7 @@ impl Stack {
         let stopped: Vec<String> = live.iter().take(STOPPED).cloned().collect();
         let rest: Vec<String> = live[stopped.len()..].to_vec();
         let stopped_shims = self.shims_of(&stopped);
+        let stopped_sockets = procs::unix_socket_paths(&stopped_shims);
         v[F_RESTART_STOPPED] = self.timed_restart(&rest, &[], || {
             for &p in &stopped_shims {
                 procs::signal(p, libc::SIGSTOP);
@@ -358,13 +362,6 @@ impl Stack {
                     .any(|r| &r.id == *id && r.status == "RUNNING" && procs::is_alive(r.pid))
             })
             .count() as f64;
-        eprintln!(
-            "   restart, {} shims stopped: {:.0} ms, {} of their containers running after, {} shims leaked",
-            stopped.len(),
-            v[F_RESTART_STOPPED],
-            v[F_STOPPED_ALIVE],
-            v[F_STOPPED_LEAKED]
-        );
         self.remove_all(&stopped);
         // A daemon that gave up on a stopped shim deletes its task but may leave the shim
         // running: count those, and end them (by pid) so the next N measures only live ones.
@@ -380,6 +377,14 @@ impl Stack {
         }
         procs::wait_gone(&leaked, Duration::from_secs(10));
         procs::reap_orphans();
+        procs::remove_dead_sockets(&stopped_sockets);
+        eprintln!(
+            "   restart, {} shims stopped: {:.0} ms, {} of their containers running after, {} shims leaked",
+            stopped.len(),
+            v[F_RESTART_STOPPED],
+            v[F_STOPPED_ALIVE],
+            v[F_STOPPED_LEAKED]
+        );
 
         let victims: Vec<String> = self.live.iter().take(BURST).cloned().collect();
         let burst = self.burst(&victims);
@@ -483,7 +488,10 @@ impl Stack {
     pub(super) fn teardown(mut self) -> Vec<String> {
         self.kill_daemon();
         // The harness would walk /proc once per shim (quadratic at 1,000): one walk here.
-        kill_trees(&self.shim_pids());
+        let shims = self.shim_pids();
+        let sockets = procs::unix_socket_paths(&shims);
+        kill_trees(&shims);
+        procs::remove_dead_sockets(&sockets);
         match self.kind {
             Kind::Containerd { cd, ctr, .. } => {
                 drop(ctr);
