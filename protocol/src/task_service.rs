@@ -255,6 +255,30 @@ mod tests {
     use std::os::unix::net::UnixListener;
     use ttrpc::proto::{MessageHeader, MESSAGE_HEADER_LENGTH};
 
+    /// One request frame from a client: its stream id and the decoded request.
+    fn read_request(conn: &mut std::os::unix::net::UnixStream) -> (u32, ttrpc::Request) {
+        let mut header = [0u8; MESSAGE_HEADER_LENGTH];
+        conn.read_exact(&mut header).expect("header");
+        let h = MessageHeader::from(&header[..]);
+        let mut body = vec![0u8; h.length as usize];
+        conn.read_exact(&mut body).expect("body");
+        let req = ttrpc::Request::parse_from_bytes(&body).expect("request");
+        (h.stream_id, req)
+    }
+
+    /// An OK response carrying `payload` on `stream_id`.
+    fn reply(conn: &mut std::os::unix::net::UnixStream, stream_id: u32, payload: Vec<u8>) {
+        let bytes = wire::response(Ok(payload))
+            .write_to_bytes()
+            .expect("encode response");
+        conn.write_all(&wire::encode(
+            stream_id,
+            wire::MESSAGE_TYPE_RESPONSE,
+            &bytes,
+        ))
+        .expect("reply");
+    }
+
     /// A shim that takes the whole deadline it was given before answering (as one whose runtime
     /// call ran until killed at the deadline would): a one-call-per-connection caller still gets
     /// its answer, and the shim was told the caller's deadline.
@@ -265,25 +289,12 @@ mod tests {
         let listener = UnixListener::bind(&socket).expect("bind");
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().expect("accept");
-            let mut header = [0u8; MESSAGE_HEADER_LENGTH];
-            conn.read_exact(&mut header).expect("header");
-            let h = MessageHeader::from(&header[..]);
-            let mut body = vec![0u8; h.length as usize];
-            conn.read_exact(&mut body).expect("body");
-            let req = ttrpc::Request::parse_from_bytes(&body).expect("request");
+            let (stream_id, req) = read_request(&mut conn);
             let told = Duration::from_nanos(u64::try_from(req.timeout_nano).unwrap_or(0));
             // Past the deadline the shim was given (the client waits a margin longer).
             std::thread::sleep(told + Duration::from_millis(300));
             let payload = ConnectResponse::default().write_to_bytes().expect("encode");
-            let bytes = wire::response(Ok(payload))
-                .write_to_bytes()
-                .expect("encode response");
-            conn.write_all(&wire::encode(
-                h.stream_id,
-                wire::MESSAGE_TYPE_RESPONSE,
-                &bytes,
-            ))
-            .expect("reply");
+            reply(&mut conn, stream_id, payload);
             told
         });
         let caller = TaskCaller::per_call(&socket, TASK_SERVICE_V2);
@@ -310,13 +321,8 @@ mod tests {
             let (mut conn, _) = listener.accept().expect("accept");
             let mut asked = Vec::new();
             for _ in 0..2 {
-                let mut header = [0u8; MESSAGE_HEADER_LENGTH];
-                conn.read_exact(&mut header).expect("header");
-                let h = MessageHeader::from(&header[..]);
-                let mut body = vec![0u8; h.length as usize];
-                conn.read_exact(&mut body).expect("body");
-                let req = ttrpc::Request::parse_from_bytes(&body).expect("request");
-                asked.push((h.stream_id, req.method.clone()));
+                let (stream_id, req) = read_request(&mut conn);
+                asked.push((stream_id, req.method));
             }
             // The second request's answer first.
             for (stream_id, method) in asked.iter().rev() {
@@ -333,15 +339,7 @@ mod tests {
                     .write_to_bytes(),
                 }
                 .expect("encode");
-                let bytes = wire::response(Ok(payload))
-                    .write_to_bytes()
-                    .expect("encode response");
-                conn.write_all(&wire::encode(
-                    *stream_id,
-                    wire::MESSAGE_TYPE_RESPONSE,
-                    &bytes,
-                ))
-                .expect("reply");
+                reply(&mut conn, *stream_id, payload);
             }
             asked.into_iter().map(|(_, m)| m).collect::<Vec<_>>()
         });

@@ -333,6 +333,32 @@ impl Drop for Daemon {
     }
 }
 
+/// The `/tasks/exit` events of namespace `ns` in a daemon's journal file (readable after the
+/// daemon was killed): each line's JSON, with its exit decoded.
+pub fn journaled_exits(
+    journal: &Path,
+    ns: &str,
+) -> Vec<(serde_json::Value, tether_protocol::api::events::TaskExit)> {
+    use protobuf::Message;
+    let text = std::fs::read_to_string(journal).expect("read the journal");
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a journal line is JSON");
+        if v["namespace"] != ns || v["topic"] != "/tasks/exit" {
+            continue;
+        }
+        let hex = v["value"].as_str().expect("value");
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        let e =
+            tether_protocol::api::events::TaskExit::parse_from_bytes(&bytes).expect("a TaskExit");
+        out.push((v, e));
+    }
+    out
+}
+
 /// Names of the directories in `dir` (none if it cannot be read).
 fn dir_names(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)

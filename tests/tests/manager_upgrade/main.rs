@@ -16,7 +16,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tether_protocol::api::events::TaskExit;
 use tether_protocol::api::task::{StateRequest, StateResponse, WaitRequest, WaitResponse};
 use tether_protocol::api::ttrpc;
 use tether_protocol::task_service::{TaskCaller, TASK_SERVICE_V2};
@@ -115,22 +114,10 @@ impl Setup {
 
     /// The `/tasks/exit` events of this namespace in the journal: (container, status).
     fn journaled_exits(&self) -> Vec<(String, u32)> {
-        let text = std::fs::read_to_string(self.d.journal()).expect("read the journal");
-        let mut out = Vec::new();
-        for line in text.lines() {
-            let v: Value = serde_json::from_str(line).expect("a journal line is JSON");
-            if v["namespace"] != self.ns.as_str() || v["topic"] != "/tasks/exit" {
-                continue;
-            }
-            let hex = v["value"].as_str().expect("value");
-            let bytes: Vec<u8> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-                .collect();
-            let e = TaskExit::parse_from_bytes(&bytes).expect("a TaskExit");
-            out.push((e.container_id, e.exit_status));
-        }
-        out
+        tether_tests::manager::journaled_exits(&self.d.journal(), &self.ns)
+            .into_iter()
+            .map(|(_, e)| (e.container_id, e.exit_status))
+            .collect()
     }
 }
 

@@ -54,33 +54,18 @@ pub fn state_json(socket: &Path, ns: &str, id: &str) -> Result<Value, cmd::CmdOu
 /// The `/tasks/exit` events of namespace `ns` in the journal file: (container, status, at,
 /// recovered, pid) per event.
 pub fn journaled_exits(journal: &Path, ns: &str) -> Vec<(String, u32, i64, bool, u32)> {
-    let text = std::fs::read_to_string(journal).expect("read the journal");
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let v: Value = serde_json::from_str(line).expect("a journal line is JSON");
-        if v["namespace"] != ns || v["topic"] != "/tasks/exit" {
-            continue;
-        }
-        let hex = v["value"].as_str().expect("value");
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-            .collect();
-        let e = TaskExit::parse_from_bytes(&bytes).expect("a TaskExit");
-        let at = e
-            .exited_at
-            .as_ref()
-            .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
-            .unwrap_or(0);
-        out.push((
-            e.container_id.clone(),
-            e.exit_status,
-            at,
-            v["recovered"].as_bool().unwrap_or(false),
-            e.pid,
-        ));
-    }
-    out
+    tether_tests::manager::journaled_exits(journal, ns)
+        .into_iter()
+        .map(|(v, e)| {
+            let at = e
+                .exited_at
+                .as_ref()
+                .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+                .unwrap_or(0);
+            let recovered = v["recovered"].as_bool().unwrap_or(false);
+            (e.container_id, e.exit_status, at, recovered, e.pid)
+        })
+        .collect()
 }
 
 /// The JSON lines a consumer saw, and where it resumes.

@@ -4,7 +4,6 @@
 //! The test process is a child subreaper here: shims orphaned by a SIGKILLed daemon (and a
 //! killed shim's container processes) are reparented to it, and it reaps them.
 
-use protobuf::Message;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tether_protocol::api::events::TaskExit;
 use tether_tests::manager::{Daemon, EventStream, RUNC_RUNTIME, TETHER_RUNTIME};
 use tether_tests::{busybox_rootfs, cmd, mounts, procs, unique_id, wait_until};
 

@@ -75,18 +75,10 @@ fn an_upgrade_during_a_runtime_call_waits_for_it_to_end() {
     assert_eq!(r.pid as i32, pid);
     assert_eq!(exe_inode(pid), new);
     for (what, child) in [("ps", &mut ps), ("pause", &mut pause)] {
-        let mut done = None;
-        assert!(
-            wait_until(T, || {
-                done = child.0.try_wait().expect("wait for ctr");
-                done.is_some()
-            }),
-            "ctr task {what} did not end"
-        );
-        assert!(
-            done.is_some_and(|st| st.success()),
-            "ctr task {what}: {done:?}"
-        );
+        let (done, killed) =
+            tether_tests::cmd::wait_deadline(&mut child.0, Instant::now() + T, "ctr task");
+        assert!(!killed, "ctr task {what} did not end");
+        assert!(done.success(), "ctr task {what}: {done:?}");
     }
     let task = s.ctr.task(&s.id);
     assert_eq!(task.map(|t| t.status).as_deref(), Some("PAUSED"));

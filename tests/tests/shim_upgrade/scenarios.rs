@@ -51,19 +51,10 @@ fn containerds_own_scenarios_pass_across_an_upgrade() {
         "SIGTERM",
         s.id.as_str(),
     ]);
-    let mut done = None;
-    assert!(
-        wait_until(T, || {
-            done = before.0.try_wait().expect("wait for ctr task exec");
-            done.is_some()
-        }),
-        "the exec started before the upgrade did not end"
-    );
-    assert_eq!(
-        done.and_then(|st| st.code()),
-        Some(5),
-        "ctr task exec's code"
-    );
+    let (done, killed) =
+        tether_tests::cmd::wait_deadline(&mut before.0, Instant::now() + T, "ctr task exec");
+    assert!(!killed, "the exec started before the upgrade did not end");
+    assert_eq!(done.code(), Some(5), "ctr task exec's code");
     events.wait_for(
         |e| {
             e.is(&s.id, "/tasks/exit")
@@ -164,21 +155,10 @@ fn a_terminal_container_keeps_its_terminal_across_an_upgrade() {
         term.output()
     );
     term.send(b"exit 4\n");
-    let mut done = None;
-    assert!(
-        wait_until(T, || {
-            done = child.0.try_wait().expect("wait for ctr run");
-            done.is_some()
-        }),
-        "ctr run did not end: {:?}",
-        term.output()
-    );
-    assert_eq!(
-        done.and_then(|st| st.code()),
-        Some(4),
-        "{:?}",
-        term.output()
-    );
+    let (done, killed) =
+        tether_tests::cmd::wait_deadline(&mut child.0, Instant::now() + T, "ctr run");
+    assert!(!killed, "ctr run did not end: {:?}", term.output());
+    assert_eq!(done.code(), Some(4), "{:?}", term.output());
     term.close();
     assert!(s.ctr.containers().is_empty(), "--rm removed the container");
     s.clean_up();
