@@ -6,6 +6,7 @@
 //! removes their cgroups and unmounts anything left under its directory.
 
 use crate::cmd::{self, CmdOutput};
+use crate::containerd::dir_names;
 use crate::{cgroups, mounts, procs, wait_until};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -357,17 +358,6 @@ pub fn journaled_exits(
         out.push((v, e));
     }
     out
-}
-
-/// Names of the directories in `dir` (none if it cannot be read).
-fn dir_names(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
 }
 
 /// A `tether [-n NS] run|create [FLAGS] --rootfs <busybox> ID -- CMD...` being built: the

@@ -371,7 +371,8 @@ impl Drop for Containerd {
     }
 }
 
-fn dir_names(dir: &Path) -> Vec<String> {
+/// Names of the directories in `dir`, sorted (none if it cannot be read).
+pub(crate) fn dir_names(dir: &Path) -> Vec<String> {
     let Ok(rd) = fs::read_dir(dir) else {
         return Vec::new();
     };
