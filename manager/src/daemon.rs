@@ -61,7 +61,7 @@ fn prepare_socket(socket: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run(mut cfg: Config) -> Result<()> {
+pub fn run(mut cfg: Config, notify: &crate::notify::Notifier) -> Result<()> {
     make_dir(&cfg.root, 0o700)?;
     // Shims get paths under it (their runtime root) and run in their bundle: make it absolute.
     cfg.root = std::fs::canonicalize(&cfg.root)
@@ -149,6 +149,7 @@ pub fn run(mut cfg: Config) -> Result<()> {
             crate::error::ttrpc_message(&e)
         ))
     })?;
+    notify.send("READY=1");
     log::info!(
         "tether daemon serving {} (state {}, root {})",
         cfg.socket.display(),
@@ -165,6 +166,7 @@ pub fn run(mut cfg: Config) -> Result<()> {
         .wait()
         .map_err(|e| Error::io("wait for a signal")(e.into()))?;
     log::info!("{sig:?}: stopping; shims keep running");
+    notify.send("STOPPING=1");
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(())
 }

@@ -27,6 +27,7 @@ mod launcher;
 mod log_driver;
 mod logs;
 mod monitor;
+mod notify;
 mod output;
 mod reaper;
 mod recovery;
@@ -43,6 +44,9 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() {
+    // A service manager's variables (NOTIFY_SOCKET above all) are the daemon's alone: no shim,
+    // runtime or logger it starts inherits them.
+    let notify = notify::Notifier::new(tether_protocol::service_env::take());
     // Started by a shim as a container's binary:// logger (see log_driver).
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(opts) = log_driver::invocation(&args) {
@@ -56,15 +60,18 @@ fn main() {
             let level = if d.debug { "debug" } else { "info" };
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
                 .init();
-            daemon::run(containers::Config {
-                root: d.root.clone(),
-                state: d.state.clone(),
-                socket: socket.to_path_buf(),
-                debug: d.debug,
-                log_max_size: d.log_max_size,
-                log_max_files: d.log_max_files,
-                criu: d.criu.clone(),
-            })
+            daemon::run(
+                containers::Config {
+                    root: d.root.clone(),
+                    state: d.state.clone(),
+                    socket: socket.to_path_buf(),
+                    debug: d.debug,
+                    log_max_size: d.log_max_size,
+                    log_max_files: d.log_max_files,
+                    criu: d.criu.clone(),
+                },
+                &notify,
+            )
             .map(|()| 0)
         }
         Command::Run(r) => run::run(socket, ns, r),

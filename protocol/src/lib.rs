@@ -10,6 +10,7 @@ pub mod id;
 pub mod manager_api;
 pub mod records;
 pub mod runtime_options;
+pub mod service_env;
 pub mod socket;
 pub mod store;
 pub mod task_service;

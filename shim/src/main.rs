@@ -31,6 +31,9 @@ use std::os::fd::FromRawFd;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // containerd's service environment (NOTIFY_SOCKET above all) must reach none of our
+    // children: runc, loggers, the upgrade's check.
+    let _ = tether_protocol::service_env::take();
     let flags = match cli::parse(std::env::args().skip(1)) {
         Ok(f) => f,
         Err(e) => {

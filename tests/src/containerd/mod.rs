@@ -66,6 +66,8 @@ pub struct Options {
     pub start_timeout: Option<Duration>,
     /// The CRI plugin, enabled with this config; disabled when `None`.
     pub cri: Option<crate::cri::CriConfig>,
+    /// More variables in containerd's environment (what a service manager would set).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running private containerd; stopped and cleaned on drop.
@@ -163,6 +165,7 @@ impl Containerd {
             .arg("--config")
             .arg(self.config_path())
             .env("PATH", self.daemon_path())
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log)
