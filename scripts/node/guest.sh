@@ -142,6 +142,14 @@ scen_restart() {
 	ctr container delete "$idl"
 }
 
+# --- CRI, as kubelet calls it ---------------------------------------------------------------------
+
+# The handler of SHIM for cgroup DRIVER (the config main() wrote): `runc`/`tether` use cgroupfs,
+# `runc-systemd`/`tether-systemd` the systemd driver (SystemdCgroup = true, kubeadm's default).
+handler() { if [ "$2" = systemd ]; then echo "$(short "$1")-systemd"; else short "$1"; fi; }
+scen_cri_systemd() { "$TREE/target/release/node-cri" run "$(handler "$1" systemd)" systemd; }
+scen_cri_cgroupfs() { "$TREE/target/release/node-cri" run "$(handler "$1" cgroupfs)" cgroupfs; }
+
 # --- the tether daemon as a systemd service ------------------------------------------------------
 
 # `systemctl start tether` returns once the daemon serves (Type=notify); a restart of the service
@@ -218,18 +226,44 @@ main() {
 	say "containerd $(containerd --version | awk '{ print $3 }'), runc $(runc --version | awk 'NR == 1 { print $3 }'), $(systemctl --version | head -n1), cgroup $(stat -fc %T /sys/fs/cgroup)"
 	say "cgroup.controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 	say "containerd's environment: $(tr '\0' '\n' </proc/"$(systemctl show -p MainPID --value containerd)"/environ | grep -E '^(NOTIFY_SOCKET|INVOCATION_ID)=' | tr '\n' ' ')"
+	# Debian's installer writes /etc/hosts, which the CRI plugin copies into pods; a root made
+	# by mmdebstrap has none.
+	[ -f /etc/hosts ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >/etc/hosts
 	(cd "$TREE" && make -o build install PREFIX=/usr/local) || { result install all FAIL; return; }
-	# The runtime handler, as the README says for this containerd's config version.
+	# The runtime handler, as the README says for this containerd's config version, and a
+	# handler of each shim with the systemd cgroup driver.
+	local plugin h
 	if containerd --version | awk '{ exit !($3 ~ /^v?1\./) }'; then
 		grep -v '^version' "$TREE/deploy/containerd/tether-v2.toml" >>/etc/containerd/config.toml
+		grep -qF 'runtimes.runc]' /etc/containerd/config.toml ||
+			grep -v '^version' "$TREE/deploy/containerd/runc-v2.toml" >>/etc/containerd/config.toml
+		plugin=io.containerd.grpc.v1.cri
 	else
 		mkdir -p /etc/containerd/conf.d
 		cp "$TREE/deploy/containerd/tether-v3.toml" /etc/containerd/conf.d/tether.toml
-		grep -q '^imports' /etc/containerd/config.toml 2>/dev/null ||
+		[ -f /etc/containerd/config.toml ] || echo 'version = 3' >/etc/containerd/config.toml
+		grep -q '^imports' /etc/containerd/config.toml ||
 			sed -i '1a imports = ["/etc/containerd/conf.d/*.toml"]' /etc/containerd/config.toml
+		plugin=io.containerd.cri.v1.runtime
+		echo 'version = 3' >/etc/containerd/conf.d/lane.toml
 	fi
+	for h in runc tether; do
+		printf '\n[plugins."%s".containerd.runtimes.%s-systemd]\n  runtime_type = "io.containerd.%s.v2"\n  [plugins."%s".containerd.runtimes.%s-systemd.options]\n    SystemdCgroup = true\n' \
+			"$plugin" "$h" "$h" "$plugin" "$h"
+	done >>"$([ -f /etc/containerd/conf.d/lane.toml ] && echo /etc/containerd/conf.d/lane.toml || echo /etc/containerd/config.toml)"
+	say "containerd's config: $(cat /etc/containerd/config.toml /etc/containerd/conf.d/*.toml 2>/dev/null | tr '\n' ' ')"
 	systemctl restart containerd
 	until_ok 60 containerd_up || { result containerd all FAIL; return; }
+	journalctl -u containerd --no-pager | grep -E 'level=(error|warning).*(cri|plugin)' | tail -n 5
+	# The CRI images (made on the host: no registry here); our pause image also stands for the
+	# sandbox image this containerd is configured with.
+	local img sandbox
+	for img in pause busybox; do
+		ctr -n k8s.io images import "$TREE/images/$img.tar" >/dev/null || result images all FAIL
+	done
+	sandbox=$(containerd config dump 2>/dev/null | sed -n 's/^ *\(sandbox_image\|sandbox\) = "\(.*\)"/\2/p' | head -n1)
+	say "sandbox image: $sandbox"
+	[ -z "$sandbox" ] || ctr -n k8s.io images tag --force "$(awk '$1 == "pause.tar" { print $2 }' "$TREE/images/refs")" "$sandbox" >/dev/null
 	cp "$TREE/deploy/systemd/tether.service" /etc/systemd/system/
 	systemctl daemon-reload
 
@@ -245,6 +279,8 @@ main() {
 		run detached "$shim"
 		run oom "$shim"
 		run restart "$shim"
+		run cri_cgroupfs "$shim"
+		run cri_systemd "$shim"
 		run tether_service "$shim"
 	done
 	systemctl stop tether
@@ -257,6 +293,7 @@ main() {
 		done
 	fi
 	run nothing_left all
+	journalctl -u containerd --no-pager >"$OUT/containerd.log" 2>&1
 }
 
 main

@@ -17,7 +17,7 @@ DEADLINE=${TETHER_NODE_DEADLINE:-1500}
 SUITES=("$@")
 [ ${#SUITES[@]} -gt 0 ] || SUITES=(bookworm trixie sid)
 
-for b in containerd-shim-tether-v2 tether; do
+for b in containerd-shim-tether-v2 tether node-cri; do
 	[ -x "$TOP/target/release/$b" ] || { echo "node lane: $TOP/target/release/$b missing: run 'make build'" >&2; exit 1; }
 done
 
@@ -27,9 +27,12 @@ for suite in "${SUITES[@]}"; do
 	img=$(bash "$HERE/image.sh" "$suite") || { failed+=("$suite: image"); continue; }
 	built=$((SECONDS - start))
 	lane=$(mktemp -d /tmp/tether-lane-"$suite".XXXXXX)
-	mkdir -p "$lane/tree/target/release" "$lane/out"
+	mkdir -p "$lane/tree/target/release" "$lane/tree/images" "$lane/out"
 	cp -r "$TOP/Makefile" "$TOP/deploy" "$lane/tree/"
-	cp "$TOP/target/release/containerd-shim-tether-v2" "$TOP/target/release/tether" "$lane/tree/target/release/"
+	cp "$TOP/target/release/containerd-shim-tether-v2" "$TOP/target/release/tether" \
+		"$TOP/target/release/node-cri" "$lane/tree/target/release/"
+	"$TOP/target/release/node-cri" images "$lane/tree/images" >"$lane/tree/images/refs.tmp" &&
+		mv "$lane/tree/images/refs.tmp" "$lane/tree/images/refs"
 	cp "$HERE/guest.sh" "$lane/tree/guest.sh"
 	printf '#!/bin/sh\nexec bash /lane/tree/guest.sh\n' >"$lane/run-in-guest.sh"
 	echo "$suite" >"$lane/suite"

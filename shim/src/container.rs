@@ -138,14 +138,18 @@ pub fn read_pid_file(path: &Path) -> Result<Pid> {
     })
 }
 
+/// The bundle's `config.json`, parsed; `None` when it cannot be read or is not JSON (the
+/// runtime then says what is wrong with it).
+pub fn read_spec(config_json: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read(config_json).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
 /// Whether a container must have its other processes killed when its init exits: it does not
 /// own a PID namespace (no `pid` namespace in its spec: the host's; or one with a path: a pod's
-/// or another container's), as containerd's runc shim decides. An unreadable spec says no.
-pub fn shares_pid_namespace(config_json: &Path) -> bool {
-    let Ok(text) = std::fs::read(config_json) else {
-        return false;
-    };
-    let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&text) else {
+/// or another container's), as containerd's runc shim decides. No spec says no.
+pub fn shares_pid_namespace(spec: Option<&serde_json::Value>) -> bool {
+    let Some(spec) = spec else {
         return false;
     };
     let Some(namespaces) = spec.pointer("/linux/namespaces").and_then(|n| n.as_array()) else {
@@ -158,6 +162,26 @@ pub fn shares_pid_namespace(config_json: &Path) -> bool {
                 .and_then(|p| p.as_str())
                 .is_none_or(str::is_empty)
     })
+}
+
+/// Whether the spec's `linux.cgroupsPath` is in the systemd driver's form, `slice:prefix:name`
+/// (`kubepods-besteffort-pod<uid>.slice:cri-containerd:<id>` from kubelet's systemd driver
+/// through containerd's CRI). Such a path means nothing to the runtime's cgroupfs driver (runc
+/// makes a directory of that very name), and containerd's CRI plugin passes `SystemdCgroup` only
+/// to runc's own shim (containerd 1.6 drops it from the options of any other runtime): the
+/// path itself says which driver the node uses.
+pub fn has_systemd_cgroups_path(spec: Option<&serde_json::Value>) -> bool {
+    let Some(path) = spec
+        .and_then(|s| s.pointer("/linux/cgroupsPath"))
+        .and_then(|p| p.as_str())
+    else {
+        return false;
+    };
+    let parts: Vec<&str> = path.split(':').collect();
+    parts.len() == 3
+        && !path.starts_with('/')
+        && (parts[0].is_empty() || parts[0].ends_with(".slice"))
+        && !parts[2].is_empty()
 }
 
 #[cfg(test)]
@@ -187,8 +211,35 @@ mod tests {
         ];
         for (spec, shared) in cases {
             std::fs::write(&path, spec).expect("write");
-            assert_eq!(shares_pid_namespace(&path), shared, "{spec}");
+            assert_eq!(
+                shares_pid_namespace(read_spec(&path).as_ref()),
+                shared,
+                "{spec}"
+            );
         }
-        assert!(!shares_pid_namespace(&dir.path().join("missing.json")));
+        assert!(!shares_pid_namespace(
+            read_spec(&dir.path().join("missing.json")).as_ref()
+        ));
+    }
+
+    #[test]
+    fn systemd_cgroups_paths_are_told_from_cgroupfs_ones() {
+        let cases = [
+            ("kubepods-besteffort-pod1_2.slice:cri-containerd:abc", true),
+            ("system.slice:docker:abc", true),
+            (":cri-containerd:abc", true),
+            ("/kubepods/besteffort/pod1/abc", false),
+            ("kubepods/abc", false),
+            ("/a.slice:b:c", false),
+            ("a.slice:b:", false),
+            ("a:b:c", false),
+            ("a.slice:b:c:d", false),
+        ];
+        for (path, systemd) in cases {
+            let spec = serde_json::json!({ "linux": { "cgroupsPath": path } });
+            assert_eq!(has_systemd_cgroups_path(Some(&spec)), systemd, "{path}");
+        }
+        assert!(!has_systemd_cgroups_path(Some(&serde_json::json!({}))));
+        assert!(!has_systemd_cgroups_path(None));
     }
 }

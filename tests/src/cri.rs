@@ -283,26 +283,13 @@ impl Cri {
 
     /// A pod config: host network, PID namespace `pid`, our cgroup parent and log directory.
     pub fn pod_config(&self, name: &str, pid: NamespaceMode) -> PodSandboxConfig {
-        PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.to_string(),
-                uid: unique_id("uid"),
-                namespace: "default".to_string(),
-                attempt: 0,
-            }),
-            // With the host network there is no private UTS namespace to name: runc refuses one.
-            hostname: String::new(),
-            log_directory: self.log_dir.display().to_string(),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: self.cgroup_parent.clone(),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespaces(pid)),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        pod_config(
+            name,
+            &unique_id("uid"),
+            &self.cgroup_parent,
+            &self.log_dir,
+            pid,
+        )
     }
 
     /// Runs a pod with `handler` whose containers share PID namespace mode `pid`; panics with
@@ -330,26 +317,7 @@ impl Cri {
         attempt: u32,
         cmd: &[&str],
     ) -> ContainerConfig {
-        ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.to_string(),
-                attempt,
-            }),
-            image: Some(ImageSpec {
-                image: BUSYBOX_IMAGE.to_string(),
-                ..Default::default()
-            }),
-            command: cmd.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}_{attempt}.log"),
-            linux: Some(LinuxContainerConfig {
-                resources: Some(LinuxContainerResources::default()),
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(namespaces(pod.pid_mode)),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }
+        container_config(pod.pid_mode, name, attempt, cmd)
     }
 
     /// CreateContainer then StartContainer; the container id. Panics with containerd's log.
@@ -483,6 +451,68 @@ impl Cri {
 impl Drop for Cri {
     fn drop(&mut self) {
         self.cleanup();
+    }
+}
+
+/// A pod config as kubelet makes one: host network, PID namespace `pid`, the pod's cgroup
+/// parent (`kubepods-besteffort-pod<uid>.slice` with the systemd driver, a path with cgroupfs)
+/// and log directory.
+pub fn pod_config(
+    name: &str,
+    uid: &str,
+    cgroup_parent: &str,
+    log_dir: &Path,
+    pid: NamespaceMode,
+) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.to_string(),
+            uid: uid.to_string(),
+            namespace: "default".to_string(),
+            attempt: 0,
+        }),
+        // With the host network there is no private UTS namespace to name: runc refuses one.
+        hostname: String::new(),
+        log_directory: log_dir.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: cgroup_parent.to_string(),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(namespaces(pid)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A container config running `cmd` from the busybox image in a pod whose PID mode is
+/// `pid_mode`, logging to `<pod log dir>/<name>_<attempt>.log`.
+pub fn container_config(
+    pid_mode: NamespaceMode,
+    name: &str,
+    attempt: u32,
+    cmd: &[&str],
+) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.to_string(),
+            attempt,
+        }),
+        image: Some(ImageSpec {
+            image: BUSYBOX_IMAGE.to_string(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}_{attempt}.log"),
+        linux: Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources::default()),
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(namespaces(pid_mode)),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
     }
 }
 

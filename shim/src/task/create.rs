@@ -6,7 +6,9 @@
 use super::call::{launch, launched, who, Then, CLEANUP_TIMEOUT};
 use super::{encode, Ctx, Flow, Service};
 use crate::console::ConsoleSocket;
-use crate::container::{shares_pid_namespace, Container, INIT_PID_FILE, RUNTIME_FILE};
+use crate::container::{
+    has_systemd_cgroups_path, shares_pid_namespace, Container, INIT_PID_FILE, RUNTIME_FILE,
+};
 use crate::error::{Result, ShimError};
 use crate::process::Process;
 use crate::runtime::RuntimeConfig;
@@ -68,7 +70,16 @@ impl Service {
             Some(image)
         };
         let opts = crate::options::from_any(&req.options)?;
-        let config = RuntimeConfig::from_options(&opts, &self.namespace);
+        let spec = crate::container::read_spec(&config_json);
+        let mut config = RuntimeConfig::from_options(&opts, &self.namespace);
+        if !config.systemd_cgroup && has_systemd_cgroups_path(spec.as_ref()) {
+            log::info!(
+                "container {}: its cgroups path is in the systemd driver's form: the runtime \
+                 uses systemd cgroups",
+                req.id
+            );
+            config.systemd_cgroup = true;
+        }
         store::write_with(
             &bundle.join(RUNTIME_FILE),
             &config,
@@ -81,7 +92,7 @@ impl Service {
             terminal: req.terminal,
         };
         let mut c = Container::new(&req.id, &bundle, config, Process::new("", stdio.clone()));
-        c.kill_all_on_exit = shares_pid_namespace(&config_json);
+        c.kill_all_on_exit = shares_pid_namespace(spec.as_ref());
         if !req.rootfs.is_empty() {
             let rootfs = c.rootfs();
             std::fs::create_dir_all(&rootfs)
