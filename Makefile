@@ -4,6 +4,8 @@
 #   make run      the demo: a busybox container through the manager
 #   make test     installs what the tests need if missing, then fmt, clippy and every test on the
 #                 system's containerd (1.6), then the containerd suites on 1.7 and 2.x
+#   make test-node  only the node lane: the node scenarios on stock Debian guests (12, 13, sid)
+#                 booted under qemu, containerd as its systemd unit, with runc's shim and ours
 #   make install  installs the binaries into $(PREFIX)/bin
 #   make bench    benchmarks against containerd-shim-runc-v2, written to BENCHMARKS.md, with a
 #                 chart of the figures in BENCHMARKS.svg
@@ -14,9 +16,10 @@
 PREFIX ?= /usr/local
 CARGO ?= cargo
 # Debian packages the tests and the demo need (gcc and libc6-dev build the CRI tests' pause
-# program; protobuf-compiler builds the CRI client, k8s-cri).
+# program; protobuf-compiler builds the CRI client, k8s-cri; qemu, mmdebstrap and e2fsprogs
+# build and boot the node lane's guests).
 PACKAGES := containerd runc crun busybox-static criu iproute2 procps util-linux \
-  gcc libc6-dev protobuf-compiler
+  gcc libc6-dev protobuf-compiler qemu-system-x86 mmdebstrap e2fsprogs
 BINS := target/release/containerd-shim-tether-v2 target/release/tether
 # containerd versions tested beside the system's, unpacked privately from Debian's newer suites
 # by scripts/containerd-versions.sh (trixie: 1.7, sid: 2.x), and the suites run on each.
@@ -27,7 +30,7 @@ MATRIX_TESTS ?= --test harness --test 'shim_*'
 test-containerd-1.7: MATRIX_TESTS += --test cri
 test-containerd-2: MATRIX_TESTS += --test cri
 
-.PHONY: all build deps containerd-versions criu test test-system lint run install bench bench-upgrade bench-scale clean
+.PHONY: all build deps containerd-versions criu test test-system test-node node-lane lint run install bench bench-upgrade bench-scale clean
 
 all: build
 
@@ -67,7 +70,7 @@ containerd-versions:
 criu:
 	@bash scripts/criu.sh
 
-test: deps lint build containerd-versions criu test-system $(addprefix test-containerd-,$(CONTAINERD_VERSIONS))
+test: deps lint build containerd-versions criu test-system $(addprefix test-containerd-,$(CONTAINERD_VERSIONS)) node-lane
 
 # Every test, on the system's containerd.
 test-system:
@@ -78,6 +81,15 @@ test-system:
 test-containerd-%:
 	@echo "=== containerd $*: $(MATRIX_TESTS)"
 	TETHER_CRIU=$$(bash scripts/criu.sh) TETHER_CONTAINERD_VERSION=$* $(CARGO) test -p tether-tests $(MATRIX_TESTS) -- --test-threads=4
+
+# The node lane: Debian guests under qemu (NODE_SUITES), each image built once per machine
+# into /var/cache/tether/vm (about 1 GB and 2-3 minutes each, from Debian's archive).
+NODE_SUITES ?= bookworm trixie sid
+node-lane:
+	@echo "=== node lane: $(NODE_SUITES)"
+	bash scripts/node/lane.sh $(NODE_SUITES)
+
+test-node: deps build node-lane
 
 run: deps build
 	@bash scripts/demo.sh

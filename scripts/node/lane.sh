@@ -21,6 +21,13 @@ for b in containerd-shim-tether-v2 tether node-cri; do
 	[ -x "$TOP/target/release/$b" ] || { echo "node lane: $TOP/target/release/$b missing: run 'make build'" >&2; exit 1; }
 done
 
+# The integration tests that need cgroup v2 controllers (ignored on hybrid hosts) run in every
+# guest, from the test binary `cargo test` built for this tree.
+V2_TESTS=shim_metrics_oom
+v2_binary=$(cd "$TOP" && cargo test -p tether-tests --test "$V2_TESTS" --no-run 2>&1 |
+	sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -n1)
+[ -n "$v2_binary" ] && [ -x "$TOP/$v2_binary" ] || { echo "node lane: cannot build the $V2_TESTS test binary" >&2; exit 1; }
+
 failed=()
 for suite in "${SUITES[@]}"; do
 	start=$SECONDS
@@ -34,6 +41,8 @@ for suite in "${SUITES[@]}"; do
 	"$TOP/target/release/node-cri" images "$lane/tree/images" >"$lane/tree/images/refs.tmp" &&
 		mv "$lane/tree/images/refs.tmp" "$lane/tree/images/refs"
 	cp "$HERE/guest.sh" "$lane/tree/guest.sh"
+	mkdir -p "$lane/tree/tests"
+	cp "$TOP/$v2_binary" "$lane/tree/tests/$V2_TESTS"
 	printf '#!/bin/sh\nexec bash /lane/tree/guest.sh\n' >"$lane/run-in-guest.sh"
 	echo "$suite" >"$lane/suite"
 	echo "=== node lane: Debian $suite (image $img, ready in ${built}s)"
