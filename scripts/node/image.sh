@@ -36,7 +36,8 @@ done
 PACKAGES=systemd,systemd-sysv,dbus,udev,kmod,linux-image-amd64,containerd,runc,busybox-static,make,procps,iproute2,util-linux
 case $SUITE in
 bookworm) ;;
-*) PACKAGES=$PACKAGES,docker.io ;;
+# The CLI is its own package from Debian 13 on, only recommended by docker.io.
+*) PACKAGES=$PACKAGES,docker.io,docker-cli ;;
 esac
 
 url=$(archive_url)
@@ -84,4 +85,8 @@ rm -rf "$DIR"
 mv "$work" "$DIR"
 trap - EXIT
 touch "$DIR/ready"
+# Images of this suite from older recipes are no longer used.
+for old in "$CACHE/$SUITE"-*; do
+	[ "$old" = "$DIR" ] || rm -rf "$old"
+done
 echo "$DIR"
