@@ -7,6 +7,7 @@ mod console;
 mod container;
 mod error;
 mod events;
+mod info;
 mod logging;
 mod mount;
 mod oom;
@@ -44,6 +45,23 @@ fn main() -> ExitCode {
     if flags.version {
         println!("containerd-shim-tether-v2 {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
+    }
+    if flags.info {
+        // stdout carries the message alone; errors go to stderr, which containerd quotes.
+        return match info::runtime_info(std::io::stdin().lock()).and_then(|info| {
+            let bytes = info
+                .write_to_bytes()
+                .map_err(|e| error::ShimError::InvalidArgument(e.to_string()))?;
+            std::io::stdout()
+                .write_all(&bytes)
+                .map_err(error::ShimError::io("write RuntimeInfo"))
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("containerd-shim-tether-v2: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let result = match flags.action.as_str() {
         "start" => start::start(&flags).map(|address| print!("{address}")),
