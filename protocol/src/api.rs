@@ -4,6 +4,10 @@
 //! ones containerd 1.6/1.7 send under `containerd.task.v2.Task` (see [`crate::task_service`]).
 
 pub use containerd_shim_protos::api as task;
+/// containerd 2.3+'s `start` handshake: `BootstrapParams` in, `BootstrapResult` out.
+pub use containerd_shim_protos::bootstrap_api as bootstrap;
+/// `RuntimeInfo`, what a shim's `-info` prints (containerd 2.2+).
+pub use containerd_shim_protos::types::introspection;
 pub use containerd_shim_protos::cgroups::metrics as cgroups_v1;
 pub use containerd_shim_protos::cgroups_v2::metrics as cgroups_v2;
 pub use containerd_shim_protos::events::task as events;

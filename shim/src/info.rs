@@ -8,12 +8,12 @@
 
 use crate::error::{Result, ShimError};
 use crate::runtime::RuntimeConfig;
-use containerd_shim_protos::types::introspection::{RuntimeInfo, RuntimeVersion};
 use protobuf::{Message, MessageField};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tether_protocol::api::introspection::{RuntimeInfo, RuntimeVersion};
 use tether_protocol::api::Any;
 
 /// The runtime name containerd knows us by.

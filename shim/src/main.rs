@@ -1,5 +1,6 @@
 //! containerd-shim-tether-v2: a containerd runtime v2 shim, one per container.
 
+mod bootstrap;
 mod cgroup;
 mod cleanup;
 mod cli;
@@ -64,7 +65,11 @@ fn main() -> ExitCode {
         };
     }
     let result = match flags.action.as_str() {
-        "start" => start::start(&flags).map(|address| print!("{address}")),
+        "start" => start::start(&flags).and_then(|answer| {
+            std::io::stdout()
+                .write_all(&answer)
+                .map_err(error::ShimError::io("write the start answer"))
+        }),
         "delete" => {
             logging::init(flags.debug, &flags.id);
             cleanup::delete(&flags).and_then(|resp| {
