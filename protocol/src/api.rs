@@ -6,8 +6,6 @@
 pub use containerd_shim_protos::api as task;
 /// containerd 2.3+'s `start` handshake: `BootstrapParams` in, `BootstrapResult` out.
 pub use containerd_shim_protos::bootstrap_api as bootstrap;
-/// `RuntimeInfo`, what a shim's `-info` prints (containerd 2.2+).
-pub use containerd_shim_protos::types::introspection;
 pub use containerd_shim_protos::cgroups::metrics as cgroups_v1;
 pub use containerd_shim_protos::cgroups_v2::metrics as cgroups_v2;
 pub use containerd_shim_protos::events::task as events;
@@ -16,6 +14,8 @@ pub use containerd_shim_protos::shim::events as forward;
 pub use containerd_shim_protos::shim::oci as runc_options;
 pub use containerd_shim_protos::shim::{events_ttrpc, shim_ttrpc};
 pub use containerd_shim_protos::ttrpc;
+/// `RuntimeInfo`, what a shim's `-info` prints (containerd 2.2+).
+pub use containerd_shim_protos::types::introspection;
 
 /// `Any` as containerd uses it (events, options, exec specs).
 pub use protobuf::well_known_types::any::Any;

@@ -224,7 +224,10 @@ mod tests {
         let got = read(&raw, &flags("c1", "default")).expect("read");
         assert_eq!(got.protocol, Protocol::Legacy);
         assert_eq!(got.options.shim_cgroup, "/shims");
-        assert_eq!(answer(got.protocol, "unix:///s/x").expect("answer"), b"unix:///s/x");
+        assert_eq!(
+            answer(got.protocol, "unix:///s/x").expect("answer"),
+            b"unix:///s/x"
+        );
         // The CRI plugin's TOML wrapper, whose bytes are valid UTF-8 throughout.
         let w = Wrapper {
             config_body: b"ShimCgroup = \"/pods\"\n".to_vec(),

@@ -71,7 +71,10 @@ fn launch(input: &StartInput) -> Result<String> {
     };
     let group = grouping_id(&bundle, &flags.id);
     // Our own setting wins; else a directory containerd's operator chose; else ours.
-    let dir = match (&input.socket_dir, std::env::var_os("TETHER_SHIM_SOCKET_DIR")) {
+    let dir = match (
+        &input.socket_dir,
+        std::env::var_os("TETHER_SHIM_SOCKET_DIR"),
+    ) {
         (Some(chosen), None) => chosen.clone(),
         _ => socket_dir(),
     };
