@@ -33,10 +33,12 @@ pub struct Version {
 
 impl Version {
     /// From `containerd --version`: `containerd github.com/containerd/containerd 1.6.20~ds1 ...`
-    /// (the first word that starts with a digit).
+    /// or, for a build from a release tag, `... v2.3.4` (the first word that starts with a
+    /// digit, or a `v` and a digit).
     pub fn parse(version_output: &str) -> Option<Version> {
         let word = version_output
             .split_whitespace()
+            .map(|w| w.strip_prefix('v').unwrap_or(w))
             .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
         let mut nums = word
             .split(|c: char| !c.is_ascii_digit())
@@ -207,6 +209,10 @@ mod tests {
         assert_eq!(
             v("ctr github.com/containerd/containerd 1.7.24~ds1").config_version(),
             2
+        );
+        assert_eq!(
+            v("containerd github.com/containerd/containerd/v2 v2.3.4 \n").to_string(),
+            "2.3.4"
         );
         assert_eq!(Version::parse("containerd"), None);
     }

@@ -16,6 +16,7 @@ use tether_protocol::api::Empty;
 use tether_protocol::api::{pack_any, Any};
 use tether_protocol::task_service::TaskCaller;
 use tether_tests::cgroups::TestCgroup;
+use tether_tests::shimtest::{finish, tether_run, Scene};
 use tether_tests::{cmd, procs, shim_binary, unique_id};
 
 const T: Duration = Duration::from_secs(20);
@@ -324,4 +325,28 @@ fn run_bytes(c: &mut Command, stdin: &[u8]) -> Vec<u8> {
     let (status, timed_out) = cmd::wait_deadline(&mut child, Instant::now() + T, &what);
     assert!(!timed_out && status.success(), "{what}: {status:?}");
     reader.join().expect("reader")
+}
+
+#[test]
+fn containerd_creates_tasks_without_a_runtime_info_error() {
+    // From 2.2 containerd runs `-info` before each create of a runtime that is not runc's and
+    // logs `failed to load runtime info` when it fails; 2.3 also speaks BootstrapParams to
+    // `start`. Older versions do neither: there the run alone is checked.
+    let Scene { cd, ns: _, ctr } = Scene::start();
+    for _ in 0..2 {
+        let id = unique_id("c");
+        let out = tether_run(&ctr, &id)
+            .rm()
+            .args(&["/bin/echo", "hi"])
+            .output();
+        assert_eq!(out.stdout, "hi\n", "{out}\n{}", cd.log_excerpt());
+    }
+    let log = cd.log();
+    assert!(
+        !log.contains("failed to load runtime info"),
+        "containerd {} could not read our -info:\n{}",
+        tether_tests::flavor().version,
+        cd.log_excerpt()
+    );
+    finish(cd, &[]);
 }
