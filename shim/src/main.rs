@@ -12,6 +12,7 @@ mod info;
 mod logging;
 mod mount;
 mod oom;
+mod oom_score;
 mod options;
 mod pid;
 mod process;

@@ -110,6 +110,9 @@ fn launch(input: &StartInput) -> Result<String> {
             return Err(e);
         }
     };
+    // Best effort, as a score is no reason to refuse a container: raising works without
+    // CAP_SYS_RESOURCE, and the shim starts with containerd's score, one below the target.
+    let _ = crate::oom_score::adjust(pid);
     if !shim_cgroup.is_empty() {
         // As containerd's shim: the shim lives in the cgroup it was given, or does not start.
         if let Err(e) = crate::cgroup::join::join(shim_cgroup, pid.as_u32()) {
