@@ -8,7 +8,7 @@
 # Environment: CARGO (cargo), BUILD_TESTS (the cargo test selection, unquoted globs:
 # `--test harness --test shim_* --test cri`), CONTAINERD_BUILD_VERSIONS (the lines expected:
 # `2.2 2.3`), TEST_THREADS (4). A directory that lacks a binary, or a suite that fails, fails
-# the run, naming the version; the other versions still run first.
+# the run, naming the version; every suite of every version still runs first.
 set -euo pipefail
 
 CARGO=${CARGO:-cargo}
@@ -34,7 +34,7 @@ for dir in "$@"; do
 	echo "=== containerd $version ($dir): ${tests[*]}"
 	start=$SECONDS
 	if TETHER_CRIU=$(bash scripts/criu.sh) TETHER_CONTAINERD=$dir/containerd \
-		"$CARGO" test -p tether-tests "${tests[@]}" -- --test-threads="$THREADS"; then
+		"$CARGO" test --no-fail-fast -p tether-tests "${tests[@]}" -- --test-threads="$THREADS"; then
 		ran+=("${version#v}")
 	else
 		failed+=("$version")
