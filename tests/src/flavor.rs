@@ -73,6 +73,19 @@ impl Version {
     }
 }
 
+impl Version {
+    /// The version of the main config file this containerd reads without migrating it: 4 from
+    /// 2.3 on (the gRPC and ttrpc servers' settings moved into plugin tables), else
+    /// [`Version::config_version`]. Plugin tables (CRI, drop-ins) are the same in 3 and 4.
+    pub fn file_version(&self) -> u32 {
+        if (self.major, self.minor) >= (2, 3) {
+            4
+        } else {
+            self.config_version()
+        }
+    }
+}
+
 impl std::fmt::Display for Version {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
@@ -214,6 +227,8 @@ mod tests {
             v("containerd github.com/containerd/containerd/v2 v2.3.4 \n").to_string(),
             "2.3.4"
         );
+        assert_eq!(sid.file_version(), 3);
+        assert_eq!(v("containerd x v2.3.4").file_version(), 4);
         assert_eq!(Version::parse("containerd"), None);
     }
 

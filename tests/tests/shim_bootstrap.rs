@@ -126,7 +126,11 @@ impl Launch {
             procs::wait_gone(&[pid], T).is_empty(),
             "the shim {pid} exited after Shutdown"
         );
-        procs::reap_orphans();
+        // Adopted by the test (a subreaper) once `start` exited: reaped by its pid alone, as
+        // parallel tests here wait for their own children.
+        let mut status = 0;
+        // SAFETY: waitpid on one specific pid.
+        unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         let left: Vec<_> = std::fs::read_dir(&self.sockets)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
