@@ -95,7 +95,7 @@ fn tether_handler_reports_the_features_of_runc_handler() {
         st.runtime_handlers
             .iter()
             .find(|h| h.name == name)
-            .map(|h| h.features.clone())
+            .map(|h| h.features)
     };
     let (runc, tether) = (features(RUNC_HANDLER), features(TETHER_HANDLER));
     assert_eq!(
