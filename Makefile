@@ -3,7 +3,9 @@
 #   make          release binaries in target/release
 #   make run      the demo: a busybox container through the manager
 #   make test     installs what the tests need if missing, then fmt, clippy and every test on the
-#                 system's containerd (1.6), then the containerd suites on 1.7 and 2.x
+#                 system's containerd (1.6), then the containerd suites on 1.7 and 2.x, then on
+#                 each build in CONTAINERD_BUILDS (2.2, 2.3: Debian packages neither), then the
+#                 node lane
 #   make test-node  only the node lane: the node scenarios on stock Debian guests (12, 13, sid)
 #                 booted under qemu, containerd as its systemd unit, with runc's shim and ours
 #   make install  installs the binaries into $(PREFIX)/bin
@@ -29,8 +31,17 @@ MATRIX_TESTS ?= --test harness --test 'shim_*'
 # on 1.6 (in test-system), 1.7 and 2.x.
 test-containerd-1.7: MATRIX_TESTS += --test cri
 test-containerd-2: MATRIX_TESTS += --test cri
+# containerd builds beside those (Debian packages no 2.2 or 2.3): directories that each hold
+# containerd, ctr and containerd-shim-runc-v2, space-separated. scripts/containerd-builds.sh
+# unpacks release tarballs into such directories (.ci/run passes ../shared/containerd's); the
+# README's "Other containerd versions" says how to build one. The containerd suites and the CRI
+# suite run on each, timed; of CONTAINERD_BUILD_VERSIONS, those no build covered are named in
+# one NOT RUN line (not a pass).
+CONTAINERD_BUILDS ?=
+CONTAINERD_BUILD_VERSIONS ?= 2.2 2.3
+BUILD_TESTS ?= --test harness --test shim_* --test cri
 
-.PHONY: all build deps containerd-versions criu test test-system test-node node-lane lint run install bench bench-upgrade bench-scale clean
+.PHONY: all build deps containerd-versions criu test test-system test-containerd-builds test-node node-lane lint run install bench bench-upgrade bench-scale clean
 
 all: build
 
@@ -70,7 +81,7 @@ containerd-versions:
 criu:
 	@bash scripts/criu.sh
 
-test: deps lint build containerd-versions criu test-system $(addprefix test-containerd-,$(CONTAINERD_VERSIONS)) node-lane
+test: deps lint build containerd-versions criu test-system $(addprefix test-containerd-,$(CONTAINERD_VERSIONS)) test-containerd-builds node-lane
 
 # Every test, on the system's containerd.
 test-system:
@@ -81,6 +92,11 @@ test-system:
 test-containerd-%:
 	@echo "=== containerd $*: $(MATRIX_TESTS)"
 	TETHER_CRIU=$$(bash scripts/criu.sh) TETHER_CONTAINERD_VERSION=$* $(CARGO) test -p tether-tests $(MATRIX_TESTS) -- --test-threads=4
+
+# The suites on each of CONTAINERD_BUILDS (after the packaged versions: a failure names the build).
+test-containerd-builds:
+	@CARGO="$(CARGO)" BUILD_TESTS="$(BUILD_TESTS)" CONTAINERD_BUILD_VERSIONS="$(CONTAINERD_BUILD_VERSIONS)" \
+	  bash scripts/test-containerd-builds.sh $(CONTAINERD_BUILDS)
 
 # The node lane: Debian guests under qemu (NODE_SUITES), each image built once per machine
 # into /var/cache/tether/vm (about 1 GB and 2-3 minutes each, from Debian's archive).

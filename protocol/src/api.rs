@@ -4,6 +4,8 @@
 //! ones containerd 1.6/1.7 send under `containerd.task.v2.Task` (see [`crate::task_service`]).
 
 pub use containerd_shim_protos::api as task;
+/// containerd 2.3+'s `start` handshake: `BootstrapParams` in, `BootstrapResult` out.
+pub use containerd_shim_protos::bootstrap_api as bootstrap;
 pub use containerd_shim_protos::cgroups::metrics as cgroups_v1;
 pub use containerd_shim_protos::cgroups_v2::metrics as cgroups_v2;
 pub use containerd_shim_protos::events::task as events;
@@ -12,6 +14,8 @@ pub use containerd_shim_protos::shim::events as forward;
 pub use containerd_shim_protos::shim::oci as runc_options;
 pub use containerd_shim_protos::shim::{events_ttrpc, shim_ttrpc};
 pub use containerd_shim_protos::ttrpc;
+/// `RuntimeInfo`, what a shim's `-info` prints (containerd 2.2+).
+pub use containerd_shim_protos::types::introspection;
 
 /// `Any` as containerd uses it (events, options, exec specs).
 pub use protobuf::well_known_types::any::Any;

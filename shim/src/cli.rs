@@ -13,6 +13,8 @@ pub struct Flags {
     pub socket: String,
     pub debug: bool,
     pub version: bool,
+    /// `-info`: print the `RuntimeInfo` containerd 2.2+ asks for, and exit.
+    pub info: bool,
     /// `start`, `delete`, or empty for the long-lived shim.
     pub action: String,
     /// A live upgrade: the fd of the handover record (docs/upgrade.md).
@@ -40,6 +42,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Flags> {
         match name {
             "debug" => f.debug = inline.as_deref() != Some("false"),
             "v" | "version" => f.version = true,
+            "info" => f.info = inline.as_deref() != Some("false"),
             "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket"
             | "resume-from" | "fallback-reason" | "handover-check" => {
                 let value = match inline {
@@ -134,5 +137,6 @@ mod tests {
         assert_eq!(f.serve_args()[f.serve_args().len() - 1], "/s");
         assert!(parse(args("-resume-from seven")).is_err());
         assert!(parse(args("-bogus 1")).is_err());
+        assert!(parse(args("-info")).unwrap().info);
     }
 }

@@ -1,5 +1,6 @@
 //! containerd-shim-tether-v2: a containerd runtime v2 shim, one per container.
 
+mod bootstrap;
 mod cgroup;
 mod cleanup;
 mod cli;
@@ -7,9 +8,11 @@ mod console;
 mod container;
 mod error;
 mod events;
+mod info;
 mod logging;
 mod mount;
 mod oom;
+mod oom_score;
 mod options;
 mod pid;
 mod process;
@@ -48,8 +51,29 @@ fn main() -> ExitCode {
         println!("containerd-shim-tether-v2 {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    if flags.info {
+        // stdout carries the message alone; errors go to stderr, which containerd quotes.
+        return match info::runtime_info(std::io::stdin().lock()).and_then(|info| {
+            let bytes = info
+                .write_to_bytes()
+                .map_err(|e| error::ShimError::InvalidArgument(e.to_string()))?;
+            std::io::stdout()
+                .write_all(&bytes)
+                .map_err(error::ShimError::io("write RuntimeInfo"))
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("containerd-shim-tether-v2: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = match flags.action.as_str() {
-        "start" => start::start(&flags).map(|address| print!("{address}")),
+        "start" => start::start(&flags).and_then(|answer| {
+            std::io::stdout()
+                .write_all(&answer)
+                .map_err(error::ShimError::io("write the start answer"))
+        }),
         "delete" => {
             logging::init(flags.debug, &flags.id);
             cleanup::delete(&flags).and_then(|resp| {

@@ -56,6 +56,12 @@ pub fn from_any(any: &MessageField<Any>) -> Result<RuntimeOptions> {
     }
 }
 
+/// Whether an `Any` of this type URL holds runtime options we read.
+pub fn is_options_type(url: &str) -> bool {
+    let url = url.trim_start_matches("type.googleapis.com/");
+    url == type_url::<RuncOptions>() || url == WRAPPER_URL
+}
+
 fn from_runc(bytes: &[u8]) -> Result<RuntimeOptions> {
     let o = RuncOptions::parse_from_bytes(bytes).map_err(|e| {
         ShimError::InvalidArgument(format!("malformed runtime options ({}): {e}", {

@@ -17,8 +17,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// How long a runtime command may take when the request names no deadline.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// A request that names no deadline gets none, as with containerd's shim, which sets none on
+/// its runtime calls (a CRIU dump of a large container takes minutes): this far one stands for
+/// it, and a live upgrade's record carries it like any other. A `Delete` of the container ends
+/// such a call (`task/queue.rs`); `Kill` never waits for it.
+pub const NO_DEADLINE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Whether `deadline` is [`NO_DEADLINE`]'s rather than one a caller named.
+pub fn is_unbounded(deadline: std::time::Instant, now: std::time::Instant) -> bool {
+    deadline.saturating_duration_since(now) > NO_DEADLINE / 2
+}
 
 /// The runtime options the shim keeps per container (see `options.rs` for where they come
 /// from). Persisted in the bundle: fields added later default when an older record is read.

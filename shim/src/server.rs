@@ -254,7 +254,7 @@ impl Server {
                 }
                 Ok(req) => match task_method(&req.service, &req.method) {
                     Some(m) => {
-                        let deadline = request_deadline(req.timeout_nano);
+                        let deadline = request_deadline(req.timeout_nano, Instant::now());
                         self.service.dispatch(m, &req.payload, to, deadline)
                     }
                     None => Flow::Done(Err(ShimError::Unimplemented(format!(
@@ -315,14 +315,14 @@ pub(crate) fn installed_binary() -> Result<PathBuf> {
     })
 }
 
-/// When a request must be answered: the caller's `timeout_nano`, else the runtime's default.
-fn request_deadline(timeout_nano: i64) -> Instant {
+/// When a request must be answered: the caller's `timeout_nano`, else never (see
+/// [`crate::runtime::NO_DEADLINE`]).
+fn request_deadline(timeout_nano: i64, now: Instant) -> Instant {
     let timeout = if timeout_nano > 0 {
-        Duration::from_nanos(timeout_nano as u64)
+        Duration::from_nanos(timeout_nano as u64).min(crate::runtime::NO_DEADLINE)
     } else {
-        crate::runtime::DEFAULT_TIMEOUT
+        crate::runtime::NO_DEADLINE
     };
-    let now = Instant::now();
     now.checked_add(timeout)
         .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
@@ -349,5 +349,23 @@ fn send_response(
     match tether_protocol::wire::response(result).write_to_bytes() {
         Ok(bytes) => conn.send(stream_id, MESSAGE_TYPE_RESPONSE, &bytes),
         Err(e) => log::error!("encode response: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{is_unbounded, NO_DEADLINE};
+
+    #[test]
+    fn a_request_without_a_deadline_gets_none() {
+        let now = Instant::now();
+        assert!(is_unbounded(request_deadline(0, now), now));
+        assert!(is_unbounded(request_deadline(-5, now), now));
+        let two_s = request_deadline(2_000_000_000, now);
+        assert_eq!(two_s - now, Duration::from_secs(2));
+        assert!(!is_unbounded(two_s, now));
+        // The longest a caller can name is capped, not wrapped.
+        assert!(request_deadline(i64::MAX, now) - now <= NO_DEADLINE);
     }
 }

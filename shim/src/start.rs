@@ -3,10 +3,10 @@
 //! containerd reads our stdout and stderr together until EOF and takes the trimmed text as the
 //! address, so nothing else may be printed and the shim must not inherit them.
 
+use crate::bootstrap::{self, StartInput};
 use crate::cli::Flags;
 use crate::error::{Result, ShimError};
 use crate::pid::Pid;
-use protobuf::Message;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use tether_protocol::socket::{shim_socket_path, to_address, DEFAULT_SOCKET_DIR};
 use tether_protocol::{store, validate_id, validate_namespace};
+
+/// The most read from stdin, as containerd's own shims bound it.
+const MAX_STDIN: u64 = 10 << 20;
 
 /// The fd the listening socket is handed to the shim on.
 pub const LISTENER_FD: i32 = 3;
@@ -41,18 +44,25 @@ fn grouping_id(bundle: &Path, id: &str) -> String {
         .to_string()
 }
 
-pub fn start(flags: &Flags) -> Result<String> {
+/// Starts (or finds) the shim; returns what to print, in the form containerd asked for.
+pub fn start(cli_flags: &Flags) -> Result<Vec<u8>> {
+    // stdin: containerd 2.3+'s BootstrapParams, or before it the runtime options (Create
+    // carries them too; here only `ShimCgroup` matters).
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .take(MAX_STDIN)
+        .read_to_end(&mut raw)
+        .map_err(ShimError::io("read stdin"))?;
+    let input = bootstrap::read(&raw, cli_flags)?;
+    let address = launch(&input)?;
+    bootstrap::answer(input.protocol, &address)
+}
+
+fn launch(input: &StartInput) -> Result<String> {
+    let flags = &input.flags;
     validate_namespace(&flags.namespace)?;
     validate_id(&flags.id)?;
-    // The runtime options arrive on stdin (Create carries them too); here only `ShimCgroup`
-    // matters. Unreadable options are Create's to refuse, with the container named.
-    let mut opts = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut opts);
-    let shim_cgroup = tether_protocol::api::Any::parse_from_bytes(&opts)
-        .ok()
-        .and_then(|any| crate::options::from_any(&protobuf::MessageField::some(any)).ok())
-        .map(|o| o.shim_cgroup)
-        .unwrap_or_default();
+    let shim_cgroup = &input.options.shim_cgroup;
 
     let bundle = if flags.bundle.is_empty() {
         std::env::current_dir().map_err(ShimError::io("getcwd"))?
@@ -60,7 +70,14 @@ pub fn start(flags: &Flags) -> Result<String> {
         PathBuf::from(&flags.bundle)
     };
     let group = grouping_id(&bundle, &flags.id);
-    let dir = socket_dir();
+    // Our own setting wins; else a directory containerd's operator chose; else ours.
+    let dir = match (
+        &input.socket_dir,
+        std::env::var_os("TETHER_SHIM_SOCKET_DIR"),
+    ) {
+        (Some(chosen), None) => chosen.clone(),
+        _ => socket_dir(),
+    };
     std::fs::create_dir_all(&dir).map_err(ShimError::io(format!("create {}", dir.display())))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .map_err(ShimError::io(format!("chmod 0700 {}", dir.display())))?;
@@ -86,16 +103,19 @@ pub fn start(flags: &Flags) -> Result<String> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(ShimError::io(format!("chmod 0600 {}", path.display())))?;
 
-    let pid = match spawn_shim(flags, &bundle, OwnedFd::from(listener), &path) {
+    let pid = match spawn_shim(input, &bundle, OwnedFd::from(listener), &path) {
         Ok(pid) => pid,
         Err(e) => {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
     };
+    // Best effort, as a score is no reason to refuse a container: raising works without
+    // CAP_SYS_RESOURCE, and the shim starts with containerd's score, one below the target.
+    let _ = crate::oom_score::adjust(pid);
     if !shim_cgroup.is_empty() {
         // As containerd's shim: the shim lives in the cgroup it was given, or does not start.
-        if let Err(e) = crate::cgroup::join::join(&shim_cgroup, pid.as_u32()) {
+        if let Err(e) = crate::cgroup::join::join(shim_cgroup, pid.as_u32()) {
             let _ = pid.signal(nix::sys::signal::Signal::SIGKILL);
             let _ = std::fs::remove_file(&path);
             return Err(e);
@@ -114,7 +134,8 @@ fn write_address(bundle: &Path, address: &str) -> Result<()> {
     Ok(())
 }
 
-fn spawn_shim(flags: &Flags, bundle: &Path, listener: OwnedFd, path: &Path) -> Result<Pid> {
+fn spawn_shim(input: &StartInput, bundle: &Path, listener: OwnedFd, path: &Path) -> Result<Pid> {
+    let flags = &input.flags;
     let exe = std::env::current_exe().map_err(ShimError::io("find own executable"))?;
     let fd = listener.as_raw_fd();
     let mut cmd = Command::new(exe);
@@ -125,6 +146,10 @@ fn spawn_shim(flags: &Flags, bundle: &Path, listener: OwnedFd, path: &Path) -> R
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    if let (Some(a), None) = (&input.ttrpc_address, std::env::var_os("TTRPC_ADDRESS")) {
+        // Where the events go, when containerd said it in BootstrapParams alone.
+        cmd.env("TTRPC_ADDRESS", a);
+    }
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

@@ -126,3 +126,48 @@ pub fn v2_has(controller: &str) -> bool {
     .filter_map(|p| fs::read_to_string(p).ok())
     .any(|c| c.split_whitespace().any(|c| c == controller))
 }
+
+/// A cgroup made in some v1 hierarchies (`pids`, `memory`, ...) for one test, removed when
+/// dropped: what a `ShimCgroup` option names.
+pub struct TestCgroup {
+    /// Its name, `/`-less: the option's value is `/<name>`.
+    pub name: String,
+    /// Its directory in each hierarchy, in the order asked.
+    pub dirs: Vec<PathBuf>,
+}
+
+impl TestCgroup {
+    pub fn new(controllers: &[&str]) -> TestCgroup {
+        let name = crate::unique_id("tt-shimcg");
+        let dirs: Vec<PathBuf> = controllers
+            .iter()
+            .map(|c| PathBuf::from("/sys/fs/cgroup").join(c).join(&name))
+            .collect();
+        for d in &dirs {
+            fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        }
+        TestCgroup { name, dirs }
+    }
+
+    /// Whether the process `pid` is in this cgroup of `controller`, from `/proc/PID/cgroup`.
+    pub fn holds(&self, pid: i32, controller: &str) -> bool {
+        let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        own.lines().any(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next(), parts.next(), parts.next());
+            controllers.is_some_and(|c| c.split(',').any(|c| c == controller))
+                && path == Some(&format!("/{}", self.name))
+        })
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            // Its processes are gone by now; rmdir can still race their exit briefly.
+            crate::wait_until(Duration::from_secs(20), || {
+                fs::remove_dir(d).is_ok() || !d.exists()
+            });
+        }
+    }
+}

@@ -151,6 +151,12 @@ impl CriConfig {
         } else {
             format!(r#"bin_dir = "{d}/cni/bin""#)
         };
+        // 2.2 made checkpoint restore through CreateContainer opt-in (the kubelet's restore).
+        let restore = if (version.major, version.minor) >= (2, 2) {
+            "\n  enable_experimental_restore_via_create = true"
+        } else {
+            ""
+        };
         format!(
             r#"[plugins."io.containerd.cri.v1.images"]
   snapshotter = "overlayfs"
@@ -158,7 +164,7 @@ impl CriConfig {
     sandbox = "{sandbox}"
 
 [plugins."io.containerd.cri.v1.runtime"]
-  restrict_oom_score_adj = true
+  restrict_oom_score_adj = true{restore}
   [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]

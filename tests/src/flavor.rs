@@ -33,10 +33,12 @@ pub struct Version {
 
 impl Version {
     /// From `containerd --version`: `containerd github.com/containerd/containerd 1.6.20~ds1 ...`
-    /// (the first word that starts with a digit).
+    /// or, for a build from a release tag, `... v2.3.4` (the first word that starts with a
+    /// digit, or a `v` and a digit).
     pub fn parse(version_output: &str) -> Option<Version> {
         let word = version_output
             .split_whitespace()
+            .map(|w| w.strip_prefix('v').unwrap_or(w))
             .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
         let mut nums = word
             .split(|c: char| !c.is_ascii_digit())
@@ -67,6 +69,19 @@ impl Version {
             3
         } else {
             2
+        }
+    }
+}
+
+impl Version {
+    /// The version of the main config file this containerd reads without migrating it: 4 from
+    /// 2.3 on (the gRPC and ttrpc servers' settings moved into plugin tables), else
+    /// [`Version::config_version`]. Plugin tables (CRI, drop-ins) are the same in 3 and 4.
+    pub fn file_version(&self) -> u32 {
+        if (self.major, self.minor) >= (2, 3) {
+            4
+        } else {
+            self.config_version()
         }
     }
 }
@@ -208,6 +223,12 @@ mod tests {
             v("ctr github.com/containerd/containerd 1.7.24~ds1").config_version(),
             2
         );
+        assert_eq!(
+            v("containerd github.com/containerd/containerd/v2 v2.3.4 \n").to_string(),
+            "2.3.4"
+        );
+        assert_eq!(sid.file_version(), 3);
+        assert_eq!(v("containerd x v2.3.4").file_version(), 4);
         assert_eq!(Version::parse("containerd"), None);
     }
 

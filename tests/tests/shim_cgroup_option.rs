@@ -2,47 +2,18 @@
 //! shim moves itself into that cgroup when it starts, as containerd's own shim does, so the
 //! pod's cgroup accounts for it. Passed here as `ctr run --runtime-config-path` passes it.
 
-use std::path::PathBuf;
 use std::time::Duration;
+use tether_tests::cgroups::TestCgroup;
 use tether_tests::shimtest::Scene;
-use tether_tests::{busybox_rootfs, procs, shim, unique_id, wait_until, TETHER_RUNTIME};
+use tether_tests::{busybox_rootfs, procs, shim, unique_id, TETHER_RUNTIME};
 
 const T: Duration = Duration::from_secs(20);
-
-/// A cgroup made in the v1 `pids` and `memory` hierarchies, removed when dropped.
-struct TestCgroup {
-    name: String,
-    dirs: Vec<PathBuf>,
-}
-
-impl TestCgroup {
-    fn new() -> TestCgroup {
-        let name = unique_id("tt-shimcg");
-        let dirs: Vec<PathBuf> = ["pids", "memory"]
-            .iter()
-            .map(|c| PathBuf::from("/sys/fs/cgroup").join(c).join(&name))
-            .collect();
-        for d in &dirs {
-            std::fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
-        }
-        TestCgroup { name, dirs }
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        for d in &self.dirs {
-            // Its processes are gone by now; rmdir can still race their exit briefly.
-            wait_until(T, || std::fs::remove_dir(d).is_ok() || !d.exists());
-        }
-    }
-}
 
 #[test]
 fn shim_cgroup_option_moves_the_shim_into_that_cgroup() {
     tether_tests::cgroups::require_v1("pids");
     tether_tests::cgroups::require_v1("memory");
-    let cg = TestCgroup::new();
+    let cg = TestCgroup::new(&["pids", "memory"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("tether.toml");
     std::fs::write(&config, format!("ShimCgroup = \"/{}\"\n", cg.name)).expect("write");

@@ -3,7 +3,9 @@
 //! refused once the init has exited.
 
 use std::time::Duration;
-use tether_protocol::api::task::{ExecProcessRequest, StartRequest, StartResponse};
+use tether_protocol::api::task::{
+    ExecProcessRequest, StartRequest, StartResponse, WaitRequest, WaitResponse,
+};
 use tether_protocol::api::Empty;
 use tether_tests::shimtest::state;
 use tether_tests::shimtest::{detached, Scene};
@@ -253,5 +255,90 @@ fn duplicate_exec_refused_exec_killed_with_init_and_no_exec_after_init_exit() {
     let del = ctr.container_delete(&id);
     assert!(del.success(), "{del}");
     drop(events);
+    finish(cd, &[&id]);
+}
+
+/// runc, except that `kill --all` (what the shim runs when the init of a container sharing a
+/// PID namespace exits) first touches MARK and waits 3 s: the init's exit stays held meanwhile.
+const SLOW_KILL_ALL: &str = r#"#!/bin/sh
+k= a=
+for x in "$@"; do [ "$x" = kill ] && k=1; [ "$x" = --all ] && a=1; done
+if [ -n "$k" ] && [ -n "$a" ]; then touch MARK; sleep 3; fi
+exec RUNC "$@"
+"#;
+
+#[test]
+fn an_exec_added_while_the_inits_exit_is_held_fails_at_its_start() {
+    // containerd's own client suite plays this (`TestIssue10589`): an exec created while the
+    // init is being killed. containerd's shim accepts the Exec (nothing runs yet) and fails its
+    // Start; refusing the Exec breaks a client that creates and starts in one go.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mark = dir.path().join("kill-all-running");
+    let runc = cmd::which("runc").expect("runc on PATH");
+    let wrapper = dir.path().join("slow-kill-all-runc");
+    let script = SLOW_KILL_ALL
+        .replace("RUNC", &runc.display().to_string())
+        .replace("MARK", &mark.display().to_string());
+    std::fs::write(&wrapper, script).expect("write the wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = dir.path().join("tether.toml");
+    std::fs::write(
+        &config,
+        format!("BinaryName = {:?}\n", wrapper.display().to_string()),
+    )
+    .expect("write the options");
+
+    let Scene { cd, ns, ctr } = Scene::start();
+    let id = tether_tests::unique_id("c");
+    tether_tests::shimtest::tether_run(&ctr, &id)
+        .flag(&format!("--runtime-config-path={}", config.display()))
+        .flag(&format!(
+            "--with-ns=pid:/proc/{}/ns/pid",
+            std::process::id()
+        ))
+        .detach()
+        .args(&["/bin/sleep", "1000"])
+        .success();
+    let shim = shim_client(&cd, &ns, &id);
+    let pid = ctr.task(&id).expect("the task").pid as i32;
+    assert!(procs::signal(pid, libc::SIGKILL), "kill the init {pid}");
+    assert!(
+        tether_tests::wait_until(T, || mark.exists()),
+        "the shim ran kill --all after the init's exit"
+    );
+    let req = ExecProcessRequest {
+        id: id.clone(),
+        exec_id: "late".into(),
+        spec: Some(process_spec(&["/bin/true"], false)).into(),
+        ..Default::default()
+    };
+    shim.call::<_, Empty>("Exec", &req, T)
+        .expect("Exec while the init's exit is held is accepted");
+    let start = StartRequest {
+        id: id.clone(),
+        exec_id: "late".into(),
+        ..Default::default()
+    };
+    let code = rpc_code(
+        shim.call::<_, StartResponse>("Start", &start, T),
+        "Start of an exec whose init exited",
+    );
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+    // The init's exit goes out once kill --all is done.
+    let w: WaitResponse = shim
+        .call(
+            "Wait",
+            &WaitRequest {
+                id: id.clone(),
+                ..Default::default()
+            },
+            T,
+        )
+        .expect("Wait for the init");
+    assert_eq!(w.exit_status, 137);
+    drop(shim);
+    assert!(ctr.task_delete(&id).success());
+    assert!(ctr.container_delete(&id).success());
     finish(cd, &[&id]);
 }

@@ -298,3 +298,19 @@ fn image_container_gets_its_overlay_rootfs_from_create_and_it_is_unmounted_after
     drop(events);
     finish(cd, &[]);
 }
+
+#[test]
+fn the_shims_oom_score_adj_is_one_above_containerds() {
+    // As containerd's own shim (its `TestShimOOMScore`): under memory pressure the kernel
+    // takes a shim before containerd. Raising a score needs no CAP_SYS_RESOURCE.
+    let Scene { cd, ns, ctr } = Scene::start();
+    let cd_pid = cd.pid().expect("containerd's pid");
+    let path = format!("/proc/{cd_pid}/oom_score_adj");
+    std::fs::write(&path, "500").expect("raise containerd's oom_score_adj");
+    let id = tether_tests::shimtest::sleeper(&ctr);
+    let shim = shim::shim_pid(&cd, &ns, &id).expect("the shim's pid");
+    let score = std::fs::read_to_string(format!("/proc/{shim}/oom_score_adj")).expect("read");
+    assert_eq!(score.trim(), "501", "containerd's 500 + 1");
+    ctr.call(&["task", "kill", "-s", "KILL", &id]);
+    finish(cd, &[&id]);
+}

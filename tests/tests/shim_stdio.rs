@@ -74,7 +74,13 @@ fn ten_mib_of_stdout_arrive_byte_exact() {
         sha256_hex(expected.as_bytes()),
         "stdout content"
     );
-    assert_eq!(out.stderr, "", "nothing on stderr");
+    // containerd 2.2+'s ctr warns that cgroup v1 is deprecated (this machine's hierarchies).
+    let stderr: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.contains("msg=\"DEPRECATION: The support for cgroup v1"))
+        .collect();
+    assert!(stderr.is_empty(), "nothing on stderr: {}", out.stderr);
     finish(cd, &[]);
 }
 

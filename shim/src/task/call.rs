@@ -8,7 +8,7 @@ use super::checkpoint::Checkpointed;
 use super::create::Creating;
 use super::exec::StartingExec;
 use super::pause::Freeze;
-use super::{encode, Ctx, Flow, Service};
+use super::{Ctx, Flow, Service};
 use crate::console::ConsoleSocket;
 use crate::container::read_pid_file;
 use crate::error::{Result, ShimError};
@@ -18,7 +18,6 @@ use crate::stdio::{ProcessIo, Pumps, StdioPaths, Who};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tether_protocol::api::Empty;
 
 /// How long clean-up commands the shim runs on its own may take (no request's deadline).
 pub(super) const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,7 +140,7 @@ impl Service {
             Then::Start { id } => Flow::Done(self.started(&id, result)),
             Then::Restore { id, console } => Flow::Done(self.restored(&id, console, result)),
             Then::StartExec(s) => Flow::Done(self.exec_started(*s, result)),
-            Then::Kill => Flow::Done(result.and_then(|_| encode(&Empty::new()))),
+            Then::Kill => Flow::Done(self.killed(result)),
             Then::KillAllOnExit { id } => Flow::Done(self.killed_all(&id, result)),
             Then::DeleteCreated { id } => Flow::Done(self.deleted_created(&id, result)),
             Then::Delete { id } => Flow::Done(self.deleted(&id, result)),

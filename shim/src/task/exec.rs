@@ -39,7 +39,10 @@ impl Service {
                 req.id, req.exec_id
             )));
         }
-        if c.init.is_stopped() || c.init.pid.is_none() {
+        // While the init's exit is held (its execs' exits go out first) an exec can still be
+        // added, as with containerd's shim: its Start is what fails. Nothing runs here.
+        let init_gone = c.init.is_stopped() && !c.init_exit_held;
+        if init_gone || c.init.pid.is_none() {
             return Err(ShimError::FailedPrecondition(format!(
                 "container {}: cannot exec: its init process is not running",
                 req.id

@@ -31,10 +31,12 @@ impl Service {
                         req.id, req.signal
                     ))
                 })?;
-                pid.signal(sig).map_err(ShimError::nix(format!(
-                    "container {}: kill exec {} (pid {pid})",
-                    req.id, req.exec_id
-                )))?;
+                pid.signal(sig)
+                    .map_err(ShimError::nix(format!(
+                        "container {}: kill exec {} (pid {pid})",
+                        req.id, req.exec_id
+                    )))
+                    .map_err(already_gone)?;
                 return Ok(Flow::Done(encode(&Empty::new())));
             }
             // After the init exited, `all` still reaches the processes left in the container
@@ -46,6 +48,12 @@ impl Service {
             Ok(self.park(ctx, call, Then::Kill))
         })();
         begun.unwrap_or_else(|e| Flow::Done(Err(e)))
+    }
+
+    /// `runc kill` exited.
+    pub(super) fn killed(&mut self, result: Result<String>) -> Result<Vec<u8>> {
+        result.map_err(already_gone)?;
+        encode(&Empty::new())
     }
 
     /// The init exited in a container that shares its PID namespace: its other processes are
@@ -83,5 +91,56 @@ impl Service {
         }
         self.after_init_exit(id);
         Ok(Vec::new())
+    }
+}
+
+/// A kill that found its process already gone is `NotFound`, as containerd's shim reports it
+/// (`checkKillError`): containerd's CRI then takes the container as stopped, where any other
+/// error fails StopContainer/StopPodSandbox. The init can exit between our state check and the
+/// runtime's, and runc then says "container not running".
+pub(super) fn already_gone(e: ShimError) -> ShimError {
+    let gone = |m: &str| {
+        m.contains("container not running")
+            || m.contains("process already finished")
+            || m.to_lowercase().contains("no such process")
+            || m.contains("does not exist")
+    };
+    match e {
+        ShimError::Runtime(m) if gone(&m) => {
+            ShimError::NotFound(format!("process already finished: {m}"))
+        }
+        ShimError::Io { context, source } if source.raw_os_error() == Some(libc::ESRCH) => {
+            ShimError::NotFound(format!("process already finished: {context}: {source}"))
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtimes_words_for_a_gone_process_are_not_found() {
+        for m in [
+            "runc kill failed: container not running",
+            "kill: No such process",
+            "container \"c1\" does not exist",
+            "os: process already finished",
+        ] {
+            let e = already_gone(ShimError::Runtime(m.into()));
+            assert!(matches!(e, ShimError::NotFound(_)), "{m}: {e:?}");
+            assert!(e.to_string().contains(m), "{e}");
+        }
+        let esrch = ShimError::nix("kill exec e1 (pid 42)")(nix::Error::ESRCH);
+        assert!(matches!(already_gone(esrch), ShimError::NotFound(_)));
+        for e in [
+            ShimError::Runtime("permission denied".into()),
+            ShimError::nix("kill")(nix::Error::EPERM),
+            ShimError::InvalidArgument("container not running".into()),
+        ] {
+            let code = e.code();
+            assert_eq!(already_gone(e).code(), code, "left as it was");
+        }
     }
 }

@@ -56,6 +56,9 @@ impl Service {
         {
             return Flow::Done(Err(not_found(&id)));
         }
+        if self.busy.contains_key(&id) && method == "Delete" {
+            self.end_unbounded_calls(&id);
+        }
         if let Some(queue) = self.busy.get_mut(&id) {
             if queue.len() >= MAX_QUEUED_PER_CONTAINER {
                 return Flow::Done(Err(ShimError::ResourceExhausted(format!(
@@ -104,6 +107,26 @@ impl Service {
             match self.run(&q.method, &q.payload, ctx) {
                 Flow::Parked => return,
                 Flow::Done(r) => self.answer(Some(q.from), r),
+            }
+        }
+    }
+
+    /// A Delete came for container `id`: a runtime call in flight for it that has no deadline
+    /// (one that could run for ever) is killed, so the Delete queued behind it runs. Its exit
+    /// still comes through the reaper and answers its request with the runtime's failure.
+    fn end_unbounded_calls(&mut self, id: &str) {
+        let now = Instant::now();
+        for p in self.calls.values_mut() {
+            if !p.expired
+                && p.ctx.holds.as_deref() == Some(id)
+                && crate::runtime::is_unbounded(p.ctx.deadline, now)
+            {
+                log::warn!(
+                    "container {id}: Delete ends {} (pid {}), which had no deadline",
+                    p.call.what,
+                    p.call.pid
+                );
+                p.call.kill();
             }
         }
     }

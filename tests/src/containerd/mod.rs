@@ -116,7 +116,7 @@ impl Containerd {
         }
         config_toml(
             &self.dir,
-            flavor().version.config_version(),
+            flavor().version.file_version(),
             self.opts.log_level.as_deref().unwrap_or("info"),
             &extra,
             self.opts.cri.is_some(),
@@ -413,8 +413,8 @@ fn disabled_plugins(config_version: u32) -> &'static [&'static str] {
     }
 }
 
-/// A private containerd's `config.toml` under `dir`: file version 2 (containerd 1.6/1.7) or 3
-/// (2.x), CRI disabled, everything else at its default but NRI, whose socket is machine-wide
+/// A private containerd's `config.toml` under `dir`: file version 2 (containerd 1.6/1.7), 3
+/// (2.0-2.2) or 4 (2.3+), CRI disabled, everything else at its default but NRI, whose socket is machine-wide
 /// (on by default in 2.x): parallel daemons would fight over it.
 pub fn config_toml(
     dir: &Path,
@@ -435,6 +435,33 @@ pub fn config_toml(
         .map(|p| format!("{p:?}"))
         .collect::<Vec<_>>()
         .join(", ");
+    // Version 4 (2.3) has the servers' sockets in their plugins' tables; the top-level tables
+    // of earlier versions would be migrated, with a warning.
+    let (servers, server_plugins) = if config_version >= 4 {
+        (
+            String::new(),
+            format!(
+                r#"  [plugins."io.containerd.server.v1.grpc"]
+    address = "{d}/c.sock"
+  [plugins."io.containerd.server.v1.ttrpc"]
+    address = "{d}/c.sock.ttrpc"
+"#
+            ),
+        )
+    } else {
+        (
+            format!(
+                r#"[grpc]
+  address = "{d}/c.sock"
+
+[ttrpc]
+  address = "{d}/c.sock.ttrpc"
+
+"#
+            ),
+            String::new(),
+        )
+    };
     format!(
         r#"version = {config_version}
 root = "{d}/root"
@@ -442,17 +469,11 @@ state = "{d}/state"
 temp = "{d}/tmp"
 disabled_plugins = [{disabled}]
 
-[grpc]
-  address = "{d}/c.sock"
-
-[ttrpc]
-  address = "{d}/c.sock.ttrpc"
-
-[debug]
+{servers}[debug]
   level = "{log_level}"
 
 [plugins]
-  [plugins."io.containerd.internal.v1.opt"]
+{server_plugins}  [plugins."io.containerd.internal.v1.opt"]
     path = "{d}/opt"
   [plugins."io.containerd.nri.v1.nri"]
     disable = true

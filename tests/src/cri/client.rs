@@ -87,6 +87,17 @@ impl CriClient {
         )
     }
 
+    /// The runtime's status, with what it knows of each handler (`runtime_handlers`, CRI
+    /// v1.30+: containerd 2.x fills it from each runtime's `-info`).
+    pub fn status(&self) -> Result<StatusResponse, Status> {
+        let mut c = self.runtime.clone();
+        self.call(
+            Duration::from_secs(10),
+            StatusRequest { verbose: true },
+            |r| async move { c.status(r).await },
+        )
+    }
+
     /// The image named `image` as the CRI plugin knows it, if it does.
     pub fn image_status(&self, image: &str) -> Result<Option<Image>, Status> {
         let mut c = self.images.clone();

@@ -82,3 +82,37 @@ fn readme_toml_block(head: &str, needle: &str) -> String {
         .unwrap_or_else(|| panic!("no ```toml block starting {head:?} with {needle} in README.md"))
         .to_string()
 }
+
+/// containerd's CRI learns each handler's features from its shim's `-info` (2.2+ asks every
+/// runtime that is not runc's) and reports them to kubelet: the `tether` handler must claim what
+/// the `runc` handler claims for the same runc (recursive read-only mounts, user namespaces),
+/// or kubelet refuses such pods on it.
+#[test]
+fn tether_handler_reports_the_features_of_runc_handler() {
+    let cri = Cri::start();
+    let st = cri.client().status().expect("Status");
+    let features = |name: &str| {
+        st.runtime_handlers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.features)
+    };
+    let (runc, tether) = (features(RUNC_HANDLER), features(TETHER_HANDLER));
+    assert_eq!(
+        tether,
+        runc,
+        "containerd {} reports the handlers: {:#?}",
+        flavor().version,
+        st.runtime_handlers
+    );
+    if (flavor().version.major, flavor().version.minor) >= (2, 2) {
+        assert!(
+            tether
+                .flatten()
+                .is_some_and(|f| f.recursive_read_only_mounts),
+            "recursive read-only mounts, from runc's features: {:#?}",
+            st.runtime_handlers
+        );
+    }
+    finish(cri, &[]);
+}

@@ -97,7 +97,9 @@ pub fn hanging_runtime(t: &Target) -> Got {
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok())
     {
-        if procs::cmdline(pid).is_some_and(|a| a.iter().any(|x| x == "sleep")) {
+        // The shim answers right after its SIGKILL; dying takes a moment on a busy machine.
+        let sleeping = || procs::cmdline(pid).is_some_and(|a| a.iter().any(|x| x == "sleep"));
+        if !tether_tests::wait_until(Duration::from_secs(5), || !sleeping()) {
             problems.push(format!("the hung runtime (pid {pid}) was left running"));
             procs::signal(pid, libc::SIGKILL);
         }
