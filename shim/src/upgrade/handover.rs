@@ -32,7 +32,11 @@ impl Server {
         let memfd = exec::write_record(&record)?;
         let mut fds = record.fds();
         fds.push(memfd.as_raw_fd());
-        exec::set_cloexec(&fds, false)?;
+        if let Err(e) = exec::set_cloexec(&fds, false) {
+            // Some may be cleared already: none may leak into the commands this image runs next.
+            let _ = exec::set_cloexec(&fds, true);
+            return Err(e);
+        }
         let mut argv = vec![self.binary.to_string_lossy().into_owned()];
         argv.extend(self.args.iter().cloned());
         argv.extend(["-resume-from".to_string(), memfd.as_raw_fd().to_string()]);

@@ -26,6 +26,7 @@ mod frames;
 mod ids;
 mod requests;
 mod runtime;
+mod second;
 mod states;
 mod table;
 
@@ -33,6 +34,7 @@ use frames::*;
 use ids::*;
 use requests::*;
 use runtime::*;
+use second::*;
 use states::*;
 use table::*;
 
@@ -58,6 +60,16 @@ fn a_runtime_call_past_its_deadline_gets_deadline_exceeded() {
         setup: Setup::Running,
         call: hanging_runtime,
         expect: &[DEADLINE],
+    }]);
+}
+
+#[test]
+fn what_the_shim_holds_does_not_leak_into_its_children() {
+    Table::new().run(vec![Row {
+        name: "a runtime command's fds: not the shim's listening socket",
+        setup: Setup::Shared,
+        call: runtime_inherits_no_listener,
+        expect: &[OK],
     }]);
 }
 

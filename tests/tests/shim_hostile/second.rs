@@ -1,0 +1,116 @@
+//! A second container in a row's shim, made from the first one's config.json with changes: the
+//! rows about what a container's own config and options can make the shim do.
+
+use super::*;
+
+/// A second container's bundle in `dir`, from `t`'s config.json changed by `edit`.
+pub fn bundle_like(
+    t: &Target,
+    dir: &std::path::Path,
+    id: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    let bundle = dir.join("bundle");
+    std::fs::create_dir(&bundle).expect("mkdir bundle");
+    let config_path = t.bundle.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&config_path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", config_path.display())),
+    )
+    .expect("config.json is JSON");
+    config["root"] = serde_json::json!({"path": busybox_rootfs(), "readonly": true});
+    config["process"]["args"] = serde_json::json!(["/bin/sleep", "1000"]);
+    config["process"]["terminal"] = false.into();
+    config["hostname"] = id.into();
+    config["linux"]["cgroupsPath"] = format!("/{}/{id}", t.ns).into();
+    edit(&mut config);
+    std::fs::write(bundle.join("config.json"), config.to_string()).expect("write config.json");
+    bundle
+}
+
+/// The Create request of a second container.
+pub fn create_second_req(
+    id: &str,
+    bundle: &std::path::Path,
+    opts: Option<Options>,
+) -> CreateTaskRequest {
+    CreateTaskRequest {
+        id: id.into(),
+        bundle: bundle.display().to_string(),
+        options: opts.map(|o| pack_any(&o).expect("pack options")).into(),
+        ..Default::default()
+    }
+}
+
+/// Kills, waits for and deletes a second container that was created; the problems, if any.
+pub fn remove_second(t: &Target, id: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (method, payload) in [
+        ("Kill", kill_req(id, "").write_to_bytes()),
+        ("Wait", wait_req(id, "").write_to_bytes()),
+        ("Delete", delete_req(id, "").write_to_bytes()),
+    ] {
+        let r = raw(t, TASK_SERVICE_V2, method, payload.expect("encode"), T);
+        if r != OK {
+            problems.push(format!("cleaning up {id}: {method}: {r:?}"));
+        }
+    }
+    problems
+}
+
+/// The socket inode (`socket:[N]`) an fd of a process is, if it is one.
+fn socket_of(pid: i32, fd: i32) -> Option<String> {
+    let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let s = target.to_string_lossy().into_owned();
+    s.starts_with("socket:").then_some(s)
+}
+
+/// A second container created through a runtime wrapper that lists its own open fds, then runs
+/// runc: none may be the shim's listening socket (runc passes what it inherits on to hooks,
+/// and a hook that daemonizes would keep the socket alive past the shim).
+pub fn runtime_inherits_no_listener(t: &Target) -> Got {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(listener) = socket_of(t.shim_pid, 3) else {
+        return Got::Failed(format!(
+            "the shim's fd 3 is not a socket (pid {})",
+            t.shim_pid
+        ));
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("runtime-fds");
+    let runc = tether_tests::cmd::which("runc").expect("runc on PATH");
+    let wrapper = dir.path().join("listing-runc");
+    let text = format!(
+        "#!/bin/sh\nfor f in /proc/$$/fd/*; do echo \"$1 ${{f##*/}} $(readlink $f)\"; done >> '{}'\nexec '{}' \"$@\"\n",
+        out.display(),
+        runc.display()
+    );
+    std::fs::write(&wrapper, text).expect("write the wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let id = unique_id("fds");
+    let bundle = bundle_like(t, dir.path(), &id, |_| {});
+    let opts = Options {
+        binary_name: wrapper.display().to_string(),
+        ..Default::default()
+    };
+    let created = rpc(t, "Create", &create_second_req(&id, &bundle, Some(opts)));
+    if created != OK {
+        return Got::Failed(format!("Create through the wrapper: {created:?}"));
+    }
+    let mut problems = remove_second(t, &id);
+    match std::fs::read_to_string(&out) {
+        Err(e) => problems.push(format!("the wrapper wrote nothing ({e})")),
+        Ok(fds) => {
+            if let Some(line) = fds.lines().find(|l| l.ends_with(&format!(" {listener}"))) {
+                problems.push(format!(
+                    "the runtime holds the shim's listening socket {listener} (fd {line})"
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        OK
+    } else {
+        Got::Failed(problems.join("; "))
+    }
+}
