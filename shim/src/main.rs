@@ -7,6 +7,7 @@ mod console;
 mod container;
 mod error;
 mod events;
+mod files;
 mod logging;
 mod mount;
 mod oom;

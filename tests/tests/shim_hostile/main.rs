@@ -73,9 +73,27 @@ fn what_the_shim_holds_does_not_leak_into_its_children() {
     }]);
 }
 
+#[test]
+fn files_a_request_names_cannot_stall_the_shim() {
+    Table::new().run(vec![
+        Row {
+            name: "Create with stdout file:// a FIFO nobody reads",
+            setup: Setup::Shared,
+            call: log_file_is_a_fifo,
+            expect: &[INVALID, INTERNAL],
+        },
+        Row {
+            name: "Create whose config_path is a FIFO, then /dev/zero",
+            setup: Setup::Shared,
+            call: config_path_is_not_a_file,
+            expect: &[INVALID],
+        },
+    ]);
+}
+
 /// The table is as large as the issue asks (at least 40 raw calls).
 #[test]
 fn the_table_has_at_least_40_rows() {
-    let n = ids_and_payloads().len() + wrong_states().len() + frames_and_connections().len() + 1;
+    let n = ids_and_payloads().len() + wrong_states().len() + frames_and_connections().len() + 4;
     assert!(n >= 40, "{n} rows");
 }

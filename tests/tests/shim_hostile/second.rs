@@ -114,3 +114,60 @@ pub fn runtime_inherits_no_listener(t: &Target) -> Got {
         Got::Failed(problems.join("; "))
     }
 }
+
+/// A second container whose stdout is `file://` a FIFO nobody reads: refused at once, while
+/// the shim goes on serving the first (a blocking open would hold the loop until a reader came).
+pub fn log_file_is_a_fifo(t: &Target) -> Got {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("log-fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let id = unique_id("logfifo");
+    let bundle = bundle_like(t, dir.path(), &id, |_| {});
+    let mut req = create_second_req(&id, &bundle, None);
+    req.stdout = format!("file://{}", fifo.display());
+    let got = rpc(t, "Create", &req);
+    if got == OK {
+        let problems = remove_second(t, &id);
+        return Got::Failed(format!("Create succeeded; {}", problems.join("; ")));
+    }
+    got
+}
+
+/// A second container whose runtime config file (`config_path`) is a FIFO or `/dev/zero`:
+/// refused at once.
+pub fn config_path_is_not_a_file(t: &Target) -> Got {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("options.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let mut codes = Vec::new();
+    for path in [fifo.clone(), "/dev/zero".into()] {
+        let id = unique_id("cfgpath");
+        let sub = dir.path().join(&id);
+        std::fs::create_dir(&sub).expect("mkdir");
+        let bundle = bundle_like(t, &sub, &id, |_| {});
+        let mut req = create_second_req(&id, &bundle, None);
+        req.options = Some(config_path_any(&path)).into();
+        let got = rpc(t, "Create", &req);
+        if got == OK {
+            let problems = remove_second(t, &id);
+            return Got::Failed(format!("Create succeeded; {}", problems.join("; ")));
+        }
+        codes.push(got);
+    }
+    codes.dedup();
+    match codes.as_slice() {
+        [one] => one.clone(),
+        _ => Got::Failed(format!("{codes:?}")),
+    }
+}
+
+/// Runtime options that name `path` as their TOML file.
+fn config_path_any(path: &std::path::Path) -> Any {
+    tether_protocol::runtime_options::RuntimeOptions {
+        type_url: "io.containerd.runc.v2".into(),
+        config_path: path.display().to_string(),
+        ..Default::default()
+    }
+    .to_any()
+    .expect("encode the options")
+}
