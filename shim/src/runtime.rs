@@ -433,10 +433,15 @@ impl RuntimeCall {
     }
 }
 
+/// How much of the end of the runtime's log is read for its last error: the log grows with
+/// every call over the container's life, and is read on the loop.
+const LOG_TAIL: u64 = 64 << 10;
+
 /// The last error the runtime logged, if any.
 fn last_log_error(log: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(log).ok()?;
-    text.lines()
+    let tail = crate::files::read_tail(log, LOG_TAIL, "runtime log").ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
         .rev()
         .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
         .find(|l| l.level == "error" || l.level == "fatal")
@@ -451,4 +456,37 @@ pub fn parse_ps(binary: &str, out: &str) -> Result<Vec<u32>> {
     }
     serde_json::from_str(out)
         .map_err(|e| ShimError::Runtime(format!("{binary} ps: unreadable output {out:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_last_error_comes_from_the_log_tail_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("log.json");
+        let mut f = std::fs::File::create(&log).expect("create");
+        // What came long before (here: bytes that are not even text) is never read.
+        f.write_all(b"\xff\xfe not utf-8 from an old call\n")
+            .expect("write");
+        let line = br#"{"level":"info","msg":"filler","time":"2026-12-05T00:00:00Z"}"#;
+        for _ in 0..(4 * LOG_TAIL as usize / line.len()) {
+            f.write_all(line)
+                .and_then(|_| f.write_all(b"\n"))
+                .expect("write");
+        }
+        f.write_all(br#"{"level":"error","msg":"runc exec failed: boom","time":"x"}"#)
+            .and_then(|_| f.write_all(b"\n"))
+            .expect("write");
+        f.write_all(line)
+            .and_then(|_| f.write_all(b"\n"))
+            .expect("write");
+        drop(f);
+        assert_eq!(
+            last_log_error(&log).as_deref(),
+            Some("runc exec failed: boom")
+        );
+    }
 }

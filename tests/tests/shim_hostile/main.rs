@@ -74,7 +74,7 @@ fn what_the_shim_holds_does_not_leak_into_its_children() {
 }
 
 #[test]
-fn files_a_request_names_cannot_stall_the_shim() {
+fn what_a_request_names_cannot_stall_or_grow_the_shim() {
     Table::new().run(vec![
         Row {
             name: "Create with stdout file:// a FIFO nobody reads",
@@ -88,12 +88,18 @@ fn files_a_request_names_cannot_stall_the_shim() {
             call: config_path_is_not_a_file,
             expect: &[INVALID],
         },
+        Row {
+            name: "Exec past the bound of execs per container",
+            setup: Setup::Shared,
+            call: execs_are_bounded,
+            expect: &[EXHAUSTED],
+        },
     ]);
 }
 
 /// The table is as large as the issue asks (at least 40 raw calls).
 #[test]
 fn the_table_has_at_least_40_rows() {
-    let n = ids_and_payloads().len() + wrong_states().len() + frames_and_connections().len() + 4;
+    let n = ids_and_payloads().len() + wrong_states().len() + frames_and_connections().len() + 5;
     assert!(n >= 40, "{n} rows");
 }

@@ -171,3 +171,37 @@ fn config_path_any(path: &std::path::Path) -> Any {
     .to_any()
     .expect("encode the options")
 }
+
+/// How many execs one container may hold at once (the shim's bound).
+pub const MAX_EXECS: usize = 1024;
+
+/// Execs added to one container until the shim refuses one: the refusal comes exactly past the
+/// bound, with ResourceExhausted, and every exec added is deleted again.
+pub fn execs_are_bounded(t: &Target) -> Got {
+    let mut added = Vec::new();
+    let mut got = OK;
+    for i in 0..=MAX_EXECS {
+        let exec_id = format!("many-{i}");
+        got = rpc(t, "Exec", &exec_req(&t.id, &exec_id, sleeper()));
+        if got != OK {
+            break;
+        }
+        added.push(exec_id);
+    }
+    let mut problems = Vec::new();
+    for exec_id in &added {
+        let r = rpc(t, "Delete", &delete_req(&t.id, exec_id));
+        if r != OK {
+            problems.push(format!("Delete exec {exec_id}: {r:?}"));
+            break;
+        }
+    }
+    if added.len() != MAX_EXECS {
+        problems.push(format!("{} execs added before {got:?}", added.len()));
+    }
+    if problems.is_empty() {
+        got
+    } else {
+        Got::Failed(problems.join("; "))
+    }
+}
