@@ -54,13 +54,21 @@ impl RuntimeConfig {
     pub const DEFAULT_ROOT: &'static str = "/run/containerd/runc";
 
     /// From containerd's options (`binary_name`, `root`, ...); the root gets the namespace.
-    pub fn from_options(opts: &RuntimeOptions, namespace: &str) -> Self {
+    /// Paths must be absolute (programs may also be bare names looked up on `PATH`): a
+    /// relative one would resolve against the shim's working directory, a bundle that holds
+    /// the container's rootfs, and run or write image content as root.
+    pub fn from_options(opts: &RuntimeOptions, namespace: &str) -> Result<Self> {
+        program_name("BinaryName", &opts.binary_name)?;
+        program_name("CriuPath", &opts.criu_path)?;
+        absolute_path("Root", &opts.root)?;
+        absolute_path("CriuImagePath", &opts.criu_image_path)?;
+        absolute_path("CriuWorkPath", &opts.criu_work_path)?;
         let root = if opts.root.is_empty() {
             Self::DEFAULT_ROOT
         } else {
             &opts.root
         };
-        RuntimeConfig {
+        Ok(RuntimeConfig {
             binary: if opts.binary_name.is_empty() {
                 Self::DEFAULT_BINARY.into()
             } else {
@@ -76,8 +84,29 @@ impl RuntimeConfig {
             shim_cgroup: opts.shim_cgroup.clone(),
             io_uid: opts.io_uid,
             io_gid: opts.io_gid,
-        }
+        })
     }
+}
+
+/// An absolute path, or a bare name (no `/`) for `PATH` to find; empty means the default.
+fn program_name(option: &str, value: &str) -> Result<()> {
+    let bare = !value.contains('/') && value != "." && value != "..";
+    if value.is_empty() || value.starts_with('/') || bare {
+        return Ok(());
+    }
+    Err(ShimError::InvalidArgument(format!(
+        "runtime option {option} {value:?}: give an absolute path or a bare name found on PATH"
+    )))
+}
+
+/// An absolute path; empty means the default.
+fn absolute_path(option: &str, value: &str) -> Result<()> {
+    if value.is_empty() || value.starts_with('/') {
+        return Ok(());
+    }
+    Err(ShimError::InvalidArgument(format!(
+        "runtime option {option} {value:?}: the path must be absolute"
+    )))
 }
 
 /// The stdio a runtime command hands to the process it creates.

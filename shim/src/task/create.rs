@@ -68,7 +68,7 @@ impl Service {
             Some(image)
         };
         let opts = crate::options::from_any(&req.options)?;
-        let config = RuntimeConfig::from_options(&opts, &self.namespace);
+        let config = RuntimeConfig::from_options(&opts, &self.namespace)?;
         store::write_with(
             &bundle.join(RUNTIME_FILE),
             &config,

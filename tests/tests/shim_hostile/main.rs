@@ -94,12 +94,18 @@ fn what_a_request_names_cannot_stall_or_grow_the_shim() {
             call: execs_are_bounded,
             expect: &[EXHAUSTED],
         },
+        Row {
+            name: "Create with BinaryName, Root or CriuPath relative",
+            setup: Setup::Shared,
+            call: relative_option_paths,
+            expect: &[INVALID],
+        },
     ]);
 }
 
 /// The table is as large as the issue asks (at least 40 raw calls).
 #[test]
 fn the_table_has_at_least_40_rows() {
-    let n = ids_and_payloads().len() + wrong_states().len() + frames_and_connections().len() + 5;
+    let n = ids_and_payloads().len() + wrong_states().len() + frames_and_connections().len() + 6;
     assert!(n >= 40, "{n} rows");
 }

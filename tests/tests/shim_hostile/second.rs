@@ -205,3 +205,75 @@ pub fn execs_are_bounded(t: &Target) -> Got {
         Got::Failed(problems.join("; "))
     }
 }
+
+/// A second container whose options name the runtime, CRIU or the runtime's root by a
+/// relative path: each refused (a relative path resolves against the shim's working
+/// directory, a bundle holding a container's rootfs), and nothing there is run.
+pub fn relative_option_paths(t: &Target) -> Got {
+    use std::os::unix::fs::PermissionsExt;
+    // The shim's working directory: where a relative name would lead.
+    let cwd = match std::fs::read_link(format!("/proc/{}/cwd", t.shim_pid)) {
+        Ok(c) => c,
+        Err(e) => return Got::Failed(format!("the shim's cwd: {e}")),
+    };
+    let bin_dir = cwd.join(unique_id("hostile-bin"));
+    std::fs::create_dir(&bin_dir).expect("mkdir in the shim's cwd");
+    let marker = bin_dir.join("ran");
+    let script = bin_dir.join("x");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display()),
+    )
+    .expect("write the script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let relative = format!(
+        "{}/x",
+        bin_dir.file_name().expect("a name").to_string_lossy()
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut codes = Vec::new();
+    let mut problems = Vec::new();
+    let cases: [(&str, Options); 3] = [
+        (
+            "BinaryName",
+            Options {
+                binary_name: relative.clone(),
+                ..Default::default()
+            },
+        ),
+        ("Root", {
+            Options {
+                root: "relative-runc-root".into(),
+                ..Default::default()
+            }
+        }),
+        ("CriuPath", {
+            let mut o = Options::default();
+            // criu_path (field 8) is unknown to these protos: sent as containerd 1.6/1.7 do.
+            o.mut_unknown_fields()
+                .add_length_delimited(8, relative.as_bytes().to_vec());
+            o
+        }),
+    ];
+    for (what, opts) in cases {
+        let id = unique_id("relopt");
+        let sub = dir.path().join(&id);
+        std::fs::create_dir(&sub).expect("mkdir");
+        let bundle = bundle_like(t, &sub, &id, |_| {});
+        let got = rpc(t, "Create", &create_second_req(&id, &bundle, Some(opts)));
+        if got == OK {
+            problems.push(format!("{what} relative: Create succeeded"));
+            problems.extend(remove_second(t, &id));
+        }
+        codes.push(got);
+    }
+    if marker.exists() {
+        problems.push(format!("{} ran", script.display()));
+    }
+    let _ = std::fs::remove_dir_all(&bin_dir);
+    codes.dedup();
+    match (codes.as_slice(), problems.is_empty()) {
+        ([one], true) => one.clone(),
+        _ => Got::Failed(format!("{codes:?}; {}", problems.join("; "))),
+    }
+}
