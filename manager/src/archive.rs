@@ -95,6 +95,11 @@ fn clean(p: &Path) -> Result<PathBuf, String> {
     Ok(out)
 }
 
+/// `.`, `./` or `././`: a path naming the directory it is relative to.
+fn is_current_dir(p: &Path) -> bool {
+    !p.as_os_str().is_empty() && p.components().all(|c| c == Component::CurDir)
+}
+
 /// Where a relative symlink target `link` in the directory `dir` leads, if it stays inside.
 fn link_target_inside(dir: &Path, link: &Path) -> Option<PathBuf> {
     let mut out = dir.to_path_buf();
@@ -154,13 +159,17 @@ fn unpack_from(
             entry: raw.display().to_string(),
             why,
         };
+        let kind = entry.header().entry_type();
+        // `tar -C DIR -cf A.tar .` starts with `./`: the target directory itself.
+        if kind == tar::EntryType::Directory && is_current_dir(&raw) {
+            continue;
+        }
         let rel = clean(&raw).map_err(refuse)?;
         // Nothing is written through a link the archive made.
         if rel.ancestors().skip(1).any(|a| links.contains(a)) {
             return Err(refuse("its path goes through a symbolic link".into()));
         }
         let dest = target.join(&rel);
-        let kind = entry.header().entry_type();
         match kind {
             tar::EntryType::Directory => {
                 make_parents(target, &rel, &refuse)?;
@@ -455,6 +464,41 @@ mod tests {
             !abs.path().join("evil").exists(),
             "the absolute path was written"
         );
+    }
+
+    /// `tar -C DIR -cf A.tar .` (the usual way to pack a directory) names its entries `./`,
+    /// `./spec.dump`, `./checkpoint/...`: unpacked as the same files; `./..` is still refused.
+    #[test]
+    fn dot_slash_archives_from_tar_unpack() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let src = base.path().join("src");
+        std::fs::create_dir_all(src.join("checkpoint")).expect("mkdir");
+        std::fs::write(src.join("spec.dump"), b"{}").expect("write");
+        std::fs::write(src.join("checkpoint/core-1.img"), b"core").expect("write");
+        let ar = base.path().join("a.tar");
+        let st = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(&src)
+            .arg("-cf")
+            .arg(&ar)
+            .arg(".")
+            .status()
+            .expect("run tar");
+        assert!(st.success(), "tar: {st}");
+        let target = base.path().join("t");
+        std::fs::create_dir(&target).expect("target");
+        unpack(&ar, &target, 1 << 20).expect("a ./-prefixed archive unpacks");
+        assert_eq!(
+            std::fs::read(target.join("spec.dump")).expect("spec"),
+            b"{}"
+        );
+        assert_eq!(
+            std::fs::read(target.join("checkpoint/core-1.img")).expect("img"),
+            b"core"
+        );
+        let (err, others) = refused(&build(&[entry("./../evil", b"x")]), 1000);
+        assert!(err.contains("\"..\""), "{err}");
+        assert!(others.is_empty(), "{others:?}");
     }
 
     #[test]
