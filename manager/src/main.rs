@@ -28,6 +28,7 @@ mod log_driver;
 mod logs;
 mod monitor;
 mod output;
+mod peer;
 mod reaper;
 mod recovery;
 mod run;

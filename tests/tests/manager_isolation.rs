@@ -148,3 +148,47 @@ fn events_honour_the_namespace() {
     assert!(namespaces(all.json()).contains(&other));
     d.finish();
 }
+
+/// The daemon answers only root and its own uid: a client of another uid that reaches the
+/// socket (here its modes are loosened by hand, as in the moment between bind and chmod, or
+/// under a directory an admin opened) is refused on the connection, and said so.
+#[test]
+fn a_client_of_another_uid_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let d = Daemon::start();
+    let open = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()))
+    };
+    let mut p = d.socket();
+    open(&p, 0o666);
+    while let Some(parent) = p.parent().map(Path::to_path_buf) {
+        if parent == Path::new("/") || parent.as_os_str().is_empty() {
+            break;
+        }
+        let mode = std::fs::metadata(&parent)
+            .expect("stat")
+            .permissions()
+            .mode();
+        if mode & 0o005 != 0o005 {
+            open(&parent, mode | 0o005);
+        }
+        p = parent;
+    }
+    let out = d
+        .tether()
+        .args(["ps", "--json"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run tether as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.to_lowercase().contains("permission"),
+        "uid 65534 was answered: {out:?}"
+    );
+    // Root still is.
+    d.ok(&["ps", "--json"]);
+    d.finish();
+}
