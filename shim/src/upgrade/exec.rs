@@ -59,17 +59,29 @@ pub fn write_record(record: &Record) -> Result<OwnedFd> {
     Ok(OwnedFd::from(f))
 }
 
-/// Reads the record the previous image left in `fd` (taken: closed by the caller when done).
-pub fn read_record(fd: RawFd) -> Result<(Record, OwnedFd)> {
+/// Reads the bytes of the record the previous image left in `fd` (taken: closed by the caller
+/// when done).
+pub fn read_record(fd: RawFd) -> Result<(Vec<u8>, OwnedFd)> {
     // SAFETY: `-resume-from` names the memfd the previous image handed over, owned by nobody else.
     let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
     let mut bytes = Vec::new();
     f.seek(SeekFrom::Start(0))
         .and_then(|_| f.read_to_end(&mut bytes))
         .map_err(ShimError::io(format!("read the handover record (fd {fd})")))?;
-    let record: Record = serde_json::from_slice(&bytes)
-        .map_err(|e| ShimError::InvalidArgument(format!("handover record (fd {fd}): {e}")))?;
-    Ok((record, OwnedFd::from(f)))
+    Ok((bytes, OwnedFd::from(f)))
+}
+
+/// The record, decoded.
+pub fn parse_record(bytes: &[u8]) -> Result<Record> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ShimError::InvalidArgument(format!("handover record: {e}")))
+}
+
+/// The old binary's fd from a record this image cannot decode (a later version's, say): all a
+/// fallback needs, read from any record that is JSON at all.
+pub fn fallback_exe_of(bytes: &[u8]) -> Option<RawFd> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    v.get("fallback_exe")?.as_i64()?.try_into().ok()
 }
 
 fn cstrings(args: &[String]) -> Result<Vec<CString>> {
