@@ -102,6 +102,9 @@ pub struct Service {
     upgrading: Option<upgrade::Check>,
     /// A live upgrade whose check passed, for the loop to commit once the shim is quiet.
     upgrade_ready: Option<Ready>,
+    /// The binary the passed check ran, held open: the handover executes this very file,
+    /// whatever is installed at its path meanwhile.
+    pub(crate) upgrade_exe: Option<std::os::fd::OwnedFd>,
     /// When a pending upgrade stops waiting for the shim to be quiet.
     quiet_by: Option<Instant>,
     /// Requests that would start a runtime call, held while an upgrade is pending.
@@ -134,6 +137,7 @@ impl Service {
             unclaimed: Vec::new(),
             upgrading: None,
             upgrade_ready: None,
+            upgrade_exe: None,
             quiet_by: None,
             deferred: Vec::new(),
         }

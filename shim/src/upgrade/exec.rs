@@ -7,7 +7,7 @@ use nix::fcntl::{fcntl, AtFlags, FcntlArg, FdFlag, OFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use std::ffi::CString;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -104,14 +104,23 @@ fn environment() -> Vec<CString> {
         .collect()
 }
 
-/// Executes `binary` with `args` (argv[0] first). Returns only on failure.
-pub fn exec_path(binary: &Path, args: &[String]) -> ShimError {
+/// Executes the checked binary open as `exe` (from `binary`) with `args` (argv[0] first).
+/// Returns only on failure. A script (`#!`) is run by its interpreter through
+/// `/proc/self/fd/N`, which needs the fd to survive the exec: only then is close-on-exec
+/// cleared (an ELF binary leaves nothing behind).
+pub fn exec_checked(exe: &OwnedFd, binary: &Path, args: &[String]) -> ShimError {
     let run = || -> Result<std::convert::Infallible> {
-        let path = CString::new(binary.as_os_str().as_bytes())
-            .map_err(|_| ShimError::InvalidArgument(format!("{} holds a NUL", binary.display())))?;
         let argv = cstrings(args)?;
-        nix::unistd::execv(&path, &argv)
-            .map_err(ShimError::nix(format!("execve {}", binary.display())))
+        let env = environment();
+        let fd = exe.as_fd();
+        match nix::unistd::execveat(fd, c"", &argv, &env, AtFlags::AT_EMPTY_PATH) {
+            Err(nix::errno::Errno::ENOENT) => {
+                set_cloexec(&[exe.as_raw_fd()], false)?;
+                nix::unistd::execveat(fd, c"", &argv, &env, AtFlags::AT_EMPTY_PATH)
+            }
+            other => other,
+        }
+        .map_err(ShimError::nix(format!("execveat {}", binary.display())))
     };
     match run() {
         Err(e) => e,

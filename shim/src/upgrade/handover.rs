@@ -26,6 +26,11 @@ impl Server {
         if let Some(why) = self.service.not_quiescent() {
             return Err(why);
         }
+        let Some(exe) = self.service.upgrade_exe.take() else {
+            return Err(ShimError::FailedPrecondition(
+                "upgrade refused: the checked binary is not held open".into(),
+            ));
+        };
         let committed_at = exec::monotonic_nanos();
         let mut record = self.record(ready);
         record.committed_at = committed_at;
@@ -45,7 +50,7 @@ impl Server {
             self.binary.display(),
             fds.len()
         );
-        let failed = exec::exec_path(&self.binary, &argv);
+        let failed = exec::exec_checked(&exe, &self.binary, &argv);
         // Still here: nothing of this image may leak into the commands it runs next.
         if let Err(e) = exec::set_cloexec(&fds, true) {
             log::error!("upgrade: restore close-on-exec: {e}");
