@@ -103,15 +103,32 @@ pub fn checkpoint(socket: &Path, ns: &str, a: &CheckpointArgs) -> Result<i32> {
 
     let scratch = Scratch::new("checkpoint")?;
     let image = scratch.0.join("checkpoint");
+    // The container is stopped only once its archive is complete and synced: until then it is
+    // frozen (paused, so the image stays what it resumes from) and dumped left running; an
+    // archive that cannot be written resumes it, and nothing is lost.
+    let freeze = !a.leave_running && info.status == "RUNNING";
+    if freeze {
+        client.call(CALL_TIMEOUT, |m, ctx| m.pause(ctx, &cref))?;
+    }
+    let thaw = || {
+        if freeze {
+            if let Err(e) = client.call(CALL_TIMEOUT, |m, ctx| m.resume(ctx, &cref)) {
+                eprintln!("tether: container {} stays paused: {e}", a.id);
+            }
+        }
+    };
     let req = api::CheckpointRequest {
         namespace: ns.into(),
         id: a.id.clone(),
         image_path: image.display().to_string(),
         work_path: scratch.0.join("work").display().to_string(),
-        leave_running: a.leave_running,
+        leave_running: true,
         ..Default::default()
     };
-    client.call(CRIU_CALL_TIMEOUT, |m, ctx| m.checkpoint(ctx, &req))?;
+    if let Err(e) = client.call(CRIU_CALL_TIMEOUT, |m, ctx| m.checkpoint(ctx, &req)) {
+        thaw();
+        return Err(e);
+    }
 
     // CRI's names; our rootfs is a host directory used in place, so it has no diff to carry.
     let config = serde_json::json!({
@@ -133,7 +150,7 @@ pub fn checkpoint(socket: &Path, ns: &str, a: &CheckpointArgs) -> Result<i32> {
     let empty_tar = tar::Builder::new(Vec::new())
         .into_inner()
         .map_err(Error::io("build rootfs-diff.tar"))?;
-    archive::write(
+    let written = archive::write(
         &a.export,
         &image,
         &[
@@ -142,7 +159,24 @@ pub fn checkpoint(socket: &Path, ns: &str, a: &CheckpointArgs) -> Result<i32> {
             ("rootfs-diff.tar", empty_tar),
             ("status.dump", status.to_string().into_bytes()),
         ],
-    )?;
+    );
+    if let Err(e) = written {
+        thaw();
+        return Err(e.into());
+    }
+    if !a.leave_running {
+        // Killed while frozen (it runs nothing past the dump), then thawed to die.
+        let kill = api::KillRequest {
+            namespace: ns.into(),
+            id: a.id.clone(),
+            signal: libc::SIGKILL as u32,
+            all: true,
+            ..Default::default()
+        };
+        let killed = client.call(CALL_TIMEOUT, |m, ctx| m.kill(ctx, &kill));
+        thaw();
+        killed?;
+    }
     Ok(0)
 }
 
