@@ -56,16 +56,9 @@ build:
 	$(CARGO) build --release --bins --workspace --exclude tether-shim
 	$(CARGO) rustc --release -p tether-shim --bin containerd-shim-tether-v2 -- $(SHIM_STATIC)
 
-# apt-get update once, and only when a package is missing.
+# Missing packages only (scripts/install-deps.sh: one apt-get update, waiting for the dpkg lock).
 deps:
-	@missing=""; for p in $(PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	@bash scripts/install-deps.sh $(PACKAGES)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -42,18 +42,11 @@ works() {
 	[ -x "$1" ] && "$1" check >/dev/null 2>&1
 }
 
-# Installs whichever build dependencies are missing, from the system's configured suites.
+# Installs whichever build dependencies are missing, from the system's configured suites
+# (waiting for the dpkg lock).
 install_build_deps() {
-	local p missing=()
-	for p in "${BUILD_DEPS[@]}"; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-	done
-	[ ${#missing[@]} -gt 0 ] || return 0
-	echo "criu.sh: installing build dependencies: ${missing[*]}" >&2
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq >&2 || die "apt-get update failed"
-	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-		die "installing ${missing[*]} failed"
+	bash "$(dirname "${BASH_SOURCE[0]}")/install-deps.sh" "${BUILD_DEPS[@]}" ||
+		die "installing build dependencies failed"
 }
 
 build() {

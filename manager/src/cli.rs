@@ -207,15 +207,16 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Do not attach: print the process's pid and return.
+    /// Do not attach: print the process's pid (and, on the next line, the exec id made up
+    /// when none was given) and return.
     #[arg(short = 'd', long)]
     pub detach: bool,
     /// Allocate a terminal for the process.
     #[arg(short = 't', long)]
     pub tty: bool,
-    /// The id of the new process.
+    /// The id of the new process; a unique one is made up when it is not given.
     #[arg(long, value_name = "EID")]
-    pub exec_id: String,
+    pub exec_id: Option<String>,
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     pub env: Vec<String>,
     #[arg(long, value_name = "DIR")]

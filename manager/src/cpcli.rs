@@ -103,15 +103,32 @@ pub fn checkpoint(socket: &Path, ns: &str, a: &CheckpointArgs) -> Result<i32> {
 
     let scratch = Scratch::new("checkpoint")?;
     let image = scratch.0.join("checkpoint");
+    // The container is stopped only once its archive is complete and synced: until then it is
+    // frozen (paused, so the image stays what it resumes from) and dumped left running; an
+    // archive that cannot be written resumes it, and nothing is lost.
+    let freeze = !a.leave_running && info.status == "RUNNING";
+    if freeze {
+        client.call(CALL_TIMEOUT, |m, ctx| m.pause(ctx, &cref))?;
+    }
+    let thaw = || {
+        if freeze {
+            if let Err(e) = client.call(CALL_TIMEOUT, |m, ctx| m.resume(ctx, &cref)) {
+                eprintln!("tether: container {} stays paused: {e}", a.id);
+            }
+        }
+    };
     let req = api::CheckpointRequest {
         namespace: ns.into(),
         id: a.id.clone(),
         image_path: image.display().to_string(),
         work_path: scratch.0.join("work").display().to_string(),
-        leave_running: a.leave_running,
+        leave_running: true,
         ..Default::default()
     };
-    client.call(CRIU_CALL_TIMEOUT, |m, ctx| m.checkpoint(ctx, &req))?;
+    if let Err(e) = client.call(CRIU_CALL_TIMEOUT, |m, ctx| m.checkpoint(ctx, &req)) {
+        thaw();
+        return Err(e);
+    }
 
     // CRI's names; our rootfs is a host directory used in place, so it has no diff to carry.
     let config = serde_json::json!({
@@ -133,7 +150,7 @@ pub fn checkpoint(socket: &Path, ns: &str, a: &CheckpointArgs) -> Result<i32> {
     let empty_tar = tar::Builder::new(Vec::new())
         .into_inner()
         .map_err(Error::io("build rootfs-diff.tar"))?;
-    archive::write(
+    let written = archive::write(
         &a.export,
         &image,
         &[
@@ -142,16 +159,55 @@ pub fn checkpoint(socket: &Path, ns: &str, a: &CheckpointArgs) -> Result<i32> {
             ("rootfs-diff.tar", empty_tar),
             ("status.dump", status.to_string().into_bytes()),
         ],
-    )?;
+    );
+    if let Err(e) = written {
+        thaw();
+        return Err(e.into());
+    }
+    if !a.leave_running {
+        // Killed while frozen (it runs nothing past the dump), then thawed to die.
+        let kill = api::KillRequest {
+            namespace: ns.into(),
+            id: a.id.clone(),
+            signal: libc::SIGKILL as u32,
+            all: true,
+            ..Default::default()
+        };
+        let killed = client.call(CALL_TIMEOUT, |m, ctx| m.kill(ctx, &kill));
+        thaw();
+        killed?;
+    }
     Ok(0)
+}
+
+/// The most a `config.dump` or `spec.dump` may hold (containerd's are a few KiB).
+const MAX_DUMP: u64 = 4 << 20;
+
+/// A dump file of an unpacked archive: a regular file (no link followed, no FIFO waited on)
+/// of at most `max` bytes.
+fn read_dump(p: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p)?;
+    if !f.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    f.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
+    Ok(bytes)
 }
 
 /// What a restore needs from an unpacked archive: the spec (its cgroup moved to the new id
 /// when it was the one `tether run` gave the old) and the runtime.
 fn restore_request(dir: &Path, ns: &str, id: &str) -> Result<api::CreateRequest> {
     let read = |name: &str| -> Result<serde_json::Value> {
-        let p = dir.join(name);
-        let bytes = std::fs::read(&p).map_err(|e| {
+        let bytes = read_dump(&dir.join(name), MAX_DUMP).map_err(|e| {
             Error::InvalidArgument(format!("the archive has no readable {name}: {e}"))
         })?;
         serde_json::from_slice(&bytes)
@@ -226,4 +282,56 @@ pub fn restore(socket: &Path, ns: &str, a: &RestoreArgs) -> Result<i32> {
     };
     let s = client.call(Duration::ZERO, |m, ctx| m.wait(ctx, &w))?;
     Ok(i32::try_from(s.exit_status).unwrap_or(255).min(255))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unpacked archive's directory with a checkpoint/ and a good config.dump.
+    fn unpacked() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("checkpoint")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("config.dump"),
+            br#"{"id":"a","namespace":"n"}"#,
+        )
+        .expect("write");
+        dir
+    }
+
+    /// spec.dump as a link to a host file, a FIFO, or too long: refused, without blocking.
+    #[test]
+    fn the_dumps_are_read_as_regular_files_of_bounded_size() {
+        let dir = unpacked();
+        let spec = dir.path().join("spec.dump");
+        let secret = dir.path().join("host-secret");
+        std::fs::write(&secret, br#"{"ociVersion":"1.0.2","root":{"path":"/x"}}"#).expect("w");
+        std::os::unix::fs::symlink(&secret, &spec).expect("symlink");
+        let e = restore_request(dir.path(), "ns", "id").expect_err("a link is refused");
+        assert!(e.to_string().contains("spec.dump"), "{e}");
+
+        std::fs::remove_file(&spec).expect("rm");
+        nix::unistd::mkfifo(&spec, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(restore_request(&d, "ns", "id").map(|_| ()));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+        if got.is_err() {
+            // Release the blocked reader before failing.
+            let _ = std::fs::OpenOptions::new().write(true).open(&spec);
+        }
+        let e = got
+            .expect("reading a FIFO blocked")
+            .expect_err("a FIFO is refused");
+        assert!(e.to_string().contains("spec.dump"), "{e}");
+
+        std::fs::remove_file(&spec).expect("rm");
+        std::fs::write(&spec, vec![b' '; MAX_DUMP as usize + 1]).expect("write");
+        let e = restore_request(dir.path(), "ns", "id").expect_err("too long");
+        assert!(e.to_string().contains("spec.dump"), "{e}");
+    }
 }

@@ -130,8 +130,9 @@ pub fn run(mut cfg: Config, notify: &crate::notify::Notifier) -> Result<()> {
 
     let address = format!("unix://{}", cfg.socket.display());
     let manager = Arc::new(ManagerService { containers, bus });
-    let mut server = ttrpc::Server::new()
-        .bind(&address)
+    // Bound under umask 077: never open to others, not even until the chmod below.
+    let bound = crate::peer::with_private_umask(|| ttrpc::Server::new().bind(&address));
+    let mut server = bound
         .map_err(|e| {
             Error::Unavailable(format!(
                 "cannot listen on {}: {}",

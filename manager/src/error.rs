@@ -16,6 +16,9 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The client is not one the daemon serves.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The daemon cannot be reached.
     #[error("{0}")]
     Unavailable(String),
@@ -62,6 +65,7 @@ impl Error {
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::FailedPrecondition(_) | Error::Transition(_) => Code::FAILED_PRECONDITION,
             Error::Unavailable(_) => Code::UNAVAILABLE,
+            Error::PermissionDenied(_) => Code::PERMISSION_DENIED,
             Error::TimedOut(_) => Code::DEADLINE_EXCEEDED,
             _ => Code::INTERNAL,
         }

@@ -57,6 +57,12 @@ pub struct Journal {
     keep: usize,
     /// Records in the file.
     lines: usize,
+    /// The file's length after its last good record: a failed append is cut back to it.
+    len: u64,
+    /// Why appends are refused for good: an fsync failed (what reached the disk is unknown,
+    /// and a later fsync may report success for data already lost) or a failed append could
+    /// not be cut back. Events are then never acknowledged: the shims keep them and retry.
+    broken: Option<String>,
 }
 
 /// What opening found: the retained entries (oldest first) and what was wrong with the file.
@@ -104,6 +110,8 @@ impl Journal {
             file,
             keep: keep.max(1),
             lines,
+            len: good_len as u64,
+            broken: None,
         };
         if entries.len() > journal.keep {
             entries.drain(..entries.len() - journal.keep);
@@ -137,10 +145,32 @@ impl Journal {
             buf.extend_from_slice(&line);
             buf.push(b'\n');
         }
-        self.file
-            .write_all(&buf)
-            .and_then(|()| self.file.sync_data())
-            .map_err(io_err(&self.path, "append to"))?;
+        if let Some(why) = &self.broken {
+            return Err(Error::Io {
+                what: format!("journal {} refuses appends", self.path.display()),
+                source: std::io::Error::other(why.clone()),
+            });
+        }
+        if let Err(e) = self.file.write_all(&buf) {
+            // A part written stays invisible only if cut off: the next record would otherwise
+            // be glued to it, and both lost as one bad line.
+            if let Err(cut) = self.file.set_len(self.len) {
+                self.broken = Some(format!(
+                    "an append failed ({e}) and could not be cut back ({cut})"
+                ));
+            }
+            return Err(io_err(&self.path, "append to")(e));
+        }
+        if let Err(e) = self.file.sync_data() {
+            let _ = self.file.set_len(self.len);
+            self.broken = Some(format!("fsync failed ({e})"));
+            log::error!(
+                "journal {}: fsync failed ({e}): no event is acknowledged from now on",
+                self.path.display()
+            );
+            return Err(io_err(&self.path, "fsync")(e));
+        }
+        self.len += buf.len() as u64;
         self.lines += entries.len();
         Ok(())
     }
@@ -174,6 +204,7 @@ impl Journal {
         };
         match write() {
             Ok(f) => {
+                self.len = f.metadata().map(|m| m.len()).unwrap_or(self.len);
                 self.file = f;
                 self.lines = retained.len();
                 sync_parent(&self.path)
@@ -290,6 +321,60 @@ mod tests {
         drop(o);
         let o = Journal::open(&p, 100).expect("reopen");
         assert_eq!(o.entries, vec![entry(1), entry(2), entry(3)]);
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+    }
+
+    /// A small tmpfs mounted on a fresh directory, unmounted when dropped.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn new(size: &str) -> Tmpfs {
+            let dir = tempfile::tempdir().expect("tempdir");
+            nix::mount::mount(
+                Some("tmpfs"),
+                dir.path(),
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={size},mode=0700").as_str()),
+            )
+            .expect("mount a tmpfs");
+            Tmpfs(dir)
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    /// Fills the filesystem of `dir` with a file `filler`, until ENOSPC.
+    fn fill(dir: &Path) -> PathBuf {
+        let filler = dir.join("filler");
+        let mut f = File::create(&filler).expect("create filler");
+        let chunk = vec![0u8; 1024];
+        while f.write_all(&chunk).is_ok() {}
+        filler
+    }
+
+    #[test]
+    fn a_failed_append_leaves_no_part_that_eats_the_next_event() {
+        let fs = Tmpfs::new("64k");
+        let p = fs.0.path().join("events.journal");
+        let mut o = Journal::open(&p, 100).expect("open");
+        o.journal.append(&[entry(1)]).expect("append");
+        let filler = fill(fs.0.path());
+        // Larger than the journal's last page can hold: written in part, then ENOSPC.
+        let mut big = entry(2);
+        big.value = to_hex(&vec![0x5a; 16 << 10]);
+        o.journal.append(&[big]).expect_err("the disk is full");
+        std::fs::remove_file(&filler).expect("free the space");
+        o.journal
+            .append(&[entry(3)])
+            .expect("append after space came back");
+        drop(o);
+        let o = Journal::open(&p, 100).expect("reopen");
+        assert_eq!(o.entries, vec![entry(1), entry(3)], "{:?}", o.warnings);
         assert!(o.warnings.is_empty(), "{:?}", o.warnings);
     }
 

@@ -29,6 +29,7 @@ mod logs;
 mod monitor;
 mod notify;
 mod output;
+mod peer;
 mod reaper;
 mod recovery;
 mod run;

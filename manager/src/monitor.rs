@@ -315,6 +315,11 @@ impl Loop {
         loop {
             match self.events.accept() {
                 Ok((mut stream, _)) => {
+                    if let Err(e) = crate::peer::check(stream.as_raw_fd()) {
+                        // Closed unread: only root and the daemon's uid may publish events.
+                        log::warn!("events socket: {e}");
+                        continue;
+                    }
                     let token = Token(self.next);
                     self.next += 1;
                     let r = self.poll.registry().register(

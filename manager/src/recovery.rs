@@ -21,7 +21,7 @@
 use crate::containers::{remove_dir, Container, Containers, ShimConn};
 use crate::launcher::ShimCommand;
 use crate::monitor::Key;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tether_protocol::api::task::{self, Status};
@@ -95,6 +95,7 @@ pub fn scan_state(containers: &Containers) -> Found {
             if r.created_at == 0 {
                 containers.mute_events(&key);
             }
+            containers.expect_adoption(&key);
         }
         found.push((key, read));
     }
@@ -183,6 +184,7 @@ pub fn recover(containers: &Arc<Containers>, found: Found) -> Report {
         report.skipped.len(),
         started.elapsed().as_millis()
     );
+    containers.end_adoptions();
     clean_up_in_background(containers, dead);
     report
 }
@@ -298,6 +300,7 @@ fn recover_one(containers: &Arc<Containers>, key: Key, record: ContainerRecord) 
     let known = record.finished_at != 0;
     match shim {
         Some((client, connected, state)) => {
+            test_pause_adopt(&key);
             let conn = ShimConn {
                 task: client.clone(),
                 pid: connected.shim_pid,
@@ -357,6 +360,25 @@ fn recover_one(containers: &Arc<Containers>, key: Key, record: ContainerRecord) 
                 known,
             })
         }
+    }
+}
+
+/// Set to a directory in the daemon's environment, recovery stops before adopting each live
+/// shim it probed (making `DIR/adopt-paused-ID`) until `DIR/adopt-go` exists, 30 s at most:
+/// the tests' way to make a container exit between the probe and the adoption.
+const PAUSE_ADOPT_ENV: &str = "TETHER_TEST_PAUSE_ADOPT";
+
+fn test_pause_adopt(key: &Key) {
+    let Some(dir) = std::env::var_os(PAUSE_ADOPT_ENV).map(PathBuf::from) else {
+        return;
+    };
+    if let Err(e) = std::fs::write(dir.join(format!("adopt-paused-{}", key.1)), b"") {
+        log::warn!("{PAUSE_ADOPT_ENV}: {e}");
+        return;
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while !dir.join("adopt-go").exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -191,10 +191,28 @@ pub fn run(socket: &Path, ns: &str, r: &RunArgs) -> Result<i32> {
     Ok(exit_code(status.exit_status))
 }
 
+/// A unique exec id, as docker and nerdctl make one up: random, so two CLIs never collide.
+fn new_exec_id() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(Error::io("read /dev/urandom for an exec id"))?;
+    Ok(format!(
+        "exec-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
 pub fn exec(socket: &Path, ns: &str, e: &ExecArgs) -> Result<i32> {
     validate_namespace(ns)?;
     validate_id(&e.id)?;
-    tether_protocol::id::validate("exec id", &e.exec_id)?;
+    let made_up = e.exec_id.is_none();
+    let exec_id = match &e.exec_id {
+        Some(given) => given.clone(),
+        None => new_exec_id()?,
+    };
+    tether_protocol::id::validate("exec id", &exec_id)?;
     let process = bundle::process(&e.args, &e.env, e.cwd.as_deref(), e.tty)?;
     let process = serde_json::to_vec(&process)
         .map_err(|err| Error::InvalidArgument(format!("cannot encode the process spec: {err}")))?;
@@ -202,21 +220,24 @@ pub fn exec(socket: &Path, ns: &str, e: &ExecArgs) -> Result<i32> {
     let mut req = api::ExecRequest {
         namespace: ns.into(),
         id: e.id.clone(),
-        exec_id: e.exec_id.clone(),
+        exec_id: exec_id.clone(),
         process,
         ..Default::default()
     };
     if e.detach {
         let s = client.call(CALL_TIMEOUT, |m, ctx| m.exec(ctx, &req))?;
         println!("{}", s.pid);
+        if made_up {
+            println!("{exec_id}");
+        }
         return Ok(0);
     }
-    let fifos = Fifos::new(ns, &format!("{}-{}", e.id, e.exec_id), e.tty)?;
+    let fifos = Fifos::new(ns, &format!("{}-{}", e.id, exec_id), e.tty)?;
     req.stdio = Some(fifos.stdio()).into();
-    let mut copiers = Copiers::spawn(&fifos, close_stdin(socket, ns, &e.id, &e.exec_id));
+    let mut copiers = Copiers::spawn(&fifos, close_stdin(socket, ns, &e.id, &exec_id));
     // As for `run`: signals to the CLI go to the exec'd process, resizes to its terminal; the
     // handlers are in place before it starts, and what comes before is held until it runs.
-    let mut proxy = SignalProxy::install(sig_proxy::target(socket, ns, &e.id, &e.exec_id, e.tty))?;
+    let mut proxy = SignalProxy::install(sig_proxy::target(socket, ns, &e.id, &exec_id, e.tty))?;
     let raw = e.tty.then(RawMode::enter);
     if let Err(err) = client.call(CALL_TIMEOUT, |m, ctx| m.exec(ctx, &req)) {
         proxy.stop();
@@ -227,7 +248,7 @@ pub fn exec(socket: &Path, ns: &str, e: &ExecArgs) -> Result<i32> {
     let wait = api::WaitRequest {
         namespace: ns.into(),
         id: e.id.clone(),
-        exec_id: e.exec_id.clone(),
+        exec_id: exec_id.clone(),
         ..Default::default()
     };
     let status = client.call(Duration::ZERO, |m, ctx| m.wait(ctx, &wait));

@@ -24,62 +24,79 @@ pub struct ManagerService {
 type R<T> = ttrpc::Result<T>;
 
 impl Manager for ManagerService {
-    fn create(&self, _: &TtrpcContext, req: api::CreateRequest) -> R<api::Container> {
+    fn create(&self, ctx: &TtrpcContext, req: api::CreateRequest) -> R<api::Container> {
+        crate::peer::check(ctx.fd)?;
         Ok(self.containers.create(req)?)
     }
-    fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> R<api::StartResponse> {
+    fn start(&self, ctx: &TtrpcContext, req: api::StartRequest) -> R<api::StartResponse> {
+        crate::peer::check(ctx.fd)?;
         Ok(self.containers.start(req)?)
     }
-    fn exec(&self, _: &TtrpcContext, req: api::ExecRequest) -> R<api::StartResponse> {
+    fn exec(&self, ctx: &TtrpcContext, req: api::ExecRequest) -> R<api::StartResponse> {
+        crate::peer::check(ctx.fd)?;
         Ok(self.containers.exec(req)?)
     }
-    fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> R<api::Empty> {
+    fn kill(&self, ctx: &TtrpcContext, req: api::KillRequest) -> R<api::Empty> {
+        crate::peer::check(ctx.fd)?;
         self.containers.kill(req)?;
         Ok(api::Empty::new())
     }
-    fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> R<api::ExitStatus> {
+    fn wait(&self, ctx: &TtrpcContext, req: api::WaitRequest) -> R<api::ExitStatus> {
+        crate::peer::check(ctx.fd)?;
         Ok(self.containers.wait(req)?)
     }
-    fn state(&self, _: &TtrpcContext, req: api::ContainerRef) -> R<api::Container> {
+    fn state(&self, ctx: &TtrpcContext, req: api::ContainerRef) -> R<api::Container> {
+        crate::peer::check(ctx.fd)?;
         Ok(self.containers.state(req)?)
     }
-    fn list(&self, _: &TtrpcContext, req: api::ListRequest) -> R<api::ListResponse> {
+    fn list(&self, ctx: &TtrpcContext, req: api::ListRequest) -> R<api::ListResponse> {
+        crate::peer::check(ctx.fd)?;
         Ok(self.containers.list(req)?)
     }
-    fn pause(&self, _: &TtrpcContext, req: api::ContainerRef) -> R<api::Empty> {
+    fn pause(&self, ctx: &TtrpcContext, req: api::ContainerRef) -> R<api::Empty> {
+        crate::peer::check(ctx.fd)?;
         self.containers.pause(req, true)?;
         Ok(api::Empty::new())
     }
-    fn resume(&self, _: &TtrpcContext, req: api::ContainerRef) -> R<api::Empty> {
+    fn resume(&self, ctx: &TtrpcContext, req: api::ContainerRef) -> R<api::Empty> {
+        crate::peer::check(ctx.fd)?;
         self.containers.pause(req, false)?;
         Ok(api::Empty::new())
     }
-    fn update(&self, _: &TtrpcContext, req: api::UpdateRequest) -> R<api::Empty> {
+    fn update(&self, ctx: &TtrpcContext, req: api::UpdateRequest) -> R<api::Empty> {
+        crate::peer::check(ctx.fd)?;
         self.containers.update(req)?;
         Ok(api::Empty::new())
     }
-    fn stats(&self, _: &TtrpcContext, req: api::ContainerRef) -> R<api::StatsResponse> {
+    fn stats(&self, ctx: &TtrpcContext, req: api::ContainerRef) -> R<api::StatsResponse> {
+        crate::peer::check(ctx.fd)?;
         Ok(self.containers.stats(req)?)
     }
-    fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> R<api::ExitStatus> {
+    fn delete(&self, ctx: &TtrpcContext, req: api::DeleteRequest) -> R<api::ExitStatus> {
+        crate::peer::check(ctx.fd)?;
         Ok(self.containers.delete(req)?)
     }
-    fn close_io(&self, _: &TtrpcContext, req: api::ProcessRef) -> R<api::Empty> {
+    fn close_io(&self, ctx: &TtrpcContext, req: api::ProcessRef) -> R<api::Empty> {
+        crate::peer::check(ctx.fd)?;
         self.containers.close_io(req)?;
         Ok(api::Empty::new())
     }
-    fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> R<api::Empty> {
+    fn resize_pty(&self, ctx: &TtrpcContext, req: api::ResizePtyRequest) -> R<api::Empty> {
+        crate::peer::check(ctx.fd)?;
         self.containers.resize_pty(req)?;
         Ok(api::Empty::new())
     }
-    fn checkpoint(&self, _: &TtrpcContext, req: api::CheckpointRequest) -> R<api::Empty> {
+    fn checkpoint(&self, ctx: &TtrpcContext, req: api::CheckpointRequest) -> R<api::Empty> {
+        crate::peer::check(ctx.fd)?;
         self.containers.checkpoint(req)?;
         Ok(api::Empty::default())
     }
-    fn upgrade(&self, _: &TtrpcContext, req: api::UpgradeRequest) -> R<api::UpgradeResponse> {
+    fn upgrade(&self, ctx: &TtrpcContext, req: api::UpgradeRequest) -> R<api::UpgradeResponse> {
+        crate::peer::check(ctx.fd)?;
         Ok(crate::upgrade::upgrade(&self.containers, req)?)
     }
-    fn events(&self, _: &TtrpcContext, req: api::EventsRequest) -> R<api::EventsResponse> {
+    fn events(&self, ctx: &TtrpcContext, req: api::EventsRequest) -> R<api::EventsResponse> {
+        crate::peer::check(ctx.fd)?;
         let filters = Filters::parse(&req.filters).map_err(crate::error::Error::from)?;
         let since = if req.from_now {
             self.bus.last()

@@ -28,7 +28,7 @@ pub fn delete(flags: &Flags) -> Result<DeleteResponse> {
     let config = match store::read::<RuntimeConfig>(&bundle.join(RUNTIME_FILE)) {
         Ok(c) => c,
         Err(e) if e.is_not_found() => {
-            RuntimeConfig::from_options(&Default::default(), &flags.namespace)
+            RuntimeConfig::from_options(&Default::default(), &flags.namespace)?
         }
         Err(e) => return Err(e.into()),
     };

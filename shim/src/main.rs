@@ -8,6 +8,7 @@ mod console;
 mod container;
 mod error;
 mod events;
+mod files;
 mod info;
 mod logging;
 mod mount;
@@ -128,6 +129,9 @@ fn serve(flags: &cli::Flags) -> error::Result<()> {
             "fd 3 is not a socket: the shim is started by its `start` action".into(),
         ));
     }
+    // `start` handed it over with close-on-exec cleared (dup2 clears it): set it again, or
+    // every runtime command and hook inherits the socket and can keep it alive past the shim.
+    upgrade::exec::set_cloexec(&[start::LISTENER_FD], true)?;
     // SAFETY: fd 3 was checked to be a socket handed to us by `start`, and nothing else owns it.
     let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(start::LISTENER_FD) };
     let socket = (!flags.socket.is_empty()).then(|| std::path::PathBuf::from(&flags.socket));

@@ -88,13 +88,22 @@ fn from_runc(bytes: &[u8]) -> Result<RuntimeOptions> {
     })
 }
 
+/// A runtime's TOML options are a few lines; this bounds what a `config_path` may make us read.
+const MAX_CONFIG_FILE: u64 = 1 << 20;
+
 fn from_wrapper(bytes: &[u8]) -> Result<RuntimeOptions> {
     let w = Wrapper::parse_from_bytes(bytes).map_err(|e| {
         ShimError::InvalidArgument(format!("malformed runtime options ({WRAPPER_URL}): {e}"))
     })?;
     // containerd sends the body only when there is no path; a path wins if both came.
     if !w.config_path.is_empty() {
-        let text = std::fs::read_to_string(&w.config_path).map_err(|e| {
+        let bytes = crate::files::read_regular(
+            std::path::Path::new(&w.config_path),
+            MAX_CONFIG_FILE,
+            "config_path",
+        )
+        .and_then(|b| String::from_utf8(b).map_err(|e| ShimError::InvalidArgument(e.to_string())));
+        let text = bytes.map_err(|e| {
             ShimError::InvalidArgument(format!(
                 "runtime options: cannot read config_path {}: {e}",
                 w.config_path
@@ -317,6 +326,26 @@ SomethingElse = { nested = [1, 2] }
         };
         let m = invalid(from_any(&MessageField::some(w.to_any().expect("encode"))));
         assert!(m.contains(&missing), "{m}");
+    }
+
+    #[test]
+    fn a_config_path_that_is_not_a_regular_file_is_refused_at_once() {
+        use crate::files::test_support::*;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo_path = fifo(dir.path(), "tether.toml");
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; 2 << 20]).expect("write");
+        // The FIFO first: before this was refused it blocked (and /dev/zero never ends).
+        for path in [fifo_path.clone(), big, "/dev/zero".into()] {
+            let w = Wrapper {
+                config_path: path.display().to_string(),
+                ..Default::default()
+            };
+            let any = MessageField::some(w.to_any().expect("encode"));
+            let got = must_not_block(move || from_any(&any), open_peer(&fifo_path, true));
+            let m = invalid(got);
+            assert!(m.contains(&path.display().to_string()), "{m}");
+        }
     }
 
     #[test]

@@ -62,13 +62,21 @@ impl RuntimeConfig {
     pub const DEFAULT_ROOT: &'static str = "/run/containerd/runc";
 
     /// From containerd's options (`binary_name`, `root`, ...); the root gets the namespace.
-    pub fn from_options(opts: &RuntimeOptions, namespace: &str) -> Self {
+    /// Paths must be absolute (programs may also be bare names looked up on `PATH`): a
+    /// relative one would resolve against the shim's working directory, a bundle that holds
+    /// the container's rootfs, and run or write image content as root.
+    pub fn from_options(opts: &RuntimeOptions, namespace: &str) -> Result<Self> {
+        program_name("BinaryName", &opts.binary_name)?;
+        program_name("CriuPath", &opts.criu_path)?;
+        absolute_path("Root", &opts.root)?;
+        absolute_path("CriuImagePath", &opts.criu_image_path)?;
+        absolute_path("CriuWorkPath", &opts.criu_work_path)?;
         let root = if opts.root.is_empty() {
             Self::DEFAULT_ROOT
         } else {
             &opts.root
         };
-        RuntimeConfig {
+        Ok(RuntimeConfig {
             binary: if opts.binary_name.is_empty() {
                 Self::DEFAULT_BINARY.into()
             } else {
@@ -84,8 +92,29 @@ impl RuntimeConfig {
             shim_cgroup: opts.shim_cgroup.clone(),
             io_uid: opts.io_uid,
             io_gid: opts.io_gid,
-        }
+        })
     }
+}
+
+/// An absolute path, or a bare name (no `/`) for `PATH` to find; empty means the default.
+fn program_name(option: &str, value: &str) -> Result<()> {
+    let bare = !value.contains('/') && value != "." && value != "..";
+    if value.is_empty() || value.starts_with('/') || bare {
+        return Ok(());
+    }
+    Err(ShimError::InvalidArgument(format!(
+        "runtime option {option} {value:?}: give an absolute path or a bare name found on PATH"
+    )))
+}
+
+/// An absolute path; empty means the default.
+fn absolute_path(option: &str, value: &str) -> Result<()> {
+    if value.is_empty() || value.starts_with('/') {
+        return Ok(());
+    }
+    Err(ShimError::InvalidArgument(format!(
+        "runtime option {option} {value:?}: the path must be absolute"
+    )))
 }
 
 /// The stdio a runtime command hands to the process it creates.
@@ -441,10 +470,15 @@ impl RuntimeCall {
     }
 }
 
+/// How much of the end of the runtime's log is read for its last error: the log grows with
+/// every call over the container's life, and is read on the loop.
+const LOG_TAIL: u64 = 64 << 10;
+
 /// The last error the runtime logged, if any.
 fn last_log_error(log: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(log).ok()?;
-    text.lines()
+    let tail = crate::files::read_tail(log, LOG_TAIL, "runtime log").ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
         .rev()
         .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
         .find(|l| l.level == "error" || l.level == "fatal")
@@ -459,4 +493,37 @@ pub fn parse_ps(binary: &str, out: &str) -> Result<Vec<u32>> {
     }
     serde_json::from_str(out)
         .map_err(|e| ShimError::Runtime(format!("{binary} ps: unreadable output {out:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_last_error_comes_from_the_log_tail_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("log.json");
+        let mut f = std::fs::File::create(&log).expect("create");
+        // What came long before (here: bytes that are not even text) is never read.
+        f.write_all(b"\xff\xfe not utf-8 from an old call\n")
+            .expect("write");
+        let line = br#"{"level":"info","msg":"filler","time":"2026-12-05T00:00:00Z"}"#;
+        for _ in 0..(4 * LOG_TAIL as usize / line.len()) {
+            f.write_all(line)
+                .and_then(|_| f.write_all(b"\n"))
+                .expect("write");
+        }
+        f.write_all(br#"{"level":"error","msg":"runc exec failed: boom","time":"x"}"#)
+            .and_then(|_| f.write_all(b"\n"))
+            .expect("write");
+        f.write_all(line)
+            .and_then(|_| f.write_all(b"\n"))
+            .expect("write");
+        drop(f);
+        assert_eq!(
+            last_log_error(&log).as_deref(),
+            Some("runc exec failed: boom")
+        );
+    }
 }

@@ -99,6 +99,12 @@ impl Daemon {
         assert!(up, "tether daemon did not come up; log:\n{}", d.log());
     }
 
+    /// Sets an environment variable for the daemon's next start (kept for later restarts).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// SIGKILLs the daemon (its shims live on) and reaps it.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -210,6 +210,43 @@ fn terminal_with_our_shim() {
     terminal(TETHER_RUNTIME);
 }
 
+/// `tether exec` without `--exec-id` makes one up, as docker, nerdctl and podman do: two such
+/// execs into one container both run; with `-d` the id made up is printed after the pid.
+#[test]
+fn exec_without_an_exec_id_makes_one_up() {
+    let d = Daemon::start();
+    let ns = unique_id("ns");
+    let id = unique_id("c");
+    d.run_detached(&ns, TETHER_RUNTIME, &id, &["sleep", "300"]);
+    for word in ["one", "two"] {
+        let out = d.run(&["--namespace", &ns, "exec", &id, "--", "echo", word]);
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (0, format!("{word}\n").as_str()),
+            "{out}"
+        );
+    }
+    let out = d.run(&["--namespace", &ns, "exec", "-d", &id, "--", "sleep", "300"]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(out.code == 0 && lines.len() == 2, "{out}");
+    assert!(lines[0].parse::<u32>().is_ok_and(|p| p > 0), "{out}");
+    let exec_id = lines[1];
+    d.ok(&[
+        "--namespace",
+        &ns,
+        "kill",
+        "-s",
+        "KILL",
+        "--exec-id",
+        exec_id,
+        &id,
+    ]);
+    let out = d.run(&["--namespace", &ns, "wait", "--exec-id", exec_id, &id]);
+    assert_eq!(out.code, 137, "{out}");
+    d.ok(&["--namespace", &ns, "delete", "-f", &id]);
+    d.finish();
+}
+
 #[test]
 fn bundle_with_config_json_runs() {
     let d = Daemon::start();

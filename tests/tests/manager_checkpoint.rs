@@ -202,3 +202,39 @@ fn unknown_containers_missing_criu_and_hostile_archives_are_clear_errors() {
     d2.ok(&["--namespace", &ns, "delete", "-f", &id]);
     d.finish();
 }
+
+/// `checkpoint --export` to a target that fills up (a 64 KiB tmpfs): the command fails saying
+/// so, and the container runs on: it is stopped only once its archive is complete.
+#[test]
+fn an_export_that_cannot_be_written_leaves_the_container_running() {
+    let d = daemon();
+    let ns = unique_id("ns");
+    let id = unique_id("full");
+    run_counter(&d, &ns, &id);
+    assert!(
+        wait_until(T, || counts(&d, &ns, &id).len() >= 3),
+        "the counter never counted"
+    );
+    let small = d.dir().join("small");
+    std::fs::create_dir(&small).expect("mkdir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64k,mode=0700"),
+    )
+    .expect("mount a 64 KiB tmpfs");
+    let file = small.join("a.tar").display().to_string();
+    let out = d.run(&["--namespace", &ns, "checkpoint", "--export", &file, &id]);
+    let _ = nix::mount::umount2(&small, nix::mount::MntFlags::MNT_DETACH);
+    assert_clear_error(&out, &["No space left on device"]);
+    assert_eq!(status(&d, &ns, &id), "RUNNING", "{out}");
+    let before = counts(&d, &ns, &id).len();
+    assert!(
+        wait_until(T, || counts(&d, &ns, &id).len() > before),
+        "the container stopped counting"
+    );
+    d.ok(&["--namespace", &ns, "delete", "-f", &id]);
+    d.finish();
+}

@@ -314,3 +314,53 @@ fn the_shims_oom_score_adj_is_one_above_containerds() {
     ctr.call(&["task", "kill", "-s", "KILL", &id]);
     finish(cd, &[&id]);
 }
+
+/// A shim containerd gave up on exits by itself. containerd could not reach it (here: it was
+/// stopped), ran its `delete` action (which removes the container from runc) and removed the
+/// bundle, as after a restart it does for a shim that does not answer. Once the shim runs
+/// again, it finds its container exited and its bundle gone, and exits within seconds instead
+/// of serving nobody forever.
+#[test]
+fn a_shim_whose_bundle_is_gone_and_that_serves_no_task_exits() {
+    procs::become_subreaper();
+    let Scene { cd, ns, ctr } = Scene::start();
+    let id = tether_tests::shimtest::sleeper(&ctr);
+    let bundle = cd.bundle(&ns, &id);
+    let shim_pid = shim::shim_pid(&cd, &ns, &id).expect("the shim runs");
+    let args = procs::cmdline(shim_pid).expect("the shim's command line");
+    assert!(
+        mounts::mounts_under(&bundle).is_empty(),
+        "the bundle holds mounts: not removed by hand"
+    );
+    procs::signal(shim_pid, libc::SIGSTOP);
+    let out = shim::run_delete_action(&cd, &ns, &id, &bundle);
+    assert_eq!(out.code, 0, "the delete action: {out:?}");
+    std::fs::remove_dir_all(&bundle).expect("remove the bundle, as containerd does");
+    procs::signal(shim_pid, libc::SIGCONT);
+    // It exits to us (the subreaper above containerd): a zombie is gone.
+    let gone = wait_until(Duration::from_secs(15), || {
+        procs::stat(shim_pid).is_none_or(|s| s.state == 'Z')
+            || procs::cmdline(shim_pid)
+                .as_deref()
+                .is_some_and(|a| a != args)
+    });
+    if !gone {
+        procs::signal(shim_pid, libc::SIGKILL);
+    }
+    procs::reap_orphans();
+    // containerd still lists the task: its own clean-up of a dead shim runs in the bundle.
+    std::fs::create_dir_all(&bundle).expect("recreate the bundle directory");
+    // `ctr run -d` left its FIFOs for a task delete that containerd, having given up, skips.
+    for f in ctr_fifos(&id) {
+        let _ = std::fs::remove_file(&f);
+        if let Some(dir) = f.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    assert!(
+        gone,
+        "the abandoned shim (pid {shim_pid}) still runs\n{}",
+        cd.log_excerpt()
+    );
+    finish(cd, &[&id]);
+}

@@ -217,6 +217,11 @@ fn to_api(r: &ContainerRecord) -> api::Container {
 pub struct Containers {
     cfg: Config,
     table: Mutex<HashMap<Key, Arc<Container>>>,
+    /// Containers found on disk and not adopted yet, with the init exits their shims forwarded
+    /// meanwhile (the events socket is served before recovery ends): adoption applies them, so
+    /// an exit between a shim's probe and its adoption is not lost to the table. Locked after
+    /// `table`.
+    unadopted: Mutex<HashMap<Key, Vec<TaskExit>>>,
     bus: Arc<Bus>,
     monitor: Mutex<Option<Monitor>>,
     writer: writer::Writer,
@@ -233,6 +238,7 @@ impl Containers {
         Ok(Arc::new(Containers {
             cfg,
             table: Mutex::new(HashMap::new()),
+            unadopted: Mutex::new(HashMap::new()),
             bus,
             monitor: Mutex::new(None),
             writer: writer::Writer::start().map_err(Error::io("spawn the record writer"))?,

@@ -4,6 +4,9 @@
 use super::create::hold_stdin;
 use super::*;
 
+/// Exits kept per container not adopted yet (one init exits once; a few retries at most).
+const MAX_EARLY_EXITS: usize = 8;
+
 impl Containers {
     /// Takes a container found on disk after a restart into the table, with its live shim if
     /// it has one (then watched).
@@ -33,11 +36,28 @@ impl Containers {
                 Err(e) => log::warn!("container {}/{}: {e}", key.0, key.1),
             }
         }
-        lock(&self.table).insert(key.clone(), c.clone());
+        let early = {
+            let mut table = lock(&self.table);
+            table.insert(key.clone(), c.clone());
+            lock(&self.unadopted).remove(&key).unwrap_or_default()
+        };
+        for exit in &early {
+            self.on_exit(&key.0, exit);
+        }
         if let (Some(pid), Some(m)) = (pid, self.monitor()) {
             m.watch_shim(key, pid);
         }
         c
+    }
+
+    /// A container found on disk that recovery will adopt: until then its init's exits wait.
+    pub fn expect_adoption(&self, key: &Key) {
+        lock(&self.unadopted).insert(key.clone(), Vec::new());
+    }
+
+    /// Recovery is over: what it did not adopt (records it skipped) waits no longer.
+    pub fn end_adoptions(&self) {
+        lock(&self.unadopted).clear();
     }
 
     /// Reports the init's exit on the bus (journaled; once, whoever reports it first).
@@ -296,8 +316,20 @@ impl Containers {
             return;
         }
         let key = (namespace.to_string(), exit.container_id.clone());
-        let Some(c) = lock(&self.table).get(&key).cloned() else {
-            return;
+        let c = {
+            let table = lock(&self.table);
+            match table.get(&key) {
+                Some(c) => c.clone(),
+                None => {
+                    // Not adopted yet: adoption applies it, in order after the shim's State.
+                    if let Some(q) = lock(&self.unadopted).get_mut(&key) {
+                        if q.len() < MAX_EARLY_EXITS {
+                            q.push(exit.clone());
+                        }
+                    }
+                    return;
+                }
+            }
         };
         let pid = lock(&c.record).pid;
         if pid != 0 && exit.pid != 0 && exit.pid != pid {

@@ -7,7 +7,6 @@ use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::pipe2;
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -78,17 +77,11 @@ pub(super) fn dev_null() -> Result<OwnedFd> {
     .map_err(ShimError::nix("open /dev/null"))
 }
 
-/// splice(2) refuses files opened with O_APPEND, so append by seeking to the end.
+/// splice(2) refuses files opened with O_APPEND, so append by seeking to the end. A regular
+/// file only, opened without blocking: a FIFO with no reader would hold `open(2)` (and the
+/// loop) until someone opened its other end.
 pub(super) fn open_log_file(path: &str) -> Result<File> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(ShimError::io(format!("open log file {path}")))?;
-    f.seek(SeekFrom::End(0))
-        .map_err(ShimError::io(format!("seek log file {path}")))?;
-    Ok(f)
+    crate::files::open_append(Path::new(path), "log file")
 }
 
 /// containerd's binary logging protocol: the logger gets the container's stdout and stderr as
@@ -131,4 +124,20 @@ pub(super) fn start_binary_logger(uri: &str, who: &Who) -> Result<(OwnedFd, Owne
         .map_err(ShimError::io(format!("start binary logger {path}")))?;
     drop((out_r, err_r, ready_w));
     Ok((out_w, err_w, ready_r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::test_support::*;
+
+    #[test]
+    fn a_log_file_that_is_a_fifo_with_no_reader_is_refused_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = fifo(dir.path(), "log");
+        let q = p.display().to_string();
+        let r = must_not_block(move || open_log_file(&q).map(|_| ()), open_peer(&p, false));
+        let e = r.expect_err("a FIFO is not a log file");
+        assert!(e.to_string().contains(&p.display().to_string()), "{e}");
+    }
 }

@@ -71,7 +71,7 @@ impl Service {
         };
         let opts = crate::options::from_any(&req.options)?;
         let spec = crate::container::read_spec(&config_json);
-        let mut config = RuntimeConfig::from_options(&opts, &self.namespace);
+        let mut config = RuntimeConfig::from_options(&opts, &self.namespace)?;
         if !config.systemd_cgroup && has_systemd_cgroups_path(spec.as_ref()) {
             log::info!(
                 "container {}: its cgroups path is in the systemd driver's form: the runtime \

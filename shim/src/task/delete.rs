@@ -84,6 +84,11 @@ impl Service {
         self.finish_delete(id)
     }
 
+    /// Drops an exited container nobody will delete (its bundle is gone), as `Delete` would.
+    pub(super) fn forget_container(&mut self, id: &str) -> Result<()> {
+        self.finish_delete(id).map(|_| ())
+    }
+
     /// The container's last step: its stdio, OOM watch and rootfs go, then `/tasks/delete`.
     fn finish_delete(&mut self, id: &str) -> Result<Vec<u8>> {
         if self.containers.get(id).is_some_and(|c| c.init_exit_held) {

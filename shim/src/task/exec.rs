@@ -14,6 +14,10 @@ use tether_protocol::api::task::{ExecProcessRequest, StartRequest, StartResponse
 use tether_protocol::api::Empty;
 use tether_protocol::topics;
 
+/// Execs one container holds at once (added, running or exited and not deleted): each costs
+/// a spec file and, once started, its stdio; containerd deletes them as they end.
+pub const MAX_EXECS_PER_CONTAINER: usize = 1024;
+
 /// An exec whose `runc exec` is in flight.
 pub(super) struct StartingExec {
     id: String,
@@ -37,6 +41,12 @@ impl Service {
             return Err(ShimError::AlreadyExists(format!(
                 "container {}: exec {:?} already exists",
                 req.id, req.exec_id
+            )));
+        }
+        if c.execs.len() >= MAX_EXECS_PER_CONTAINER {
+            return Err(ShimError::ResourceExhausted(format!(
+                "container {}: {MAX_EXECS_PER_CONTAINER} execs already (delete some first)",
+                req.id
             )));
         }
         // While the init's exit is held (its execs' exits go out first) an exec can still be

@@ -11,6 +11,7 @@
 //! A container process's exit takes the same road: `exits.rs` records and publishes it and
 //! answers the parked `Wait`s (`wait.rs`). Nothing here blocks the loop.
 
+mod abandoned;
 mod call;
 mod checkpoint;
 mod create;
@@ -102,8 +103,13 @@ pub struct Service {
     upgrading: Option<upgrade::Check>,
     /// A live upgrade whose check passed, for the loop to commit once the shim is quiet.
     upgrade_ready: Option<Ready>,
+    /// The binary the passed check ran, held open: the handover executes this very file,
+    /// whatever is installed at its path meanwhile.
+    pub(crate) upgrade_exe: Option<std::os::fd::OwnedFd>,
     /// When a pending upgrade stops waiting for the shim to be quiet.
     quiet_by: Option<Instant>,
+    /// When to look next whether the shim was abandoned (`abandoned.rs`).
+    abandon_check_at: Option<Instant>,
     /// Requests that would start a runtime call, held while an upgrade is pending.
     deferred: Vec<upgrade::Deferred>,
 }
@@ -134,6 +140,8 @@ impl Service {
             unclaimed: Vec::new(),
             upgrading: None,
             upgrade_ready: None,
+            upgrade_exe: None,
+            abandon_check_at: None,
             quiet_by: None,
             deferred: Vec::new(),
         }

@@ -132,14 +132,19 @@ impl Service {
     }
 
     /// When the loop must wake for a deadline.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        let abandon = self.abandon_deadline(Instant::now());
         let calls = self
             .calls
             .values()
             .filter(|p| !p.expired)
             .map(|p| p.ctx.deadline);
         let queued = self.busy.values().flatten().map(|q| q.deadline);
-        calls.chain(queued).chain(self.check_deadline()).min()
+        calls
+            .chain(queued)
+            .chain(self.check_deadline())
+            .chain(abandon)
+            .min()
     }
 
     /// Requests past their deadline: a runtime still running is killed (its exit still comes
@@ -147,6 +152,7 @@ impl Service {
     /// DeadlineExceeded; a request still queued is answered the same.
     pub fn on_timers(&mut self, now: Instant) {
         self.check_timers(now);
+        self.check_abandoned(now);
         let mut late = Vec::new();
         for p in self.calls.values_mut() {
             if !p.expired && p.ctx.deadline <= now {

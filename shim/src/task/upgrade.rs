@@ -50,6 +50,8 @@ pub struct Check {
     deadline: Instant,
     timed_out: bool,
     binary: PathBuf,
+    /// The binary checked, opened once (O_PATH).
+    exe: std::os::fd::OwnedFd,
     ready: Ready,
 }
 
@@ -99,7 +101,11 @@ impl Service {
                 "upgrade refused: the shim is shutting down".into(),
             )));
         }
-        match upgrade::start_check(&binary) {
+        let exe = match upgrade::open_binary(&binary) {
+            Ok(fd) => fd,
+            Err(e) => return Flow::Done(Err(e)),
+        };
+        match upgrade::start_check(&binary, &exe) {
             Ok((pid, out)) => {
                 log::info!("upgrade: checking {} (pid {pid})", binary.display());
                 self.upgrading = Some(Check {
@@ -108,6 +114,7 @@ impl Service {
                     deadline: Instant::now() + upgrade::CHECK_DEADLINE,
                     timed_out: false,
                     binary,
+                    exe,
                     ready: Ready {
                         reply: Some(from),
                         requested_at,
@@ -222,6 +229,7 @@ impl Service {
                     c.binary.display()
                 );
                 self.upgrade_ready = Some(c.ready);
+                self.upgrade_exe = Some(c.exe);
             }
             Err(why) => {
                 log::warn!("{why}");
@@ -263,6 +271,7 @@ impl Service {
 
     fn refuse_ready(&mut self, why: String) {
         self.quiet_by = None;
+        self.upgrade_exe = None;
         if let Some(r) = self.upgrade_ready.take() {
             log::warn!("{why}");
             self.answer(r.reply, Err(ShimError::FailedPrecondition(why)));

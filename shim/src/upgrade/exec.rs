@@ -7,7 +7,7 @@ use nix::fcntl::{fcntl, AtFlags, FcntlArg, FdFlag, OFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use std::ffi::CString;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -59,17 +59,29 @@ pub fn write_record(record: &Record) -> Result<OwnedFd> {
     Ok(OwnedFd::from(f))
 }
 
-/// Reads the record the previous image left in `fd` (taken: closed by the caller when done).
-pub fn read_record(fd: RawFd) -> Result<(Record, OwnedFd)> {
+/// Reads the bytes of the record the previous image left in `fd` (taken: closed by the caller
+/// when done).
+pub fn read_record(fd: RawFd) -> Result<(Vec<u8>, OwnedFd)> {
     // SAFETY: `-resume-from` names the memfd the previous image handed over, owned by nobody else.
     let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
     let mut bytes = Vec::new();
     f.seek(SeekFrom::Start(0))
         .and_then(|_| f.read_to_end(&mut bytes))
         .map_err(ShimError::io(format!("read the handover record (fd {fd})")))?;
-    let record: Record = serde_json::from_slice(&bytes)
-        .map_err(|e| ShimError::InvalidArgument(format!("handover record (fd {fd}): {e}")))?;
-    Ok((record, OwnedFd::from(f)))
+    Ok((bytes, OwnedFd::from(f)))
+}
+
+/// The record, decoded.
+pub fn parse_record(bytes: &[u8]) -> Result<Record> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ShimError::InvalidArgument(format!("handover record: {e}")))
+}
+
+/// The old binary's fd from a record this image cannot decode (a later version's, say): all a
+/// fallback needs, read from any record that is JSON at all.
+pub fn fallback_exe_of(bytes: &[u8]) -> Option<RawFd> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    v.get("fallback_exe")?.as_i64()?.try_into().ok()
 }
 
 fn cstrings(args: &[String]) -> Result<Vec<CString>> {
@@ -92,14 +104,23 @@ fn environment() -> Vec<CString> {
         .collect()
 }
 
-/// Executes `binary` with `args` (argv[0] first). Returns only on failure.
-pub fn exec_path(binary: &Path, args: &[String]) -> ShimError {
+/// Executes the checked binary open as `exe` (from `binary`) with `args` (argv[0] first).
+/// Returns only on failure. A script (`#!`) is run by its interpreter through
+/// `/proc/self/fd/N`, which needs the fd to survive the exec: only then is close-on-exec
+/// cleared (an ELF binary leaves nothing behind).
+pub fn exec_checked(exe: &OwnedFd, binary: &Path, args: &[String]) -> ShimError {
     let run = || -> Result<std::convert::Infallible> {
-        let path = CString::new(binary.as_os_str().as_bytes())
-            .map_err(|_| ShimError::InvalidArgument(format!("{} holds a NUL", binary.display())))?;
         let argv = cstrings(args)?;
-        nix::unistd::execv(&path, &argv)
-            .map_err(ShimError::nix(format!("execve {}", binary.display())))
+        let env = environment();
+        let fd = exe.as_fd();
+        match nix::unistd::execveat(fd, c"", &argv, &env, AtFlags::AT_EMPTY_PATH) {
+            Err(nix::errno::Errno::ENOENT) => {
+                set_cloexec(&[exe.as_raw_fd()], false)?;
+                nix::unistd::execveat(fd, c"", &argv, &env, AtFlags::AT_EMPTY_PATH)
+            }
+            other => other,
+        }
+        .map_err(ShimError::nix(format!("execveat {}", binary.display())))
     };
     match run() {
         Err(e) => e,

@@ -26,13 +26,22 @@ impl Server {
         if let Some(why) = self.service.not_quiescent() {
             return Err(why);
         }
+        let Some(exe) = self.service.upgrade_exe.take() else {
+            return Err(ShimError::FailedPrecondition(
+                "upgrade refused: the checked binary is not held open".into(),
+            ));
+        };
         let committed_at = exec::monotonic_nanos();
         let mut record = self.record(ready);
         record.committed_at = committed_at;
         let memfd = exec::write_record(&record)?;
         let mut fds = record.fds();
         fds.push(memfd.as_raw_fd());
-        exec::set_cloexec(&fds, false)?;
+        if let Err(e) = exec::set_cloexec(&fds, false) {
+            // Some may be cleared already: none may leak into the commands this image runs next.
+            let _ = exec::set_cloexec(&fds, true);
+            return Err(e);
+        }
         let mut argv = vec![self.binary.to_string_lossy().into_owned()];
         argv.extend(self.args.iter().cloned());
         argv.extend(["-resume-from".to_string(), memfd.as_raw_fd().to_string()]);
@@ -41,7 +50,7 @@ impl Server {
             self.binary.display(),
             fds.len()
         );
-        let failed = exec::exec_path(&self.binary, &argv);
+        let failed = exec::exec_checked(&exe, &self.binary, &argv);
         // Still here: nothing of this image may leak into the commands it runs next.
         if let Err(e) = exec::set_cloexec(&fds, true) {
             log::error!("upgrade: restore close-on-exec: {e}");

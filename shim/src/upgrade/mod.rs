@@ -44,9 +44,29 @@ pub fn answer_check(version: &str) -> ExitCode {
     }
 }
 
-/// Starts `binary --handover-check RECORD_VERSION`; its exit comes through the reaper. Its
-/// stdout and stderr share one pipe, so a refusal shows whatever the binary said on either.
-pub fn start_check(binary: &Path) -> Result<(Pid, File)> {
+/// The new binary at `binary`, opened once (`O_PATH`): the check runs this file and the
+/// handover executes it, so a binary installed at the path in between is never executed
+/// unchecked.
+pub fn open_binary(binary: &Path) -> Result<std::os::fd::OwnedFd> {
+    nix::fcntl::open(
+        binary,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| {
+        ShimError::FailedPrecondition(format!(
+            "the new binary {} cannot be opened: {e}",
+            binary.display()
+        ))
+    })
+}
+
+/// Starts `exe` (the binary opened from `binary`) with `--handover-check RECORD_VERSION`; its
+/// exit comes through the reaper. Its stdout and stderr share one pipe, so a refusal shows
+/// whatever the binary said on either.
+pub fn start_check(binary: &Path, exe: &std::os::fd::OwnedFd) -> Result<(Pid, File)> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
     // Non-blocking: a binary that leaves a child holding the pipe must not make the read in
     // `verdict` wait.
     let (out, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
@@ -54,7 +74,20 @@ pub fn start_check(binary: &Path) -> Result<(Pid, File)> {
     let w2 = w
         .try_clone()
         .map_err(ShimError::io("dup the handover check's pipe"))?;
-    let mut cmd = Command::new(binary);
+    let fd = exe.as_raw_fd();
+    let mut cmd = Command::new(format!("/proc/self/fd/{fd}"));
+    cmd.arg0(binary);
+    // SAFETY: only fcntl (async-signal-safe) between fork and exec. A script's interpreter
+    // opens the file by that /proc path after exec: the fd must outlive the exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     crate::signals::unblocked(&mut cmd);
     cmd.arg(CHECK_FLAG)
         .arg(record::RECORD_VERSION.to_string())

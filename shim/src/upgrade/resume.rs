@@ -30,11 +30,34 @@ pub const FAIL_RESUME_ENV: &str = "TETHER_SHIM_TEST_FAIL_RESUME";
 pub const PAUSE_RESUME_ENV: &str = "TETHER_SHIM_TEST_PAUSE_RESUME";
 const TEST_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Set to a field name in a new image's environment, it drops that field from the record
+/// before decoding it (as a newer binary expecting a field the old one never wrote would
+/// find it missing): the tests' way to exercise a record this image cannot read. The old
+/// image never reads it.
+pub const DROP_RECORD_FIELD_ENV: &str = "TETHER_SHIM_TEST_DROP_RECORD_FIELD";
+
 /// `-resume-from FD`: serve on from the record, or fall back to the old binary.
 pub fn resume(flags: &Flags, fd: i32) -> Result<()> {
-    let (record, memfd) = exec::read_record(fd)?;
+    let (bytes, memfd) = exec::read_record(fd)?;
+    let record = match decode(&bytes, flags) {
+        Ok(r) => r,
+        // Undecodable: the old binary's fd is all a fallback needs, and the fds the record
+        // names are still inheritable (nothing here touched them).
+        Err(why) => {
+            let Some(exe) = exec::fallback_exe_of(&bytes) else {
+                return Err(why);
+            };
+            return Err(fall_back(exe, &[], &memfd, flags, why));
+        }
+    };
     if let Err(why) = check(&record, flags) {
-        return Err(fall_back(&record, &memfd, flags, why));
+        return Err(fall_back(
+            record.fallback_exe,
+            &record.fds(),
+            &memfd,
+            flags,
+            why,
+        ));
     }
     // They crossed `execve` inheritable; the commands this image runs must not get them.
     let mut fds = record.fds();
@@ -44,6 +67,24 @@ pub fn resume(flags: &Flags, fd: i32) -> Result<()> {
     drop(memfd);
     log::info!("shim resumed after an upgrade (pid {})", std::process::id());
     server.run()
+}
+
+/// The record, decoded (`DROP_RECORD_FIELD_ENV` first, for the tests).
+fn decode(bytes: &[u8], flags: &Flags) -> Result<Record> {
+    let test_drop = std::env::var(DROP_RECORD_FIELD_ENV).ok();
+    match test_drop.filter(|_| flags.fallback_reason.is_none()) {
+        Some(field) => {
+            let mut v: serde_json::Value = serde_json::from_slice(bytes)
+                .map_err(|e| ShimError::InvalidArgument(format!("handover record: {e}")))?;
+            if let Some(o) = v.as_object_mut() {
+                o.remove(&field);
+            }
+            let bytes = serde_json::to_vec(&v)
+                .map_err(|e| ShimError::InvalidArgument(format!("handover record: {e}")))?;
+            exec::parse_record(&bytes)
+        }
+        None => exec::parse_record(bytes),
+    }
 }
 
 /// What must hold before any fd is taken: past this point a failure cannot go back.
@@ -70,19 +111,26 @@ fn check(record: &Record, flags: &Flags) -> Result<()> {
 
 /// Executes the old binary again with the same record; returns only if that fails too (or
 /// this already is the old binary coming back).
-fn fall_back(record: &Record, memfd: &OwnedFd, flags: &Flags, why: ShimError) -> ShimError {
+fn fall_back(
+    fallback_exe: i32,
+    record_fds: &[i32],
+    memfd: &OwnedFd,
+    flags: &Flags,
+    why: ShimError,
+) -> ShimError {
     if let Some(first) = &flags.fallback_reason {
         return ShimError::FailedPrecondition(format!(
             "cannot resume ({why}) after the new image failed ({first})"
         ));
     }
     log::error!("upgrade: cannot resume ({why}): back to the old binary");
-    let mut fds = record.fds();
+    let mut fds = record_fds.to_vec();
     fds.push(memfd.as_raw_fd());
     if let Err(e) = exec::set_cloexec(&fds, false) {
         return e;
     }
     std::env::remove_var(FAIL_RESUME_ENV);
+    std::env::remove_var(DROP_RECORD_FIELD_ENV);
     let mut argv = vec!["containerd-shim-tether-v2".to_string()];
     argv.extend(flags.serve_args());
     argv.extend([
@@ -91,7 +139,7 @@ fn fall_back(record: &Record, memfd: &OwnedFd, flags: &Flags, why: ShimError) ->
         "-fallback-reason".to_string(),
         why.to_string(),
     ]);
-    exec::exec_fd(record.fallback_exe, &argv)
+    exec::exec_fd(fallback_exe, &argv)
 }
 
 /// `PAUSE_RESUME_ENV`: a test holds this image before its first reap.

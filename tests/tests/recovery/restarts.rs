@@ -186,3 +186,54 @@ pub fn killed_shim_is_reported_and_daemon_threads_stay_constant() {
     assert_no_leftovers(&d, &ns, Vec::new());
     d.finish();
 }
+
+/// An exit a shim forwards while the restarted daemon is between asking its State (RUNNING)
+/// and adopting it (held there by the daemon's test hook): the table learns it once the
+/// container is adopted, without anyone calling Wait.
+#[test]
+pub fn an_exit_between_the_probe_and_the_adoption_reaches_the_table() {
+    procs::become_subreaper();
+    let mut d = Daemon::start();
+    let ns = unique_id("ns");
+    let id = unique_id("c");
+    let pid = d.run_detached(&ns, TETHER_RUNTIME, &id, &["sleep", "300"]);
+    d.kill9();
+    let hold = d.dir().join("hold");
+    std::fs::create_dir(&hold).expect("mkdir hold");
+    d.set_env("TETHER_TEST_PAUSE_ADOPT", &hold.display().to_string());
+    let journal = d.journal();
+    let killer = {
+        let (hold, ns, id) = (hold.clone(), ns.clone(), id.clone());
+        thread::spawn(move || {
+            let paused = wait_until(T, || hold.join(format!("adopt-paused-{id}")).exists());
+            if paused {
+                procs::signal(pid, libc::SIGKILL);
+                // The shim forwards the exit to the restarted daemon, which journals it.
+                wait_until(T, || {
+                    journaled_exits(&journal, &ns).iter().any(|e| e.0 == id)
+                });
+            }
+            let _ = std::fs::write(hold.join("adopt-go"), b"");
+            paused
+        })
+    };
+    d.restart();
+    assert!(
+        killer.join().expect("the killer thread"),
+        "recovery never paused\n{}",
+        d.log()
+    );
+    let exited = wait_until(Duration::from_secs(10), || {
+        state_json(&d.socket(), &ns, &id).is_ok_and(|v| v["status"] == "EXITED")
+    });
+    assert!(
+        exited,
+        "the table still says {:?}\n{}",
+        state_json(&d.socket(), &ns, &id).map(|v| v["status"].clone()),
+        d.log()
+    );
+    let w = d.run(&["--namespace", &ns, "wait", &id]);
+    assert_eq!(w.code, 137, "{w}");
+    d.ok(&["--namespace", &ns, "delete", &id]);
+    d.finish();
+}

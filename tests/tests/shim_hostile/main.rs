@@ -26,6 +26,7 @@ mod frames;
 mod ids;
 mod requests;
 mod runtime;
+mod second;
 mod states;
 mod table;
 
@@ -33,6 +34,7 @@ use frames::*;
 use ids::*;
 use requests::*;
 use runtime::*;
+use second::*;
 use states::*;
 use table::*;
 
@@ -61,9 +63,49 @@ fn a_runtime_call_past_its_deadline_gets_deadline_exceeded() {
     }]);
 }
 
+#[test]
+fn what_the_shim_holds_does_not_leak_into_its_children() {
+    Table::new().run(vec![Row {
+        name: "a runtime command's fds: not the shim's listening socket",
+        setup: Setup::Shared,
+        call: runtime_inherits_no_listener,
+        expect: &[OK],
+    }]);
+}
+
+#[test]
+fn what_a_request_names_cannot_stall_or_grow_the_shim() {
+    Table::new().run(vec![
+        Row {
+            name: "Create with stdout file:// a FIFO nobody reads",
+            setup: Setup::Shared,
+            call: log_file_is_a_fifo,
+            expect: &[INVALID, INTERNAL],
+        },
+        Row {
+            name: "Create whose config_path is a FIFO, then /dev/zero",
+            setup: Setup::Shared,
+            call: config_path_is_not_a_file,
+            expect: &[INVALID],
+        },
+        Row {
+            name: "Exec past the bound of execs per container",
+            setup: Setup::Shared,
+            call: execs_are_bounded,
+            expect: &[EXHAUSTED],
+        },
+        Row {
+            name: "Create with BinaryName, Root or CriuPath relative",
+            setup: Setup::Shared,
+            call: relative_option_paths,
+            expect: &[INVALID],
+        },
+    ]);
+}
+
 /// The table is as large as the issue asks (at least 40 raw calls).
 #[test]
 fn the_table_has_at_least_40_rows() {
-    let n = ids_and_payloads().len() + wrong_states().len() + frames_and_connections().len() + 1;
+    let n = ids_and_payloads().len() + wrong_states().len() + frames_and_connections().len() + 6;
     assert!(n >= 40, "{n} rows");
 }

@@ -25,6 +25,8 @@ pub const INVALID: Got = Got::Code(Code::INVALID_ARGUMENT);
 pub const PRECONDITION: Got = Got::Code(Code::FAILED_PRECONDITION);
 pub const EXISTS: Got = Got::Code(Code::ALREADY_EXISTS);
 pub const UNIMPLEMENTED: Got = Got::Code(Code::UNIMPLEMENTED);
+pub const INTERNAL: Got = Got::Code(Code::INTERNAL);
+pub const EXHAUSTED: Got = Got::Code(Code::RESOURCE_EXHAUSTED);
 pub const DEADLINE: Got = Got::Code(Code::DEADLINE_EXCEEDED);
 
 /// The state a row's container is put in first.

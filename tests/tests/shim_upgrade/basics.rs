@@ -115,6 +115,46 @@ fn a_new_image_that_fails_after_execve_goes_back_to_the_old_binary() {
     s.finish(wait);
 }
 
+/// A new image that cannot decode the record (a field it expects is missing, as when a newer
+/// binary added one): it goes back to the old binary with the same record, and the container
+/// runs on under the same shim.
+#[test]
+fn a_record_the_new_image_cannot_read_goes_back_to_the_old_binary() {
+    let s = Setup::start();
+    let pid = s.shim_pid();
+    let old = exe_inode(pid);
+    let wait = s.park_wait();
+    let real = s.dir.dir().join("real-shim");
+    std::fs::copy(shim_binary(), &real).expect("copy the shim binary");
+    s.install(
+        format!(
+            "#!/bin/sh\n{}=containers exec {} \"$@\"\n",
+            "TETHER_SHIM_TEST_DROP_RECORD_FIELD",
+            real.display()
+        )
+        .as_bytes(),
+    );
+
+    let e = s
+        .upgrade()
+        .expect_err("the new image cannot read the record");
+    let status = rawttrpc::rpc_status("upgrade with an unreadable record", Err::<(), _>(e));
+    assert_eq!(
+        status.code(),
+        ttrpc::Code::FAILED_PRECONDITION,
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("failed after execve") && status.message().contains("containers"),
+        "{status:?}"
+    );
+    assert_eq!(s.shim_pid(), pid);
+    assert_eq!(exe_inode(pid), old, "back on the old binary");
+    s.assert_running();
+    s.install(&std::fs::read(&real).expect("read the real binary"));
+    s.finish(wait);
+}
+
 /// A container writing numbered lines without pause while its shim is upgraded ten times in a
 /// row, `ctr task ls` asked between each: every line arrives once and in order.
 #[test]

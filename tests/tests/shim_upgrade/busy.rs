@@ -87,6 +87,78 @@ fn an_upgrade_during_a_runtime_call_waits_for_it_to_end() {
     s.finish(wait);
 }
 
+/// The binary checked is the binary executed: one installed after the check passed (a
+/// package manager installing vN+1 then vN+2 while the shim waited to be quiet) is not what
+/// the shim becomes.
+#[test]
+fn the_binary_executed_is_the_one_checked() {
+    let hold = |dir: &Path| {
+        format!(
+            "#!/bin/sh\n\
+             for a in \"$@\"; do\n\
+               if [ \"$a\" = ps ]; then\n\
+                 touch {dir}/ps-started\n\
+                 i=0; while [ ! -e {dir}/ps-release ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n\
+               fi\n\
+             done\n\
+             exec /usr/sbin/runc \"$@\"\n",
+            dir = dir.display()
+        )
+    };
+    let s = Setup::start_with(SCRIPT, "before-upgrade", Some(&hold));
+    let pid = s.shim_pid();
+    let wait = s.park_wait();
+    let real = s.dir.dir().join("real-shim");
+    std::fs::copy(shim_binary(), &real).expect("copy the shim binary");
+    let ran = s.dir.dir().join("ran");
+    let version = |name: &str| {
+        format!(
+            "#!/bin/sh\n[ \"$1\" = --handover-check ] || echo {name} >> {ran}\nexec {real} \"$@\"\n",
+            ran = ran.display(),
+            real = real.display()
+        )
+    };
+    let mut ps = Reaped(
+        s.ctr
+            .command(&["task", "ps", s.id.as_str()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn ctr"),
+    );
+    assert!(
+        wait_until(T, || s.dir.dir().join("ps-started").exists()),
+        "runc ps never started\n{}",
+        s.cd.log_excerpt()
+    );
+    s.install(version("checked").as_bytes());
+    let upgrading = s.upgrade_in_background();
+    assert!(
+        wait_until(T, || s.cd.log().contains("can take over")),
+        "the check never passed\n{}",
+        s.cd.log_excerpt()
+    );
+    // Installed while the shim waits for runc ps to end.
+    s.install(version("unchecked").as_bytes());
+    std::fs::write(s.dir.dir().join("ps-release"), b"").expect("release runc ps");
+    let r = upgrading
+        .join()
+        .expect("the upgrade's thread")
+        .unwrap_or_else(|e| panic!("the upgrade: {e:?}\n{}", s.cd.log_excerpt()));
+    assert_eq!(r.pid as i32, pid);
+    let (done, killed) =
+        tether_tests::cmd::wait_deadline(&mut ps.0, Instant::now() + T, "ctr task ps");
+    assert!(!killed && done.success(), "ctr task ps: {done:?}");
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap_or_default(),
+        "checked\n",
+        "the image that took over"
+    );
+    s.assert_running();
+    s.install(&std::fs::read(&real).expect("read the real binary"));
+    s.finish(wait);
+}
+
 /// A container that exits while its shim is between images (the new image held before its
 /// first reap by a test hook): the exit waits as a zombie, the new image reaps it, and it is
 /// reported once, with its code, to the `Wait` parked before the upgrade, `ctr task delete`
