@@ -46,11 +46,18 @@ work=$(mktemp -d "$CACHE/.$SUITE.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 root=$work/root
 echo "node image ($SUITE): mmdebstrap from $url" >&2
-# The archive may be a mirror frozen in time (sid's Release then says it has expired).
-mmdebstrap --quiet --mode=root --variant=minbase --include="$PACKAGES" \
-	--aptopt='Acquire::Check-Valid-Until "false"' \
-	--customize-hook='echo tether-node >"$1/etc/hostname"' \
-	"$SUITE" "$root" "deb $url $SUITE main" >&2 || die "mmdebstrap failed"
+# The archive may be a mirror frozen in time (sid's Release then says it has expired). A failed
+# fetch is tried once more: the archive is a network away.
+for attempt in 1 2; do
+	rm -rf "$root"
+	mmdebstrap --quiet --mode=root --variant=minbase --include="$PACKAGES" \
+		--aptopt='Acquire::Check-Valid-Until "false"' \
+		--customize-hook='echo tether-node >"$1/etc/hostname"' \
+		"$SUITE" "$root" "deb $url $SUITE main" >&2 && break
+	[ $attempt = 2 ] && die "mmdebstrap failed twice"
+	echo "node image ($SUITE): mmdebstrap failed; once more" >&2
+	sleep 10
+done
 
 # The guest mounts the lane's directory (work tree, results) over 9p and runs its script from
 # a oneshot unit, then powers off.
