@@ -43,7 +43,13 @@ esac
 url=$(archive_url)
 mkdir -p "$CACHE"
 work=$(mktemp -d "$CACHE/.$SUITE.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# An interrupted mmdebstrap leaves its mounts (proc, sys, dev/pts) in the root: unmount them
+# before removing it.
+cleanup() {
+	findmnt -rno TARGET | grep -F "$work/" | sort -r | while read -r m; do umount -l "$m"; done
+	rm -rf "$work"
+}
+trap cleanup EXIT
 root=$work/root
 echo "node image ($SUITE): mmdebstrap from $url" >&2
 # The archive may be a mirror frozen in time (sid's Release then says it has expired). A failed
