@@ -101,7 +101,9 @@ pub fn checkpoint(socket: &Path, ns: &str, a: &CheckpointArgs) -> Result<i32> {
         .and_then(|v| v["root"]["path"].as_str().map(String::from))
         .unwrap_or_default();
 
+    let undo = crate::interrupt::Undo::install(socket)?;
     let scratch = Scratch::new("checkpoint")?;
+    undo.scratch(Some(&scratch.0));
     let image = scratch.0.join("checkpoint");
     // The container is stopped only once its archive is complete and synced: until then it is
     // frozen (paused, so the image stays what it resumes from) and dumped left running; an
@@ -109,8 +111,10 @@ pub fn checkpoint(socket: &Path, ns: &str, a: &CheckpointArgs) -> Result<i32> {
     let freeze = !a.leave_running && info.status == "RUNNING";
     if freeze {
         client.call(CALL_TIMEOUT, |m, ctx| m.pause(ctx, &cref))?;
+        undo.thaw(Some(&cref));
     }
     let thaw = || {
+        undo.thaw(None);
         if freeze {
             if let Err(e) = client.call(CALL_TIMEOUT, |m, ctx| m.resume(ctx, &cref)) {
                 eprintln!("tether: container {} stays paused: {e}", a.id);
@@ -245,11 +249,21 @@ fn restore_request(dir: &Path, ns: &str, id: &str) -> Result<api::CreateRequest>
 pub fn restore(socket: &Path, ns: &str, a: &RestoreArgs) -> Result<i32> {
     validate_namespace(ns)?;
     validate_id(&a.id)?;
+    let undo = crate::interrupt::Undo::install(socket)?;
     let scratch = Scratch::new("restore")?;
+    undo.scratch(Some(&scratch.0));
     archive::unpack(&a.import, &scratch.0, archive::DEFAULT_LIMIT)?;
     let req = restore_request(&scratch.0, ns, &a.id)?;
     let client = Client::connect(socket)?;
     client.call(CRIU_CALL_TIMEOUT, |m, ctx| m.create(ctx, &req))?;
+    // Interrupted from here on, the container created for the restore goes again (not before:
+    // a create refused because the id exists must not cost that container).
+    undo.delete(Some(&api::DeleteRequest {
+        namespace: ns.into(),
+        id: a.id.clone(),
+        force: true,
+        ..Default::default()
+    }));
     let start = api::StartRequest {
         namespace: ns.into(),
         id: a.id.clone(),
@@ -271,6 +285,9 @@ pub fn restore(socket: &Path, ns: &str, a: &RestoreArgs) -> Result<i32> {
         }
     };
     drop(scratch);
+    // Restored and running: from here on a signal ends the CLI only, with nothing to undo.
+    undo.scratch(None);
+    undo.delete(None);
     if a.detach {
         println!("{pid}");
         return Ok(0);

@@ -45,6 +45,21 @@ fn prepare_socket(socket: &Path) -> Result<()> {
     if created || dir == Path::new(DEFAULT_STATE) {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(Error::io(format!("chmod 0700 {}", dir.display())))?;
+    } else {
+        // Not ours to tighten; but where others may write, they could put their own socket in
+        // place of ours (a sticky directory, like /tmp, keeps ours ours).
+        let mode = std::fs::metadata(dir)
+            .map_err(Error::io(format!("stat {}", dir.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "the socket's directory {} is writable by others (mode {:o}): use a directory \
+                 only root may write to",
+                dir.display(),
+                mode & 0o7777
+            )));
+        }
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {

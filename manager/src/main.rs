@@ -22,6 +22,7 @@ mod event_server;
 mod events;
 mod fifo_logger;
 mod filter;
+mod interrupt;
 mod journal;
 mod launcher;
 mod log_driver;

@@ -238,3 +238,73 @@ fn an_export_that_cannot_be_written_leaves_the_container_running() {
     d.ok(&["--namespace", &ns, "delete", "-f", &id]);
     d.finish();
 }
+
+/// Ctrl-C during `checkpoint --export` (here while CRIU's dump is held by a wrapper): the
+/// command's scratch directory (the image, the container's memory) is removed, the container
+/// it froze for the dump runs on, and the command exits 130.
+#[test]
+fn an_interrupted_export_leaves_no_image_and_the_container_running() {
+    use std::os::unix::fs::PermissionsExt;
+    let hold = tempfile::tempdir().expect("tempdir");
+    let real = working_criu();
+    // runc asks CRIU's version over `criu swrk`, then dumps over a second one: that one waits.
+    let wrapper = hold.path().join("criu");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nd={d}\nif [ \"$1\" = swrk ]; then\n  echo x >> $d/swrk\n  \
+             if [ $(wc -l < $d/swrk) -eq 2 ]; then\n    touch $d/held\n    \
+             i=0; while [ ! -e $d/go ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n  \
+             fi\nfi\nexec {real} \"$@\"\n",
+            d = hold.path().display(),
+            real = real.display()
+        ),
+    )
+    .expect("write the wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let d = Daemon::start_with(&["--criu", &wrapper.display().to_string()]);
+    let ns = unique_id("ns");
+    let id = unique_id("int");
+    run_counter(&d, &ns, &id);
+    let tmp = d.dir().join("cli-tmp");
+    std::fs::create_dir(&tmp).expect("mkdir");
+    let file = archive_path(&d, "int.tar");
+    let mut cli = d
+        .tether()
+        .args(["--namespace", &ns, "checkpoint", "--export", &file, &id])
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tether checkpoint");
+    let held = wait_until(T, || hold.path().join("held").exists());
+    let scratch_before = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cli.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT the CLI");
+    let emptied = wait_until(T, || {
+        std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0
+    });
+    std::fs::write(hold.path().join("go"), b"").expect("let CRIU go on");
+    let (exit, killed) = cmd::wait_deadline(&mut cli, std::time::Instant::now() + T, "tether");
+    assert!(held, "the dump never reached CRIU\n{}", d.log());
+    assert!(!killed, "the interrupted CLI did not end");
+    assert_eq!(scratch_before, 1, "the CLI's scratch directory");
+    assert!(emptied, "the scratch directory outlived the interrupt");
+    assert_eq!(exit.code(), Some(130), "{exit:?}");
+    assert!(!Path::new(&file).exists(), "no archive");
+    assert!(
+        wait_until(T, || status(&d, &ns, &id) == "RUNNING"),
+        "the container was left {}",
+        status(&d, &ns, &id)
+    );
+    let before = counts(&d, &ns, &id).len();
+    assert!(
+        wait_until(T, || counts(&d, &ns, &id).len() > before),
+        "the container stopped counting"
+    );
+    d.ok(&["--namespace", &ns, "delete", "-f", &id]);
+    d.finish();
+}

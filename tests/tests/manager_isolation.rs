@@ -241,3 +241,37 @@ fn forward_as_this_uid() {
         Err(e) => println!("forward: closed ({e})"),
     }
 }
+
+/// A socket directory others may write to (and so replace the daemon's socket with theirs) is
+/// refused at start, naming it; a sticky one (`/tmp`) is fine.
+#[test]
+fn a_socket_directory_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).expect("mkdir");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let socket = open.join("tether.sock");
+    let mut daemon = std::process::Command::new(tether_tests::tether_binary());
+    daemon
+        .arg("daemon")
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(&socket);
+    let out = tether_tests::cmd::run(&mut daemon, None, std::time::Duration::from_secs(20));
+    if out.code == 0 || socket.exists() {
+        // It served: stop it before failing.
+        let _ = std::process::Command::new(tether_tests::tether_binary())
+            .env("TETHER_SOCKET", &socket)
+            .arg("ps")
+            .output();
+    }
+    assert!(
+        out.code != 0 && out.stderr.contains(&open.display().to_string()),
+        "{out}"
+    );
+    assert!(!socket.exists(), "a socket was bound in {}", open.display());
+}
