@@ -171,7 +171,7 @@ impl ShimCommand {
         if text.is_empty() {
             return Err(Error::Shim(format!("{what}: the shim printed no address")));
         }
-        Ok(normalize_address(&text))
+        normalize_address(&text)
     }
 
     /// SIGKILLs the serving shim of this container if a process of it is still there: one that
@@ -287,8 +287,33 @@ pub fn delete_timeout() -> Duration {
         .unwrap_or(crate::containers::RUNTIME_TIMEOUT + tether_protocol::task_service::REPLY_MARGIN)
 }
 
-/// A shim's printed address as a ttrpc client address (`unix:///path`).
-pub fn normalize_address(text: &str) -> String {
+/// A shim's printed address as a ttrpc client address (`unix:///path`): the bare address
+/// (ours; containerd 1.x's shims), or the bootstrap JSON of containerd 2.x's shims
+/// (`{"version":3,"address":"unix:///...","protocol":"ttrpc"}`). The version names the task
+/// API served (`containerd.task.v3.Task` for 3), which the task client learns by itself.
+pub fn normalize_address(text: &str) -> Result<String> {
+    let text = text.trim();
+    if !text.starts_with('{') {
+        return Ok(plain_address(text));
+    }
+    #[derive(serde::Deserialize)]
+    struct Bootstrap {
+        address: String,
+        #[serde(default)]
+        protocol: String,
+    }
+    let b: Bootstrap = serde_json::from_str(text)
+        .map_err(|e| Error::Shim(format!("the shim's bootstrap answer {text:?}: {e}")))?;
+    if !b.protocol.is_empty() && b.protocol != "ttrpc" {
+        return Err(Error::Shim(format!(
+            "the shim serves {} at {}: only ttrpc is supported",
+            b.protocol, b.address
+        )));
+    }
+    Ok(plain_address(&b.address))
+}
+
+fn plain_address(text: &str) -> String {
     if text.starts_with('/') {
         format!("unix://{text}")
     } else {
@@ -315,7 +340,23 @@ mod tests {
         }
         let e = find_shim("io.containerd.nosuchthing.v9").expect_err("unknown");
         assert!(e.to_string().starts_with("unknown runtime"), "{e}");
-        assert_eq!(normalize_address("/run/x"), "unix:///run/x");
-        assert_eq!(normalize_address("unix:///run/x"), "unix:///run/x");
+        assert_eq!(normalize_address("/run/x").expect("ok"), "unix:///run/x");
+        assert_eq!(
+            normalize_address("unix:///run/x").expect("ok"),
+            "unix:///run/x"
+        );
+    }
+
+    #[test]
+    fn bootstrap_json_of_containerd_2_shims_gives_the_address() {
+        let json = r#"{"version":3,"address":"unix:///run/containerd/s/ab","protocol":"ttrpc"}"#;
+        assert_eq!(
+            normalize_address(json).expect("ok"),
+            "unix:///run/containerd/s/ab"
+        );
+        let grpc = r#"{"version":3,"address":"unix:///run/x","protocol":"grpc"}"#;
+        let e = normalize_address(grpc).expect_err("grpc");
+        assert!(e.to_string().contains("only ttrpc"), "{e}");
+        assert!(normalize_address("{not json").is_err());
     }
 }

@@ -257,7 +257,9 @@ fn shim_address(dir: &Path) -> Option<String> {
     ["shim-address", "address"].iter().find_map(|f| {
         let text = std::fs::read_to_string(dir.join(f)).ok()?;
         let t = text.trim();
-        (!t.is_empty()).then(|| crate::launcher::normalize_address(t))
+        (!t.is_empty())
+            .then(|| crate::launcher::normalize_address(t).ok())
+            .flatten()
     })
 }
 

@@ -285,8 +285,11 @@ main() {
 	for img in pause busybox; do
 		ctr -n k8s.io images import "$TREE/images/$img.tar" >/dev/null || result images all FAIL
 	done
-	sandbox=$(containerd config dump 2>/dev/null | sed -n 's/^ *\(sandbox_image\|sandbox\) = "\(.*\)"/\2/p' | head -n1)
+	# 1.x dumps `sandbox_image = "..."`, 2.x `sandbox = '...'`.
+	sandbox=$(containerd config dump 2>/dev/null |
+		sed -n "s/^ *\(sandbox_image\|sandbox\) = [\"']\([^\"']*\)[\"'].*/\2/p" | head -n1)
 	say "sandbox image: $sandbox"
+	[ -n "$sandbox" ] || result sandbox_image all FAIL
 	[ -z "$sandbox" ] || ctr -n k8s.io images tag --force "$(awk '$1 == "pause.tar" { print $2 }' "$TREE/images/refs")" "$sandbox" >/dev/null
 	cp "$TREE/deploy/systemd/tether.service" /etc/systemd/system/
 	systemctl daemon-reload

@@ -38,7 +38,10 @@ fn assert_clear_error(out: &cmd::CmdOutput, want: &str) {
 
 /// Every scenario of the issue, against one runtime.
 fn container_life_cycle(runtime: &str) {
-    let d = Daemon::start();
+    container_life_cycle_on(Daemon::start(), runtime);
+}
+
+fn container_life_cycle_on(d: Daemon, runtime: &str) {
     let ns = unique_id("ns");
     let rm = d.run_cmd().ns(&ns).runtime(runtime).flag("--rm");
     let run = |id: &str, args: &[&str]| rm.run(id, args);
@@ -179,6 +182,27 @@ fn life_cycle_with_our_shim() {
 #[test]
 fn life_cycle_with_containerds_go_shim() {
     container_life_cycle(RUNC_RUNTIME);
+}
+
+/// containerd 2.x's runc shim answers `start` with its bootstrap JSON (`{"version":3,
+/// "address":...,"protocol":"ttrpc"}`), not a bare address, and serves task API v3: the
+/// daemon runs it as it runs 1.x's (sid's package, unpacked by `make containerd-versions`).
+#[test]
+fn life_cycle_with_containerd_2s_go_shim() {
+    let cache = std::env::var("TETHER_CONTAINERD_CACHE")
+        .unwrap_or_else(|_| tether_tests::flavor::DEFAULT_CACHE.to_string());
+    let dir = std::path::Path::new(&cache).join("sid/root/usr/bin");
+    assert!(
+        dir.join("containerd-shim-runc-v2").is_file(),
+        "containerd 2.x's runc shim is not in {}: run `make containerd-versions`",
+        dir.display()
+    );
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    container_life_cycle_on(Daemon::start_env(&[], &[("PATH", &path)]), RUNC_RUNTIME);
 }
 
 fn terminal(runtime: &str) {
