@@ -1,4 +1,4 @@
-//! The daemon's side of `tether upgrade` (issue 14, docs/upgrade.md): each shim is asked, on its
+//! The daemon's side of `tether upgrade` (docs/upgrade.md): each shim is asked, on its
 //! own socket, to re-execute the binary now installed at its path (its admin service's
 //! `Upgrade`). A few shims at a time: a handover forks and execs the new binary's check, so
 //! many at once only queue on the CPUs, and one slow shim does not hold up the rest.

@@ -134,7 +134,7 @@ impl Daemon {
     pub fn state(&self) -> PathBuf {
         self.dir().join("state")
     }
-    /// The OCI runtime root this daemon's shims use (`<--root>/runc`, issue 12).
+    /// The OCI runtime root this daemon's shims use (`<--root>/runc`).
     pub fn runc_root(&self) -> PathBuf {
         self.root().join("runc")
     }

@@ -1,4 +1,4 @@
-//! Issue 12, attach: `tether attach ID` streams a running container's output from the moment it
+//! Attach: `tether attach ID` streams a running container's output from the moment it
 //! attaches until the container exits (and exits with its status), keeps streaming across a
 //! daemon SIGKILL and restart, feeds a `run -d -i` container's stdin with `--stdin` (whose end
 //! does not close the container's), attaches to a `-d -t` container's terminal, and detaching

@@ -1,4 +1,4 @@
-//! Issue 12, isolation: each daemon's shims keep their containers in an OCI runtime root under
+//! Isolation: each daemon's shims keep their containers in an OCI runtime root under
 //! the daemon's `--root`, so two daemons (or a daemon and containerd) run the same id in the
 //! same namespace side by side, and nothing lands in containerd's runc root.
 

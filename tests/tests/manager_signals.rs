@@ -1,4 +1,4 @@
-//! Issue 12, signals: an attached `tether run` forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT,
+//! Signals: an attached `tether run` forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT,
 //! SIGUSR1 and SIGUSR2 to the container's init (which decides what they mean), and returns the
 //! exit status the container chose. An attached `tether exec` does the same for its process.
 

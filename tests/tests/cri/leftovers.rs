@@ -1,8 +1,8 @@
-//! Issue 9: what a shared-PID-namespace container leaves is killed at its exit.
+//! Kill-all on exit when the PID namespace is shared: what a shared-PID-namespace container leaves is killed at its exit.
 
 use super::*;
 
-/// Issue 9: a container that shares the pod's PID namespace leaves a background `sleep`. When
+/// A container that shares the pod's PID namespace leaves a background `sleep`. When
 /// its init exits, the shim must kill what is left (as containerd's does) before it publishes
 /// `/tasks/exit`; otherwise the leftover holds the output open and, on containerd 1.7/2.x,
 /// wedges the pod. containerd 1.6 hides the bug in CRI's status (its `runc delete`, after the

@@ -26,7 +26,7 @@ use checkpoint::*;
 use leftovers::*;
 use lifecycle::*;
 
-/// Generous: a stop or remove that hangs (the failure mode of issue 9) shows as an error.
+/// Generous: a stop or remove that hangs (the failure mode of a shared-PID container whose leftovers were not killed) shows as an error.
 const POD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One `#[test]` per case and handler, in modules `runc` and `tether`; attributes before a

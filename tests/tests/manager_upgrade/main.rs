@@ -1,4 +1,4 @@
-//! `tether upgrade` (issue 14): the daemon moves its running shims to the binary newly installed
+//! `tether upgrade`: the daemon moves its running shims to the binary newly installed
 //! at their path, in place, through each shim's admin `Upgrade`. Containers run on; shims keep
 //! their pids; a binary that cannot take over is refused and the old code serves on; exits,
 //! `Wait`s, events and output come through once, with the right codes, across upgrades and a

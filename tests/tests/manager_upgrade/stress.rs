@@ -1,4 +1,4 @@
-//! Issue 14's stress: 50 counting containers, ten `tether upgrade` rounds, State and Wait
+//! The upgrade stress: 50 counting containers, ten `tether upgrade` rounds, State and Wait
 //! clients all along, and the daemon SIGKILLed in the middle of a round.
 
 use super::*;
@@ -27,7 +27,7 @@ fn check_numbered(id: &str, out: &str) {
     assert!(lines.len() > 2, "{id}: too few lines: {out:?}");
 }
 
-/// Issue 14 §4: 50 running containers writing numbered lines, upgraded 10 times in a row
+/// 50 running containers writing numbered lines, upgraded 10 times in a row
 /// while clients call `State` (on the shims directly, and `tether ps`) and `Wait` (parked on
 /// the shims, and `tether wait`), the daemon SIGKILLed once in the middle of an upgrade and
 /// restarted: the same shim pids, every shim on the last binary, every line once and in order,

@@ -1,4 +1,4 @@
-//! Live shim upgrade (issue 14 §5): the handover time of one shim, and 200 idle shims upgraded
+//! Live shim upgrade: the handover time of one shim, and 200 idle shims upgraded
 //! through `tether upgrade`. Targets: 5 ms and 2 s.
 //!
 //! The shims run from a private copy of the shim binary, first on a private `tether daemon`'s
