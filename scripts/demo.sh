@@ -24,12 +24,7 @@ trap cleanup EXIT
 
 # The rootfs: busybox and one link per applet.
 rootfs="$work/rootfs"
-mkdir -p "$rootfs"/{bin,proc,sys,dev,tmp,etc,root}
-cp /bin/busybox "$rootfs/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [ "$applet" = busybox ] || ln -sf busybox "$rootfs/bin/$applet"
-done
-echo 'root:x:0:0:root:/root:/bin/sh' > "$rootfs/etc/passwd"
+bash "$here/scripts/busybox-rootfs.sh" "$rootfs"
 
 # A daemon: the one at $TETHER_SOCKET if it answers, else a private one.
 if [ -n "${TETHER_SOCKET:-}" ] && "$tether" ps >/dev/null 2>&1; then

@@ -294,12 +294,7 @@ main() {
 	cp "$TREE/deploy/systemd/tether.service" /etc/systemd/system/
 	systemctl daemon-reload
 
-	mkdir -p "$R"/{bin,proc,sys,dev,tmp,etc,root}
-	cp /bin/busybox "$R/bin/busybox"
-	for a in $(/bin/busybox --list); do
-		[ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"
-	done
-	echo 'root:x:0:0:root:/root:/bin/sh' >"$R/etc/passwd"
+	bash "$TREE/scripts/busybox-rootfs.sh" "$R"
 
 	run v2_oom_test io.containerd.tether.v2
 	local shim

@@ -36,6 +36,8 @@ for suite in "${SUITES[@]}"; do
 	lane=$(mktemp -d /tmp/tether-lane-"$suite".XXXXXX)
 	mkdir -p "$lane/tree/target/release" "$lane/tree/images" "$lane/out"
 	cp -r "$TOP/Makefile" "$TOP/deploy" "$lane/tree/"
+	mkdir -p "$lane/tree/scripts"
+	cp "$TOP/scripts/busybox-rootfs.sh" "$lane/tree/scripts/"
 	cp "$TOP/target/release/containerd-shim-tether-v2" "$TOP/target/release/tether" \
 		"$TOP/target/release/node-cri" "$lane/tree/target/release/"
 	"$TOP/target/release/node-cri" images "$lane/tree/images" >"$lane/tree/images/refs.tmp" &&
