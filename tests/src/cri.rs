@@ -131,6 +131,8 @@ impl CriConfig {
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{d}/cni/bin"
     conf_dir = "{d}/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{d}/certs.d"
 
 {handlers}
 "#,
@@ -160,6 +162,8 @@ impl CriConfig {
         format!(
             r#"[plugins."io.containerd.cri.v1.images"]
   snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = "{d}/certs.d"
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = "{sandbox}"
 
@@ -285,6 +289,11 @@ impl Cri {
     /// containerd's log tail, for failure messages.
     pub fn log_excerpt(&self) -> String {
         self.containerd().log_excerpt()
+    }
+
+    /// The registry `config_path` of this containerd's CRI plugin (one `HOST/hosts.toml` each).
+    pub fn registry_config_path(&self) -> PathBuf {
+        self.containerd().dir().join("certs.d")
     }
 
     /// A pod config: host network, PID namespace `pid`, our cgroup parent and log directory.

@@ -70,6 +70,23 @@ impl Registry {
     pub fn host(&self) -> String {
         format!("localhost:{}", self.port)
     }
+
+    /// Declares this registry plain HTTP in a containerd registry `config_path` directory
+    /// (`<dir>/localhost:PORT/hosts.toml`), as an operator does for a local registry. Without
+    /// it containerd 2.2+ tries HTTPS first and falls back to HTTP only when the server's
+    /// answer to the TLS hello says it speaks HTTP; a connection closed instead (EOF, seen
+    /// under load) fails the pull.
+    pub fn declare_in(&self, config_path: &std::path::Path) {
+        let dir = config_path.join(self.host());
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("registry: mkdir {}: {e}", dir.display()));
+        let url = format!("http://{}", self.host());
+        std::fs::write(
+            dir.join("hosts.toml"),
+            format!("server = \"{url}\"\n\n[host.\"{url}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+        )
+        .unwrap_or_else(|e| panic!("registry: write {}/hosts.toml: {e}", dir.display()));
+    }
 }
 
 impl Drop for Registry {

@@ -115,6 +115,7 @@ pub fn checkpoint_container_archive_restores(handler: &str) {
     );
     // Restoring needs the checkpoint's base image pulled from a registry (see below).
     let registry = Registry::serve(&tether_tests::busybox_image().path);
+    registry.declare_in(&cri.registry_config_path());
     let image = format!("{}/tether-busybox:test", registry.host());
     let pulled = cri
         .client()
