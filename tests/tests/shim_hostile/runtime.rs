@@ -26,30 +26,12 @@ pub fn hanging_runtime(t: &Target) -> Got {
     let pid_file = dir.path().join("hung.pid");
     let script = hanging_runtime_script(dir.path(), &pid_file);
     let id = unique_id("hang");
-    let bundle = dir.path().join("bundle");
-    std::fs::create_dir(&bundle).expect("mkdir bundle");
-    let config_path = t.bundle.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&config_path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", config_path.display())),
-    )
-    .expect("config.json is JSON");
-    config["root"] = serde_json::json!({"path": busybox_rootfs(), "readonly": true});
-    config["process"]["args"] = serde_json::json!(["/bin/sleep", "1000"]);
-    config["process"]["terminal"] = false.into();
-    config["hostname"] = id.clone().into();
-    config["linux"]["cgroupsPath"] = format!("/{}/{id}", t.ns).into();
-    std::fs::write(bundle.join("config.json"), config.to_string()).expect("write config.json");
+    let bundle = second::bundle_like(t, dir.path(), &id, |_| {});
     let opts = Options {
         binary_name: script.display().to_string(),
         ..Default::default()
     };
-    let create = CreateTaskRequest {
-        id: id.clone(),
-        bundle: bundle.display().to_string(),
-        options: Some(pack_any(&opts).expect("pack options")).into(),
-        ..Default::default()
-    };
+    let create = second::create_second_req(&id, &bundle, Some(opts));
     let created: CreateTaskResponse = must(t, "Create", &create);
     let _: StartResponse = must(t, "Start", &start_req(&id, ""));
     let b = Target {
