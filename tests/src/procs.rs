@@ -64,6 +64,15 @@ pub fn cmdline(pid: i32) -> Option<Vec<String>> {
     )
 }
 
+/// Waits until `pid`'s command line is `want`: `runc start` returns once the container's init
+/// is released, a moment before its `execve` ends (meanwhile the command line reads `runc init`,
+/// then briefly empty). False if it is not `want` within `timeout`.
+pub fn wait_cmdline(pid: i32, want: &[&str], timeout: std::time::Duration) -> bool {
+    crate::wait_until(timeout, || {
+        cmdline(pid).is_some_and(|args| args.iter().map(String::as_str).eq(want.iter().copied()))
+    })
+}
+
 /// Processes (other than this one) whose command line, joined by spaces, contains `needle`.
 pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
     let me = std::process::id() as i32;

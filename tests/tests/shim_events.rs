@@ -202,6 +202,10 @@ fn shim_killed_while_its_container_runs_is_cleaned_up_by_the_delete_action() {
         .success();
     let row = ctr.task(&id).expect("the task is listed");
     let pid = row.pid as i32;
+    assert!(
+        procs::wait_cmdline(pid, &["/bin/sleep", "1000"], T),
+        "the container process runs"
+    );
     let init_args = procs::cmdline(pid).expect("the container process runs");
     let shim_pid = shim::shim_pid(&cd, &ns, &id).expect("the shim is running");
     let shim_args = procs::cmdline(shim_pid).expect("shim cmdline");

@@ -94,12 +94,12 @@ fn detached_task_lists_kills_deletes_and_leaves_no_shim_socket_mount_runc_state_
     assert_eq!(row.status, "RUNNING", "{row:?}");
     let pid = row.pid as i32;
     assert!(pid > 0, "{row:?}");
-    let init_args = procs::cmdline(pid).expect("/proc/PID of the task's pid exists");
-    assert_eq!(
-        init_args,
-        ["/bin/sleep", "1000"],
-        "pid {pid} is the container's"
+    assert!(
+        procs::wait_cmdline(pid, &["/bin/sleep", "1000"], T),
+        "pid {pid} is the container's: {:?}",
+        procs::cmdline(pid)
     );
+    let init_args = procs::cmdline(pid).expect("/proc/PID of the task's pid exists");
     assert_eq!(ctr.task_ps(&id), vec![row.pid], "ctr task ps");
 
     // The shim: one process, the init's parent (a subreaper), its socket where `address` says.
