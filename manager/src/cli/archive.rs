@@ -264,6 +264,13 @@ fn make_parents(
     Ok(())
 }
 
+/// An archive the CLI cannot read is the user's input: refused as an invalid argument.
+impl From<ArchiveError> for crate::error::Error {
+    fn from(e: ArchiveError) -> crate::error::Error {
+        crate::error::Error::InvalidArgument(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

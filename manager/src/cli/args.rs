@@ -16,7 +16,7 @@ pub struct Cli {
     #[arg(long, short = 'n', global = true)]
     pub namespace: Option<String>,
     /// The daemon's socket.
-    #[arg(long, global = true, env = "TETHER_SOCKET", default_value = crate::daemon::DEFAULT_SOCKET)]
+    #[arg(long, global = true, env = "TETHER_SOCKET", default_value = crate::names::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -27,17 +27,17 @@ pub enum Command {
     /// Run the daemon that launches shims and serves the CLI.
     Daemon(DaemonArgs),
     /// Create and start a container, attached to its stdio unless -d.
-    Run(RunArgs),
+    Run(super::run::RunArgs),
     /// Create a container without starting it (no stdio attached).
-    Create(CreateArgs),
+    Create(super::create::CreateArgs),
     /// Start a created container.
     Start(IdArg),
     /// Run another process in a running container.
-    Exec(ExecArgs),
+    Exec(super::exec::ExecArgs),
     /// Send a signal to a container's process (or all of its processes).
-    Kill(KillArgs),
+    Kill(super::kill::KillArgs),
     /// Wait for a process to exit; prints and exits with its status.
-    Wait(WaitArgs),
+    Wait(super::wait::WaitArgs),
     /// List containers.
     #[command(visible_alias = "list", visible_alias = "ls")]
     Ps(JsonArg),
@@ -48,72 +48,42 @@ pub enum Command {
     /// Thaw a paused container.
     Resume(IdArg),
     /// Change a running container's resource limits.
-    Update(UpdateArgs),
+    Update(super::update::UpdateArgs),
     /// Show a container's resource usage.
     Stats(IdJson),
     /// Delete a container (its task, shim and bundle).
     #[command(visible_alias = "rm")]
-    Delete(DeleteArgs),
+    Delete(super::delete::DeleteArgs),
     /// Stream events, optionally filtered: 'topic~=/tasks/.+,namespace==bb' (',' is AND;
     /// several filters are OR; operators ==, != and ~= (regular expression)).
-    Events(EventsArgs),
+    Events(super::events::EventsArgs),
     /// Stream a running container's output from now on (and feed its stdin with --stdin)
     /// until it exits; exits with its status. Ctrl-C is forwarded to the container unless
     /// --sig-proxy=false (then it detaches); with a terminal and --stdin, Ctrl-P Ctrl-Q
     /// detaches. Detaching leaves the container running.
-    Attach(AttachArgs),
+    Attach(super::attach::AttachArgs),
     /// Print a detached container's output (stdout to stdout, stderr to stderr), kept in
     /// CRI's log format in its directory, rotated at the daemon's --log-max-size.
-    Logs(LogsArgs),
+    Logs(super::logs::LogsArgs),
     /// Dump a container with CRIU into an archive (CRI's layout); it exits unless
     /// --leave-running.
-    Checkpoint(crate::cpcli::CheckpointArgs),
+    Checkpoint(super::checkpoint::CheckpointArgs),
     /// Create and start a container from a `tether checkpoint --export` archive.
-    Restore(crate::cpcli::RestoreArgs),
+    Restore(super::restore::RestoreArgs),
     /// Move running shims to the binary now installed at their path, in place: containers keep
     /// running, their shims keep their pids. No ids: every running shim of the daemon (of
     /// every namespace unless --namespace is given; another runtime's shims are skipped).
     /// Prints one line per shim; exits 1 if any was refused.
-    Upgrade(crate::upgrade_cmd::UpgradeArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct LogsArgs {
-    pub id: String,
-    /// Keep printing new output until the container's output ends.
-    #[arg(long, short = 'f')]
-    pub follow: bool,
-    /// Only the last N lines (of stdout and stderr together).
-    #[arg(long)]
-    pub tail: Option<usize>,
-    /// Only lines since an RFC 3339 time (2026-01-02T15:04:05Z) or a duration ago (10m, 1h30m).
-    #[arg(long)]
-    pub since: Option<String>,
-    /// Start each line with the time it arrived (RFC 3339, nanoseconds).
-    #[arg(long, short = 't')]
-    pub timestamps: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct AttachArgs {
-    pub id: String,
-    /// Also copy our stdin to the container's (it must have been created with -i). The end
-    /// of our stdin does not close the container's: it stays open for the next attach.
-    #[arg(long)]
-    pub stdin: bool,
-    /// Forward SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the container (not
-    /// with a terminal, where Ctrl-C is a key). With --sig-proxy=false they detach instead.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub sig_proxy: bool,
+    Upgrade(super::upgrade::UpgradeArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
     /// Persistent state.
-    #[arg(long, default_value = crate::daemon::DEFAULT_ROOT)]
+    #[arg(long, default_value = crate::names::DEFAULT_ROOT)]
     pub root: PathBuf,
     /// Runtime state: one directory (and bundle) per namespace/container.
-    #[arg(long, default_value = crate::daemon::DEFAULT_STATE)]
+    #[arg(long, default_value = crate::names::DEFAULT_STATE)]
     pub state: PathBuf,
     /// Start shims with -debug and log at debug level.
     #[arg(long)]
@@ -147,135 +117,6 @@ pub struct IdJson {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Args, Clone)]
-pub struct CreateArgs {
-    /// Allocate a terminal for the container's process.
-    #[arg(short = 't', long)]
-    pub tty: bool,
-    /// Keep the container's stdin open (with -d or create) for `tether attach --stdin`.
-    #[arg(short = 'i', long)]
-    pub interactive: bool,
-    /// A root filesystem directory; a default OCI spec is generated for it.
-    #[arg(
-        long,
-        value_name = "DIR",
-        conflicts_with = "bundle",
-        required_unless_present = "bundle"
-    )]
-    pub rootfs: Option<PathBuf>,
-    /// An OCI bundle directory holding config.json.
-    #[arg(long, value_name = "DIR")]
-    pub bundle: Option<PathBuf>,
-    /// The runtime (shim) to use: io.containerd.X.v2 runs containerd-shim-X-v2.
-    #[arg(long, default_value = crate::launcher::DEFAULT_RUNTIME)]
-    pub runtime: String,
-    /// Environment variables for the process (with --rootfs).
-    #[arg(long = "env", short = 'e', value_name = "K=V")]
-    pub env: Vec<String>,
-    /// Working directory of the process (with --rootfs).
-    #[arg(long, value_name = "DIR")]
-    pub cwd: Option<String>,
-    /// Memory limit in bytes (suffixes k, m, g allowed).
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
-    pub memory: Option<i64>,
-    /// CPU limit in CPUs (e.g. 0.5).
-    #[arg(long, value_name = "N")]
-    pub cpus: Option<f64>,
-    /// Print the container as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// The container id.
-    pub id: String,
-    /// The command and its arguments (with --rootfs; default /bin/sh).
-    #[arg(last = true, value_name = "CMD")]
-    pub args: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Delete the container when it exits.
-    #[arg(long, conflicts_with = "detach")]
-    pub rm: bool,
-    /// Do not attach: print the container's pid and return.
-    #[arg(short = 'd', long)]
-    pub detach: bool,
-    #[command(flatten)]
-    pub create: CreateArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct ExecArgs {
-    /// Do not attach: print the process's pid (and, on the next line, the exec id made up
-    /// when none was given) and return.
-    #[arg(short = 'd', long)]
-    pub detach: bool,
-    /// Allocate a terminal for the process.
-    #[arg(short = 't', long)]
-    pub tty: bool,
-    /// The id of the new process; a unique one is made up when it is not given.
-    #[arg(long, value_name = "EID")]
-    pub exec_id: Option<String>,
-    #[arg(long = "env", short = 'e', value_name = "K=V")]
-    pub env: Vec<String>,
-    #[arg(long, value_name = "DIR")]
-    pub cwd: Option<String>,
-    pub id: String,
-    #[arg(last = true, required = true, value_name = "CMD")]
-    pub args: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct KillArgs {
-    /// The signal, by name (TERM, SIGKILL) or number.
-    #[arg(short = 's', long, default_value = "TERM")]
-    pub signal: String,
-    /// Signal every process of the container.
-    #[arg(long)]
-    pub all: bool,
-    /// Signal this exec instead of the init process.
-    #[arg(long, value_name = "EID", default_value = "")]
-    pub exec_id: String,
-    pub id: String,
-}
-
-#[derive(Debug, Args)]
-pub struct WaitArgs {
-    pub id: String,
-    #[arg(long, value_name = "EID", default_value = "")]
-    pub exec_id: String,
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct UpdateArgs {
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
-    pub memory: Option<i64>,
-    #[arg(long, value_name = "N")]
-    pub cpus: Option<f64>,
-    pub id: String,
-}
-
-#[derive(Debug, Args)]
-pub struct DeleteArgs {
-    /// Kill the container first if it is still running.
-    #[arg(short = 'f', long)]
-    pub force: bool,
-    pub id: String,
-}
-
-#[derive(Debug, Args)]
-pub struct EventsArgs {
-    /// One JSON object per line.
-    #[arg(long)]
-    pub json: bool,
-    /// Start after this sequence number (from the daemon's in-memory buffer) instead of now.
-    #[arg(long, value_name = "SEQ")]
-    pub since: Option<u64>,
-    /// Filters (containerd syntax); an event is shown if any matches.
-    pub filters: Vec<String>,
 }
 
 /// `1024`, `64k`, `512m`, `1g` (powers of 1024).

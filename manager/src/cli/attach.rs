@@ -8,12 +8,12 @@
 //! default `--sig-proxy`) unless `--sig-proxy=false`, where it ends the CLI; with a terminal
 //! Ctrl-C is a key, and Ctrl-P Ctrl-Q detaches (docker's detach keys) when stdin is attached.
 
-use crate::attach::RawMode;
-use crate::cli::AttachArgs;
-use crate::client::{Client, CALL_TIMEOUT};
+use super::client::{Client, CALL_TIMEOUT};
+use super::logs::{self, Lines, Printer};
+use super::sig_proxy::{self, SignalProxy};
+use super::stdio::RawMode;
 use crate::error::{Error, Result};
-use crate::logs::{self, Lines, Printer};
-use crate::sig_proxy::{self, SignalProxy};
+use clap::Args;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -23,6 +23,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tether_protocol::manager_api::manager as api;
 use tether_protocol::{validate_id, validate_namespace};
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    pub id: String,
+    /// Also copy our stdin to the container's (it must have been created with -i). The end
+    /// of our stdin does not close the container's: it stays open for the next attach.
+    #[arg(long)]
+    pub stdin: bool,
+    /// Forward SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the container (not
+    /// with a terminal, where Ctrl-C is a key). With --sig-proxy=false they detach instead.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub sig_proxy: bool,
+}
 
 /// Ctrl-P then Ctrl-Q: docker's default detach keys.
 const DETACH: [u8; 2] = [0x10, 0x11];
@@ -42,13 +55,13 @@ pub fn attach(socket: &Path, ns: &str, a: &AttachArgs) -> Result<i32> {
     }
     let dir = Path::new(&c.bundle);
     let terminal = has_terminal(dir)?;
-    let stdin_fifo = dir.join(crate::containers::STDIN_FIFO);
+    let stdin_fifo = dir.join(crate::names::STDIN_FIFO);
     let stdin = if a.stdin {
         Some(open_stdin(&a.id, &stdin_fifo)?)
     } else {
         None
     };
-    let current = dir.join(crate::cri_log::FILE_NAME);
+    let current = dir.join(crate::logger::cri_log::FILE_NAME);
     let Some(file) = logs::open(&current)? else {
         return Err(Error::NotFound(format!(
             "container {}: no output to attach to (it was started attached)",

@@ -3,7 +3,7 @@
 //! container's memory, secrets included), a container it froze for the dump thawed, one it
 //! created for a restore and never started deleted.
 
-use crate::client::{Client, CALL_TIMEOUT};
+use super::client::{Client, CALL_TIMEOUT};
 use crate::error::{Error, Result};
 use signal_hook::consts::signal::{SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals};

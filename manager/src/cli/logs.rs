@@ -3,10 +3,10 @@
 //! rotated ones first, and with `-f` follows the current file across rotations until the
 //! logger says it is done. `tether attach` follows the same way from the current end.
 
-use crate::cli::LogsArgs;
-use crate::client::{Client, CALL_TIMEOUT};
-use crate::cri_log::{self, Stream};
+use super::client::{Client, CALL_TIMEOUT};
 use crate::error::{Error, Result};
+use crate::logger::cri_log::{self, Stream};
+use clap::Args;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -15,6 +15,23 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tether_protocol::manager_api::manager as api;
 use tether_protocol::{validate_id, validate_namespace};
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub id: String,
+    /// Keep printing new output until the container's output ends.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only the last N lines (of stdout and stderr together).
+    #[arg(long)]
+    pub tail: Option<usize>,
+    /// Only lines since an RFC 3339 time (2026-01-02T15:04:05Z) or a duration ago (10m, 1h30m).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Start each line with the time it arrived (RFC 3339, nanoseconds).
+    #[arg(long, short = 't')]
+    pub timestamps: bool,
+}
 
 /// How often a follower looks for more output.
 const POLL: Duration = Duration::from_millis(50);

@@ -9,8 +9,8 @@
 //! that would find no process). The first forwarded SIGINT does not end the CLI: it waits for
 //! the container's exit status, as the container decides what the signal means.
 
-use crate::attach::terminal_size;
-use crate::client::{Client, CALL_TIMEOUT};
+use super::client::{Client, CALL_TIMEOUT};
+use super::stdio::terminal_size;
 use crate::error::{Error, Result};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook::iterator::{Handle, Signals};

@@ -3,6 +3,7 @@
 //! them and its own stdin/stdout/stderr. With `-t` the shim holds the pty master and the FIFOs
 //! carry the terminal's bytes; the CLI puts its own terminal in raw mode meanwhile.
 
+use super::client::{Client, CALL_TIMEOUT};
 use crate::error::{Error, Result};
 use nix::sys::termios::{self, SetArg, Termios};
 use std::fs::{File, OpenOptions};
@@ -255,4 +256,30 @@ pub fn terminal_size(fd: BorrowedFd<'_>) -> Option<(u32, u32)> {
         )
     };
     (r == 0 && ws.ws_col > 0).then_some((u32::from(ws.ws_col), u32::from(ws.ws_row)))
+}
+
+/// How long output may keep flowing after the process exited before the CLI stops copying.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// What ends the container's stdin when ours ends: the daemon's `CloseIO` for the process.
+pub fn close_stdin(
+    socket: &Path,
+    ns: &str,
+    id: &str,
+    exec_id: &str,
+) -> impl FnOnce() + Send + 'static {
+    let (socket, req) = (
+        socket.to_path_buf(),
+        api::ProcessRef {
+            namespace: ns.into(),
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        },
+    );
+    move || {
+        if let Ok(c) = Client::connect(&socket) {
+            let _ = c.call(CALL_TIMEOUT, |m, ctx| m.close_io(ctx, &req));
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! shim: `ID: upgraded (OLD -> NEW, N ms)` or `ID: refused (WHY)`; asked for every shim, one
 //! with no live upgrade (another runtime's) is `ID: skipped (WHY)`, not a refusal.
 
-use crate::client::{Client, CALL_TIMEOUT};
+use super::client::{Client, CALL_TIMEOUT};
 use crate::error::Result;
 use clap::Args;
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! as the runtime option `CriuPath`), its version check, and the `Checkpoint` call to a shim.
 //! The CLI builds and reads the archive (see `archive` and `cpcli`).
 
-use crate::containers::{Config, Containers};
+use crate::daemon::containers::{Config, Containers};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,11 +54,11 @@ pub fn check_criu(criu: &Path) -> Result<PathBuf> {
     cmd.arg("--version")
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let child = crate::reaper::spawn(cmd.stdout(std::process::Stdio::piped()))
+    let child = crate::daemon::reaper::spawn(cmd.stdout(std::process::Stdio::piped()))
         .map_err(Error::io(format!("run {} --version", found.display())))?;
     let pid = child.id();
     let out = child.wait_with_output();
-    crate::reaper::release(pid);
+    crate::daemon::reaper::release(pid);
     let out = out.map_err(Error::io(format!("run {} --version", found.display())))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let version = parse_version(&text).ok_or_else(|| {
@@ -81,7 +81,7 @@ pub fn check_criu(criu: &Path) -> Result<PathBuf> {
 /// when there is one.
 pub fn runtime_options(cfg: &Config) -> Result<Any> {
     let mut opts = RuncOptions {
-        root: crate::runtime_root::runtime_root(&cfg.root)
+        root: crate::daemon::shim::runtime_root::runtime_root(&cfg.root)
             .display()
             .to_string(),
         ..Default::default()

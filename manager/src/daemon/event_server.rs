@@ -30,7 +30,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, Error> {
         Err(e) => return Err(Error::io(format!("remove stale socket {}", path.display()))(e)),
     }
     // Under umask 077: never open to others, not even until the chmod below.
-    let l = crate::peer::with_private_umask(|| UnixListener::bind(path))
+    let l = crate::daemon::peer::with_private_umask(|| UnixListener::bind(path))
         .map_err(Error::io(format!("listen on {}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(Error::io(format!("chmod 0600 {}", path.display())))?;

@@ -5,12 +5,28 @@
 //! Threads: this one (signals), the monitor's loop, a few janitors (clean up after dead shims,
 //! which may take a while, in parallel), and the ttrpc server's for the CLI. None per container.
 
-use crate::containers::{Config, Containers};
+mod checkpoint;
+mod containers;
+mod event_server;
+mod events;
+mod monitor;
+mod notify;
+mod peer;
+mod reaper;
+mod recovery;
+mod service;
+mod shim;
+mod upgrade;
+
+pub(crate) use containers::Config;
+pub(crate) use notify::Notifier;
+
+use crate::daemon::containers::Containers;
+use crate::daemon::events::journal::Journal;
+use crate::daemon::events::Bus;
+use crate::daemon::monitor::{Key, Monitor};
+use crate::daemon::service::{forward_sink, ManagerService};
 use crate::error::{Error, Result};
-use crate::events::Bus;
-use crate::journal::Journal;
-use crate::monitor::{Key, Monitor};
-use crate::service::{forward_sink, ManagerService};
 use nix::sys::signal::{SigSet, Signal};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -18,13 +34,10 @@ use std::sync::Arc;
 use tether_protocol::api::ttrpc;
 use tether_protocol::manager_api::manager_ttrpc::create_manager;
 
-pub const DEFAULT_ROOT: &str = "/var/lib/tether";
-pub const DEFAULT_STATE: &str = "/run/tether";
-pub const DEFAULT_SOCKET: &str = "/run/tether/tether.sock";
 /// The event journal, in the state directory.
-pub const JOURNAL_NAME: &str = "events.journal";
+const JOURNAL_NAME: &str = "events.journal";
 /// Events the journal keeps (and `--since` can replay).
-pub const JOURNAL_KEEP: usize = crate::events::CAPACITY;
+const JOURNAL_KEEP: usize = crate::daemon::events::CAPACITY;
 
 fn make_dir(dir: &Path, mode: u32) -> Result<()> {
     std::fs::DirBuilder::new()
@@ -42,7 +55,7 @@ fn prepare_socket(socket: &Path) -> Result<()> {
         .unwrap_or(Path::new("."));
     let created = !dir.exists();
     make_dir(dir, 0o700)?;
-    if created || dir == Path::new(DEFAULT_STATE) {
+    if created || dir == Path::new(crate::names::DEFAULT_STATE) {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(Error::io(format!("chmod 0700 {}", dir.display())))?;
     } else {
@@ -76,7 +89,7 @@ fn prepare_socket(socket: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run(mut cfg: Config, notify: &crate::notify::Notifier) -> Result<()> {
+pub(crate) fn run(mut cfg: Config, notify: &Notifier) -> Result<()> {
     make_dir(&cfg.root, 0o700)?;
     // Shims get paths under it (their runtime root) and run in their bundle: make it absolute.
     cfg.root = std::fs::canonicalize(&cfg.root)
@@ -99,7 +112,7 @@ pub fn run(mut cfg: Config, notify: &crate::notify::Notifier) -> Result<()> {
     // SAFETY: setting a signal disposition to ignore.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     // Shims we start are reparented to us, and so are a killed shim's processes: we reap them.
-    crate::reaper::become_subreaper().map_err(Error::io("become a child subreaper"))?;
+    crate::daemon::reaper::become_subreaper().map_err(Error::io("become a child subreaper"))?;
 
     // The journal is read while the shims are probed and the table served: a restart's `ps`
     // does not wait for it. Publishing and polling do (`Bus::pending`).
@@ -130,10 +143,10 @@ pub fn run(mut cfg: Config, notify: &crate::notify::Notifier) -> Result<()> {
     let containers = Containers::new(cfg.clone(), bus.clone())?;
 
     // Before any shim can reach us: aborted creates are muted before their shims speak.
-    let found = crate::recovery::scan_state(&containers);
+    let found = crate::daemon::recovery::scan_state(&containers);
     let janitor = start_janitor(&containers)?;
-    let events_listener = crate::event_server::bind(&containers.events_socket())?;
-    let monitor = Monitor::start(crate::monitor::Setup {
+    let events_listener = crate::daemon::event_server::bind(&containers.events_socket())?;
+    let monitor = Monitor::start(crate::daemon::monitor::Setup {
         events: events_listener,
         sink: forward_sink(containers.clone()),
         on_death: Box::new(move |key| {
@@ -141,12 +154,12 @@ pub fn run(mut cfg: Config, notify: &crate::notify::Notifier) -> Result<()> {
         }),
     })?;
     containers.set_monitor(monitor);
-    crate::recovery::recover(&containers, found);
+    crate::daemon::recovery::recover(&containers, found);
 
     let address = format!("unix://{}", cfg.socket.display());
     let manager = Arc::new(ManagerService { containers, bus });
     // Bound under umask 077: never open to others, not even until the chmod below.
-    let bound = crate::peer::with_private_umask(|| ttrpc::Server::new().bind(&address));
+    let bound = crate::daemon::peer::with_private_umask(|| ttrpc::Server::new().bind(&address));
     let mut server = bound
         .map_err(|e| {
             Error::Unavailable(format!(

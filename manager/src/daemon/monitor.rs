@@ -1,13 +1,13 @@
 //! One `mio` loop that watches every shim: a pidfd per shim process (readable when it dies),
-//! the shims' event connections (containerd's Events service, see [`crate::event_server`]),
+//! the shims' event connections (containerd's Events service, see [`crate::daemon::event_server`]),
 //! the `log` FIFO of every bundle (drained into a per-container log file), and `SIGCHLD` (a
 //! signalfd) to reap orphans. One thread, however many containers.
 //!
 //! Other threads hand it work through a channel and a `Waker`; it reports shim deaths to a
 //! callback, run on the loop thread (which must not block: the daemon's posts them on).
 
+use crate::daemon::event_server::{self, Incoming, Sink};
 use crate::error::{Error, Result};
-use crate::event_server::{self, Incoming, Sink};
 use mio::net::UnixListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -195,7 +195,7 @@ impl Loop {
                 self.forward(forwards);
             }
             if reap {
-                crate::reaper::reap_orphans();
+                crate::daemon::reaper::reap_orphans();
                 reaped_at = Instant::now();
             }
             loop {
@@ -289,7 +289,7 @@ impl Loop {
             Some(Watched::Shim { .. }) => {
                 if let Some(Watched::Shim { key, .. }) = self.remove(token) {
                     // Reap it first (if it is ours), so no zombie outlives the report.
-                    crate::reaper::reap_orphans();
+                    crate::daemon::reaper::reap_orphans();
                     (self.on_death)(key);
                 }
                 true
@@ -315,7 +315,7 @@ impl Loop {
         loop {
             match self.events.accept() {
                 Ok((mut stream, _)) => {
-                    if let Err(e) = crate::peer::check(stream.as_raw_fd()) {
+                    if let Err(e) = crate::daemon::peer::check(stream.as_raw_fd()) {
                         // Closed unread: only root and the daemon's uid may publish events.
                         log::warn!("events socket: {e}");
                         continue;

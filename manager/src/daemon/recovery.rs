@@ -18,9 +18,9 @@
 //! never acknowledged (`created_at` 0 on disk, so this holds across any number of crashes) has
 //! its events muted before its shim can deliver any, and unmuted only once that shim is gone.
 
-use crate::containers::{remove_dir, Container, Containers, ShimConn};
-use crate::launcher::ShimCommand;
-use crate::monitor::Key;
+use crate::daemon::containers::{remove_dir, Container, Containers, ShimConn};
+use crate::daemon::monitor::Key;
+use crate::daemon::shim::launcher::ShimCommand;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -81,7 +81,7 @@ pub struct Found {
 type Read = std::result::Result<ContainerRecord, String>;
 
 /// Reads every record, and mutes the events of every create the daemon never acknowledged
-/// (see [`Bus::mute`](crate::events::Bus::mute)): its shim may still report that init (its
+/// (see [`Bus::mute`](crate::daemon::events::Bus::mute)): its shim may still report that init (its
 /// exit when it is undone, or a retry of an event sent before the crash), and must be silenced
 /// before the events endpoint opens. Call before the events endpoint is bound.
 pub fn scan_state(containers: &Containers) -> Found {
@@ -258,7 +258,7 @@ fn shim_address(dir: &Path) -> Option<String> {
         let text = std::fs::read_to_string(dir.join(f)).ok()?;
         let t = text.trim();
         (!t.is_empty())
-            .then(|| crate::launcher::normalize_address(t).ok())
+            .then(|| crate::daemon::shim::launcher::normalize_address(t).ok())
             .flatten()
     })
 }
@@ -410,7 +410,7 @@ fn clean_up(containers: &Containers, d: Dead) {
     // Its leftovers (mounts, runtime state) go with the delete action in any case.
     let deleted = command.delete();
     if let Some(socket) = socket {
-        crate::shim_client::remove_dead_socket(&socket);
+        crate::daemon::shim::handle::remove_dead_socket(&socket);
     }
     if known {
         if let Err(e) = deleted {

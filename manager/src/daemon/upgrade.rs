@@ -7,7 +7,7 @@
 //! pidfd stays valid), its socket (calls are one connection each), and reconnects its event
 //! connection from the new image.
 
-use crate::containers::Containers;
+use crate::daemon::containers::Containers;
 use crate::error::Result;
 use std::path::PathBuf;
 use std::sync::Mutex;

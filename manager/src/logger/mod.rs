@@ -16,8 +16,10 @@
 //! Shims turn the URI's query into arguments in map order (containerd's Go shim in random
 //! order), so every setting is a `key value` pair and the pairs are read in any order.
 
-use crate::cri_log::{self, Stream, MAX_CONTENT};
+pub(crate) mod cri_log;
+
 use crate::output::time;
+use cri_log::{Stream, MAX_CONTENT};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -30,7 +32,7 @@ use tether_protocol::time::now_nanos;
 const MARK: &str = "tether-log-driver";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Options {
+pub(crate) struct Options {
     pub path: PathBuf,
     pub max_size: u64,
     pub max_files: u32,
@@ -42,13 +44,13 @@ pub struct Options {
 
 /// What the logger does besides writing `dir`'s log file.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Extras<'a> {
+pub(crate) struct Extras<'a> {
     pub stdin: Option<&'a Path>,
     pub flush: bool,
 }
 
 /// The `binary://` URI that makes a shim start this binary as the logger of `dir`'s container.
-pub fn uri(exe: &Path, dir: &Path, max_size: u64, max_files: u32, extras: Extras) -> String {
+pub(crate) fn uri(exe: &Path, dir: &Path, max_size: u64, max_files: u32, extras: Extras) -> String {
     let mut u = format!(
         "binary://{}?{MARK}=1&path={}&max-size={max_size}&max-files={max_files}",
         exe.display(),
@@ -64,7 +66,7 @@ pub fn uri(exe: &Path, dir: &Path, max_size: u64, max_files: u32, extras: Extras
 }
 
 /// Whether a path can go into the URI unchanged (shims do not agree on percent-decoding).
-pub fn uri_safe(p: &Path) -> bool {
+pub(crate) fn uri_safe(p: &Path) -> bool {
     p.to_str().is_some_and(|s| {
         s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
@@ -72,7 +74,7 @@ pub fn uri_safe(p: &Path) -> bool {
 }
 
 /// The logger's options if `args` (without the program name) are a logger invocation.
-pub fn invocation(args: &[String]) -> Option<Options> {
+pub(crate) fn invocation(args: &[String]) -> Option<Options> {
     if !args.len().is_multiple_of(2) {
         return None;
     }
@@ -201,7 +203,7 @@ fn inherited(fd: RawFd) -> Option<File> {
 }
 
 /// Runs the logger until both streams end; the exit code for the shim's reaper.
-pub fn run(opts: Options) -> i32 {
+pub(crate) fn run(opts: Options) -> i32 {
     let path = opts.path.clone();
     let ended = path.with_file_name(cri_log::ENDED_NAME);
     let mut writer = match Writer::open(opts) {

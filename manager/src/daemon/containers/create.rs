@@ -8,7 +8,7 @@ impl Containers {
     pub fn create(&self, req: api::CreateRequest) -> Result<api::Container> {
         let key = check_key(&req.namespace, &req.id)?;
         let runtime = if req.runtime.is_empty() {
-            launcher::DEFAULT_RUNTIME.to_string()
+            crate::names::DEFAULT_RUNTIME.to_string()
         } else {
             req.runtime.clone()
         };
@@ -91,7 +91,7 @@ impl Containers {
 
         // The runtime root under the daemon's root (and our CRIU), as containerd passes
         // options: on `start`'s stdin and in `Create`.
-        let options = crate::checkpoint::runtime_options(&self.cfg)?;
+        let options = crate::daemon::checkpoint::runtime_options(&self.cfg)?;
         let options_bytes = options
             .write_to_bytes()
             .map_err(|e| Error::Shim(format!("encode the runtime options: {e}")))?;
@@ -149,13 +149,13 @@ impl Containers {
         spec: &oci_spec::runtime::Spec,
     ) -> Result<api::Stdio> {
         let dir = &c.dir;
-        let fifo = dir.join(STDIN_FIFO);
+        let fifo = dir.join(crate::names::STDIN_FIFO);
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(|e| Error::io(format!("mkfifo {}", fifo.display()))(e.into()))?;
         *lock(&c.stdin) = Some(hold_stdin(dir)?);
         let exe = std::env::current_exe()
             .map_err(Error::io("find our own binary (the logger)".to_string()))?;
-        let (stdio, pid) = crate::fifo_logger::start(
+        let (stdio, pid) = crate::daemon::containers::fifo_logger::start(
             &exe,
             dir,
             spec_terminal(spec),
@@ -173,12 +173,12 @@ impl Containers {
         let terminal = spec_terminal(spec);
         let exe = std::env::current_exe();
         let uri = match exe {
-            Ok(exe) if crate::log_driver::uri_safe(&exe) && crate::log_driver::uri_safe(dir) => {
-                let extras = crate::log_driver::Extras {
+            Ok(exe) if crate::logger::uri_safe(&exe) && crate::logger::uri_safe(dir) => {
+                let extras = crate::logger::Extras {
                     stdin: None,
                     flush: terminal,
                 };
-                crate::log_driver::uri(
+                crate::logger::uri(
                     &exe,
                     dir,
                     self.cfg.log_max_size,
@@ -262,12 +262,9 @@ fn spec_terminal(spec: &oci_spec::runtime::Spec) -> bool {
         .unwrap_or(false)
 }
 
-/// A `-i` container's stdin FIFO in its directory.
-pub const STDIN_FIFO: &str = "stdin";
-
 /// Opens a container's stdin FIFO for writing without waiting for a reader (O_RDWR).
 pub(super) fn hold_stdin(dir: &Path) -> Result<std::fs::File> {
-    let fifo = dir.join(STDIN_FIFO);
+    let fifo = dir.join(crate::names::STDIN_FIFO);
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)

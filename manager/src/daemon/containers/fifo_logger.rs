@@ -12,7 +12,7 @@
 //! process exited), and is killed if the container's creation fails.
 
 use crate::error::{Error, Result};
-use crate::log_driver::Extras;
+use crate::logger::Extras;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -30,7 +30,7 @@ pub fn start(
     max_files: u32,
 ) -> Result<(api::Stdio, u32)> {
     // The logger's arguments are built from its URI's query, as a shim would split it.
-    if !crate::log_driver::uri_safe(exe) || !crate::log_driver::uri_safe(dir) {
+    if !crate::logger::uri_safe(exe) || !crate::logger::uri_safe(dir) {
         return Err(Error::InvalidArgument(format!(
             "cannot keep a stdin open for {}: the paths of {} and the container's directory \
              must be plain (letters, digits, '/', '.', '_', '-')",
@@ -38,7 +38,7 @@ pub fn start(
             exe.display()
         )));
     }
-    let stdin = dir.join(crate::containers::STDIN_FIFO);
+    let stdin = dir.join(crate::names::STDIN_FIFO);
     let stdout = dir.join("stdout");
     let stderr = dir.join("stderr");
     let out = open_read_end(&stdout)?;
@@ -48,7 +48,7 @@ pub fn start(
     } else {
         Some(open_read_end(&stderr)?)
     };
-    let uri = crate::log_driver::uri(
+    let uri = crate::logger::uri(
         exe,
         dir,
         max_size,

@@ -11,16 +11,16 @@
 
 mod create;
 mod delete;
+mod fifo_logger;
 mod process;
 mod shim_events;
+mod stats;
 mod writer;
 
-pub use create::STDIN_FIFO;
-
+use crate::daemon::events::{Bus, NewEvent};
+use crate::daemon::monitor::{Key, Monitor};
+use crate::daemon::shim::launcher::{self, ShimCommand};
 use crate::error::{is_disconnected, Error, Result};
-use crate::events::{Bus, NewEvent};
-use crate::launcher::{self, ShimCommand};
-use crate::monitor::{Key, Monitor};
 use protobuf::{Message, MessageField};
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -264,7 +264,9 @@ impl Containers {
 
     /// Where shims publish events (their `TTRPC_ADDRESS`).
     pub fn events_socket(&self) -> PathBuf {
-        self.cfg.state.join(crate::event_server::SOCKET_NAME)
+        self.cfg
+            .state
+            .join(crate::daemon::event_server::SOCKET_NAME)
     }
 
     /// For logs: whether a container is in the table, and its init's pid.

@@ -218,7 +218,9 @@ impl Containers {
                 CALL_TIMEOUT,
             )
             .map_err(|e| Error::shim(&format!("stats of container {}", req.id), e))?;
-        Ok(crate::stats::decode(resp.stats.as_ref()))
+        Ok(crate::daemon::containers::stats::decode(
+            resp.stats.as_ref(),
+        ))
     }
 
     pub fn close_io(&self, req: api::ProcessRef) -> Result<()> {

@@ -29,7 +29,7 @@ impl Containers {
             cleaned: Condvar::new(),
             shim: Mutex::new(shim.map(Arc::new)),
         });
-        if lock(&c.shim).is_some() && c.dir.join(STDIN_FIFO).exists() {
+        if lock(&c.shim).is_some() && c.dir.join(crate::names::STDIN_FIFO).exists() {
             // Rediscovered after a restart: hold its stdin again (the logger held it meanwhile).
             match hold_stdin(&c.dir) {
                 Ok(f) => *lock(&c.stdin) = Some(f),
@@ -97,7 +97,7 @@ impl Containers {
     /// shim is asked to exit. A shim that still runs after its flush time is SIGKILLed if it
     /// still holds the container; else it serves other containers of its group and stays.
     pub fn stop_aborted_shim(&self, key: &Key, client: &TaskCaller, shim_pid: u32, t: Duration) {
-        let process = match crate::shim_client::ShimProcess::open(shim_pid) {
+        let process = match crate::daemon::shim::handle::ShimProcess::open(shim_pid) {
             Ok(p) => Some(p),
             Err(e) => {
                 log::debug!("container {}/{}: shim {shim_pid}: {e}", key.0, key.1);
@@ -183,7 +183,7 @@ impl Containers {
         log::warn!("container {}/{}: shim {} died", key.0, key.1, shim.pid);
         let deleted = shim.command.delete();
         if let Some(socket) = shim.task.socket() {
-            crate::shim_client::remove_dead_socket(socket);
+            crate::daemon::shim::handle::remove_dead_socket(socket);
         }
         let (status, at, pid, reason) = match deleted {
             Ok(d) => (

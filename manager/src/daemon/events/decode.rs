@@ -1,6 +1,6 @@
 //! What an event says, decoded from its protobuf bytes once: the typed message for whoever
 //! acts on it (the table, on an init's exit), and its fields as JSON for filters, `--json`
-//! output and de-duplication ([`crate::dedup`]).
+//! output and de-duplication ([`crate::daemon::events::dedup`]).
 
 use super::Event;
 use crate::filter::Fields;

@@ -8,16 +8,17 @@
 //! events and their keys: `ring.rs`.
 
 mod decode;
+pub(super) mod dedup;
+pub(super) mod journal;
 mod ring;
 #[cfg(test)]
 mod tests;
 
 pub use decode::{decode_fields, Decoded};
 
-use crate::dedup;
 use crate::error::Result;
 use crate::filter::Filters;
-use crate::journal::{self, Entry, Journal};
+use journal::{Entry, Journal};
 use protobuf::MessageFull;
 use ring::{entry_of, Ring};
 use serde_json::Value;

@@ -2,8 +2,8 @@
 //! the muted containers and the journal behind them.
 
 use super::Event;
-use crate::dedup;
-use crate::journal::{self, Entry, Journal};
+use crate::daemon::events::dedup;
+use crate::daemon::events::journal::{self, Entry, Journal};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 

@@ -2,8 +2,8 @@
 
 use super::ring::entry_of;
 use super::*;
+use crate::daemon::events::journal::Journal;
 use crate::filter::Filters;
-use crate::journal::Journal;
 use protobuf::Message;
 use serde_json::Value;
 use tether_protocol::api::events as ev;

@@ -23,7 +23,7 @@ pub struct Finished {
 pub fn wait_with_output(mut child: Child, limit: Duration) -> std::io::Result<Finished> {
     let deadline = Instant::now() + limit;
     let pid = child.id();
-    let pidfd = crate::monitor::pidfd_open(pid)?;
+    let pidfd = crate::daemon::monitor::pidfd_open(pid)?;
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
     let (mut out, mut err) = (Vec::new(), Vec::new());

@@ -30,7 +30,7 @@ impl ShimProcess {
     pub fn open(pid: u32) -> std::io::Result<ShimProcess> {
         Ok(ShimProcess {
             pid,
-            fd: crate::monitor::pidfd_open(pid)?,
+            fd: crate::daemon::monitor::pidfd_open(pid)?,
         })
     }
 

@@ -16,9 +16,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use tether_protocol::api::task::DeleteResponse;
 
-/// The runtime used when none is named.
-pub const DEFAULT_RUNTIME: &str = "io.containerd.tether.v2";
-
 /// Where to look for shim binaries: the directory of the manager's own executable, then `PATH`.
 pub fn search_path() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
@@ -43,33 +40,9 @@ pub fn shim_env_path() -> OsString {
     std::env::join_paths(search_path()).unwrap_or_default()
 }
 
-/// The binary name of a runtime: `io.containerd.X.v2` -> `containerd-shim-X-v2`, as containerd
-/// builds it from the last two dot-separated parts.
-pub fn binary_name(runtime: &str) -> Result<String> {
-    let bad = |why: &str| {
-        Error::InvalidArgument(format!(
-            "invalid runtime name {runtime:?}: {why} (expected a name like io.containerd.runc.v2)"
-        ))
-    };
-    let parts: Vec<&str> = runtime.split('.').collect();
-    if parts.len() < 3 {
-        return Err(bad("too few dot-separated parts"));
-    }
-    if parts.iter().any(|p| {
-        p.is_empty()
-            || !p
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    }) {
-        return Err(bad("parts must be letters, digits, '-' or '_'"));
-    }
-    let n = parts.len();
-    Ok(format!("containerd-shim-{}-{}", parts[n - 2], parts[n - 1]))
-}
-
 /// The shim binary for `runtime`, found on [`search_path`].
 pub fn find_shim(runtime: &str) -> Result<PathBuf> {
-    let name = binary_name(runtime)?;
+    let name = crate::names::binary_name(runtime)?;
     for dir in search_path() {
         let p = dir.join(&name);
         if is_executable(&p) {
@@ -150,7 +123,7 @@ impl ShimCommand {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::from(writer))
             .stderr(Stdio::from(writer2));
-        let mut child = crate::reaper::spawn(&mut cmd).map_err(Error::io(what.clone()))?;
+        let mut child = crate::daemon::reaper::spawn(&mut cmd).map_err(Error::io(what.clone()))?;
         // The writers now belong to the child only: EOF comes when it (and whatever it left
         // holding them) is done.
         drop(cmd);
@@ -160,7 +133,7 @@ impl ShimCommand {
         let mut out = Vec::new();
         let read = std::fs::File::from(reader).read_to_end(&mut out);
         let status = child.wait();
-        crate::reaper::release(child.id());
+        crate::daemon::reaper::release(child.id());
         let status = status.map_err(Error::io(what.clone()))?;
         read.map_err(Error::io(what.clone()))?;
         let text = String::from_utf8_lossy(&out).trim().to_string();
@@ -243,10 +216,10 @@ impl ShimCommand {
             .stderr(Stdio::piped())
             // Its own group: on a timeout, what it started (the runtime) is killed with it.
             .process_group(0);
-        let child = crate::reaper::spawn(&mut cmd).map_err(Error::io(what.clone()))?;
+        let child = crate::daemon::reaper::spawn(&mut cmd).map_err(Error::io(what.clone()))?;
         let pid = child.id();
-        let out = crate::bounded::wait_with_output(child, limit);
-        crate::reaper::release(pid);
+        let out = crate::daemon::shim::bounded::wait_with_output(child, limit);
+        crate::daemon::reaper::release(pid);
         let out = out.map_err(Error::io(what.clone()))?;
         let last_line = |bytes: &[u8]| {
             String::from_utf8_lossy(bytes)
@@ -284,7 +257,10 @@ pub fn delete_timeout() -> Duration {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis)
-        .unwrap_or(crate::containers::RUNTIME_TIMEOUT + tether_protocol::task_service::REPLY_MARGIN)
+        .unwrap_or(
+            crate::daemon::containers::RUNTIME_TIMEOUT
+                + tether_protocol::task_service::REPLY_MARGIN,
+        )
 }
 
 /// A shim's printed address as a ttrpc client address (`unix:///path`): the bare address
@@ -326,18 +302,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runtime_names_map_like_containerd() {
-        assert_eq!(
-            binary_name("io.containerd.runc.v2").expect("ok"),
-            "containerd-shim-runc-v2"
-        );
-        assert_eq!(
-            binary_name(DEFAULT_RUNTIME).expect("ok"),
-            "containerd-shim-tether-v2"
-        );
-        for bad in ["runc", "io..v2", "io.containerd.a/b.v2", "a.b"] {
-            assert!(binary_name(bad).is_err(), "{bad}");
-        }
+    fn unknown_runtimes_and_addresses() {
         let e = find_shim("io.containerd.nosuchthing.v9").expect_err("unknown");
         assert!(e.to_string().starts_with("unknown runtime"), "{e}");
         assert_eq!(normalize_address("/run/x").expect("ok"), "unix:///run/x");
