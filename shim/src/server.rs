@@ -35,6 +35,10 @@ const WANT_NOFILE: u64 = 16_384;
 pub(crate) const FIRST_PUMP: usize = 1 << 20;
 /// How long a shutting-down shim keeps trying to deliver its last events.
 const FLUSH_EVENTS_FOR: Duration = Duration::from_secs(3);
+/// How long a shutting-down shim waits for the runtime commands still in flight, so that the
+/// requests they answer get their reply (a `Kill` whose `runc kill` outlives the `Delete` and
+/// `Shutdown` its container's death let through) instead of a closed connection.
+const FINISH_CALLS_FOR: Duration = Duration::from_secs(10);
 
 pub struct Server {
     /// Where this shim's binary is installed: what an upgrade executes (a new inode there).
@@ -99,22 +103,29 @@ impl Server {
     /// Serves until `Shutdown` leaves no container (or a signal does, with none).
     pub fn run(mut self) -> Result<()> {
         let mut events = Events::with_capacity(256);
-        let mut stop_by: Option<Instant> = None;
+        let mut stop_by: Option<(Instant, Instant)> = None;
         loop {
             let now = Instant::now();
             if self.service.shutdown && stop_by.is_none() {
-                stop_by = Some(now + FLUSH_EVENTS_FOR);
+                stop_by = Some((now + FLUSH_EVENTS_FOR, now + FINISH_CALLS_FOR));
                 self.remove_socket();
             }
-            if let Some(t) = stop_by {
-                if self.service.publisher.is_idle() || now >= t {
+            if let Some((events_by, calls_by)) = stop_by {
+                let calls_over = self.service.calls_in_flight() == 0 || now >= calls_by;
+                if calls_over {
+                    self.service.answer_shutdown();
+                    self.send_outbox();
+                }
+                let events_over = self.service.publisher.is_idle() || now >= events_by;
+                let sent = !self.replies_unsent() || now >= calls_by;
+                if calls_over && events_over && sent {
                     return Ok(());
                 }
             }
             let deadline = [
                 self.service.publisher.deadline(),
                 self.service.next_deadline(),
-                stop_by,
+                stop_by.map(|(events_by, calls_by)| events_by.min(calls_by)),
             ]
             .into_iter()
             .flatten()
@@ -151,6 +162,11 @@ impl Server {
             self.send_outbox();
             self.service.publisher.kick(self.poll.registry());
         }
+    }
+
+    /// Whether a reply is still buffered for a connection that can take it.
+    fn replies_unsent(&self) -> bool {
+        self.conns.values().any(|c| c.has_pending() && !c.closed)
     }
 
     fn remove_socket(&mut self) {

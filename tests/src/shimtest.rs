@@ -122,6 +122,28 @@ pub fn rpc_code<T: std::fmt::Debug>(r: ttrpc::Result<T>, what: &str) -> ttrpc::C
 
 pub use crate::rawttrpc::process_spec;
 
+/// A runtime for the shim that is `script` (a shell script, `RUNC` standing for the real
+/// runc) written as `dir/name`, and the runtime options file naming it as `BinaryName`: give
+/// its path to `ctr run --runtime-config-path`. Returns the options file.
+pub fn runtime_wrapper(dir: &std::path::Path, name: &str, script: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let runc = crate::cmd::which("runc").expect("runc on PATH");
+    let wrapper = dir.join(name);
+    std::fs::write(
+        &wrapper,
+        script.replace("RUNC", &runc.display().to_string()),
+    )
+    .expect("write the runtime wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!("BinaryName = {:?}\n", wrapper.display().to_string()),
+    )
+    .expect("write the runtime options");
+    config
+}
+
 /// Stops `cd` and asserts it left nothing behind: no daemon, shim, container or exec process,
 /// mount, cgroup, FIFO or runc state (the harness leak check), and no process naming any of
 /// `ids` (a `ctr`, a shim, an exec). Tasks still there are deleted through containerd; when

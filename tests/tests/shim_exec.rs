@@ -272,22 +272,10 @@ fn an_exec_added_while_the_inits_exit_is_held_fails_at_its_start() {
     // containerd's own client suite plays this (`TestIssue10589`): an exec created while the
     // init is being killed. containerd's shim accepts the Exec (nothing runs yet) and fails its
     // Start; refusing the Exec breaks a client that creates and starts in one go.
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let mark = dir.path().join("kill-all-running");
-    let runc = cmd::which("runc").expect("runc on PATH");
-    let wrapper = dir.path().join("slow-kill-all-runc");
-    let script = SLOW_KILL_ALL
-        .replace("RUNC", &runc.display().to_string())
-        .replace("MARK", &mark.display().to_string());
-    std::fs::write(&wrapper, script).expect("write the wrapper");
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let config = dir.path().join("tether.toml");
-    std::fs::write(
-        &config,
-        format!("BinaryName = {:?}\n", wrapper.display().to_string()),
-    )
-    .expect("write the options");
+    let script = SLOW_KILL_ALL.replace("MARK", &mark.display().to_string());
+    let config = tether_tests::shimtest::runtime_wrapper(dir.path(), "slow-kill-all-runc", &script);
 
     let Scene { cd, ns, ctr } = Scene::start();
     let id = tether_tests::unique_id("c");

@@ -6,7 +6,7 @@
 use std::time::Duration;
 use tether_protocol::api::task::{KillRequest, WaitRequest, WaitResponse};
 use tether_protocol::api::Empty;
-use tether_tests::shimtest::{finish, shim_client, sleeper, Scene};
+use tether_tests::shimtest::{finish, runtime_wrapper, shim_client, sleeper, tether_run, Scene};
 
 const T: Duration = Duration::from_secs(20);
 const ROUNDS: usize = 12;
@@ -88,26 +88,12 @@ exec RUNC "$@"
 
 #[test]
 fn runc_saying_container_not_running_after_a_kill_is_not_found() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
-    let runc = tether_tests::cmd::which("runc").expect("runc on PATH");
-    let wrapper = dir.path().join("late-kill-runc");
-    std::fs::write(
-        &wrapper,
-        LATE_KILL.replace("RUNC", &runc.display().to_string()),
-    )
-    .expect("write the wrapper");
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let config = dir.path().join("tether.toml");
-    std::fs::write(
-        &config,
-        format!("BinaryName = {:?}\n", wrapper.display().to_string()),
-    )
-    .expect("write the options");
+    let config = runtime_wrapper(dir.path(), "late-kill-runc", LATE_KILL);
     let Scene { cd, ns, ctr } = Scene::start();
     for _ in 0..3 {
         let id = tether_tests::unique_id("c");
-        tether_tests::shimtest::tether_run(&ctr, &id)
+        tether_run(&ctr, &id)
             .flag(&format!("--runtime-config-path={}", config.display()))
             .detach()
             .args(&["/bin/sleep", "1000"])
@@ -135,4 +121,48 @@ fn runc_saying_container_not_running_after_a_kill_is_not_found() {
         ctr.call(&["container", "delete", &id]);
     }
     finish(cd, &[]);
+}
+
+/// runc, except that `kill` holds on for 2 s after runc's own has signalled the container.
+const SLOW_KILL: &str = r#"#!/bin/sh
+k=
+for x in "$@"; do [ "$x" = kill ] && k=1; done
+[ -z "$k" ] && exec RUNC "$@"
+RUNC "$@"
+status=$?
+sleep 2
+exit $status
+"#;
+
+/// `ctr task kill` and the container's death let `ctr run --rm` (here: `ctr task delete`)
+/// delete the task and shut the shim down while the `Kill`'s runtime command still runs. The
+/// `Kill` is answered, not cut off with "ttrpc: closed" by the shim's exit (or by containerd
+/// closing its connection once `Shutdown` answered): `Shutdown` is answered after it.
+#[test]
+fn a_kill_still_running_when_its_task_is_deleted_and_the_shim_shut_down_is_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = runtime_wrapper(dir.path(), "slow-kill-runc", SLOW_KILL);
+    let Scene { cd, ns: _, ctr } = Scene::start();
+    let id = tether_tests::unique_id("c");
+    tether_run(&ctr, &id)
+        .flag(&format!("--runtime-config-path={}", config.display()))
+        .detach()
+        .args(&["/bin/sleep", "1000"])
+        .success();
+    std::thread::scope(|s| {
+        let kill = s.spawn(|| ctr.task_kill(&id, "SIGKILL"));
+        assert!(
+            tether_tests::wait_until(T, || ctr.task(&id).is_some_and(|t| t.status == "STOPPED")),
+            "the container died of the kill"
+        );
+        assert_eq!(ctr.task_delete_status(&id), 137, "{}", cd.log_excerpt());
+        let kill = kill.join().expect("the kill thread did not panic");
+        assert!(
+            kill.success(),
+            "the Kill in flight was answered: {kill}\n{}",
+            cd.log_excerpt()
+        );
+    });
+    assert!(ctr.call(&["container", "delete", &id]).success());
+    finish(cd, &[&id]);
 }

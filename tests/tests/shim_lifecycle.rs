@@ -72,7 +72,7 @@ fn container_killed_with_sigkill_reports_137() {
         });
         wait_status(&ctr, &id, "RUNNING");
         let kill = ctr.task_kill(&id, "SIGKILL");
-        assert!(kill.success(), "{kill}");
+        assert!(kill.success(), "{kill}\n{}", cd.log_excerpt());
         let out = run.join().expect("the ctr run thread did not panic");
         assert_eq!(out.code, 137, "{out}\n{}", cd.log_excerpt());
     });

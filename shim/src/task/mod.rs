@@ -93,6 +93,8 @@ pub struct Service {
     next_oom: usize,
     /// Runtime commands in flight, by the command's pid.
     calls: HashMap<Pid, Parked>,
+    /// `Shutdown` requests answered once the calls in flight end (`state.rs`).
+    shutdown_replies: Vec<ReplyTo>,
     /// Containers with an operation in flight, and the requests queued behind it.
     busy: HashMap<String, VecDeque<Queued>>,
     /// Ids whose `Create` is in flight (not yet in `containers`).
@@ -135,6 +137,7 @@ impl Service {
             ooms: HashMap::new(),
             next_oom: FIRST_OOM,
             calls: HashMap::new(),
+            shutdown_replies: Vec::new(),
             busy: HashMap::new(),
             creating: HashSet::new(),
             unclaimed: Vec::new(),
@@ -209,7 +212,7 @@ impl Service {
             "ResizePty" => op!(now resize_pty),
             "Stats" => op!(now stats),
             "Connect" => op!(now connect),
-            "Shutdown" => op!(now shutdown_req),
+            "Shutdown" => op!(shutdown_req),
             _ => Flow::Done(Err(ShimError::Unimplemented(format!(
                 "unknown task method {method:?}"
             )))),
@@ -239,6 +242,7 @@ impl Service {
     /// may get the same token).
     pub fn forget(&mut self, token: Token) {
         self.waiters.retain(|w| w.to.token != token);
+        self.shutdown_replies.retain(|to| to.token != token);
         for p in self.calls.values_mut() {
             if p.ctx.reply.is_some_and(|r| r.token == token) {
                 p.ctx.reply = None;
@@ -249,6 +253,11 @@ impl Service {
         }
         self.outbox.retain(|(to, _)| to.token != token);
         self.forget_upgrade(token);
+    }
+
+    /// Runtime commands still running (each answers a request or finishes a clean-up).
+    pub fn calls_in_flight(&self) -> usize {
+        self.calls.len()
     }
 
     pub fn is_empty(&self) -> bool {

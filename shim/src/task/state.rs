@@ -1,7 +1,7 @@
 //! The requests that only read the table: `State`, `Stats`, `Connect`, and `Shutdown` (which
 //! only sets a flag the loop reads).
 
-use super::Service;
+use super::{encode, Ctx, Flow, Service};
 use crate::error::{Result, ShimError};
 use protobuf::MessageField;
 use tether_protocol::api::task::*;
@@ -67,10 +67,32 @@ impl Service {
         })
     }
 
-    pub(super) fn shutdown_req(&mut self, _req: ShutdownRequest) -> Result<Empty> {
-        if self.is_empty() {
-            self.shutdown = true;
+    /// With no container left the shim stops; its answer waits for the runtime commands still
+    /// in flight, so the requests they serve are answered first on the same connection
+    /// (containerd closes its connection once `Shutdown` answers).
+    pub(super) fn shutdown_req(&mut self, _req: ShutdownRequest, ctx: Ctx) -> Flow {
+        if !self.is_empty() {
+            return Flow::Done(encode(&Empty::new()));
         }
-        Ok(Empty::new())
+        self.shutdown = true;
+        match ctx.reply {
+            Some(to) if self.calls_in_flight() > 0 => {
+                log::info!(
+                    "shutdown: answered once {} runtime command(s) in flight end",
+                    self.calls_in_flight()
+                );
+                self.shutdown_replies.push(to);
+                Flow::Parked
+            }
+            _ => Flow::Done(encode(&Empty::new())),
+        }
+    }
+
+    /// Answers the `Shutdown` requests held back (the loop calls it once no runtime command is
+    /// in flight, or at its last moment).
+    pub fn answer_shutdown(&mut self) {
+        for to in std::mem::take(&mut self.shutdown_replies) {
+            self.answer(Some(to), encode(&Empty::new()));
+        }
     }
 }
