@@ -84,3 +84,15 @@ fn container_ref(ns: &str, id: &str) -> Result<api::ContainerRef> {
 fn exit_code(status: u32) -> i32 {
     i32::try_from(status).unwrap_or(255).min(255)
 }
+
+/// Deletes, forcibly, a container this command created and could not start. Best effort: the
+/// start's error is the one to report.
+fn discard(client: &client::Client, ns: &str, id: &str) {
+    let req = api::DeleteRequest {
+        namespace: ns.into(),
+        id: id.into(),
+        force: true,
+        ..Default::default()
+    };
+    let _ = client.call(client::CALL_TIMEOUT, |m, ctx| m.delete(ctx, &req));
+}

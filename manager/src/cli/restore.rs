@@ -4,8 +4,8 @@
 
 use super::archive;
 use super::checkpoint::{Scratch, CRIU_CALL_TIMEOUT};
-use super::client::{Client, CALL_TIMEOUT};
-use super::exit_code;
+use super::client::Client;
+use super::{discard, exit_code};
 use crate::error::{Error, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -115,13 +115,7 @@ pub(super) fn restore(socket: &Path, ns: &str, a: &RestoreArgs) -> Result<i32> {
         Ok(s) => s.pid,
         Err(e) => {
             // Nothing changed: the container created for the restore goes again.
-            let del = api::DeleteRequest {
-                namespace: ns.into(),
-                id: a.id.clone(),
-                force: true,
-                ..Default::default()
-            };
-            let _ = client.call(CALL_TIMEOUT, |m, ctx| m.delete(ctx, &del));
+            discard(&client, ns, &a.id);
             return Err(e);
         }
     };

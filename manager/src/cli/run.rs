@@ -3,9 +3,9 @@
 
 use super::client::{Client, CALL_TIMEOUT};
 use super::create::{create_request, CreateArgs};
-use super::exit_code;
 use super::sig_proxy::{self, SignalProxy};
 use super::stdio::{close_stdin, Copiers, Fifos, RawMode, DRAIN_LIMIT};
+use super::{discard, exit_code};
 use crate::error::Result;
 use clap::Args;
 use std::path::Path;
@@ -71,13 +71,7 @@ pub(super) fn run(socket: &Path, ns: &str, r: &RunArgs) -> Result<i32> {
         proxy.stop();
         drop(raw);
         if r.rm {
-            let del = api::DeleteRequest {
-                namespace: ns.into(),
-                id: a.id.clone(),
-                force: true,
-                ..Default::default()
-            };
-            let _ = client.call(CALL_TIMEOUT, |m, ctx| m.delete(ctx, &del));
+            discard(&client, ns, &a.id);
         }
         return Err(e);
     }
