@@ -1,7 +1,7 @@
 //! Files a request names (a runtime config, a `file://` log) or a runtime writes (runc's
 //! `log.json`), opened and read without letting them stall the loop: `O_NONBLOCK` (a FIFO with
 //! no peer would block `open(2)` forever), regular files only (a FIFO, a device or a socket is
-//! refused), and reads bounded (`/dev/zero` or a huge log cannot eat the shim's memory).
+//! refused; a log may also be /dev/null), and reads bounded (`/dev/zero` or a huge log cannot eat the shim's memory).
 
 use crate::error::{Result, ShimError};
 use std::fs::File;
@@ -11,6 +11,23 @@ use std::path::Path;
 
 /// Opens `path` without blocking and checks it is a regular file.
 fn open_regular(path: &Path, opts: &mut std::fs::OpenOptions, what: &str) -> Result<File> {
+    open_checked(path, opts, what, false)
+}
+
+/// The null device (character device 1:3), whatever its path: writes to it never block.
+fn is_null_device(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 3)
+}
+
+/// Opens `path` without blocking and checks it is a regular file (or, with `null_ok`, the
+/// null device).
+fn open_checked(
+    path: &Path,
+    opts: &mut std::fs::OpenOptions,
+    what: &str,
+    null_ok: bool,
+) -> Result<File> {
     let f = opts
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(path)
@@ -18,10 +35,11 @@ fn open_regular(path: &Path, opts: &mut std::fs::OpenOptions, what: &str) -> Res
     let meta = f
         .metadata()
         .map_err(ShimError::io(format!("stat {what} {}", path.display())))?;
-    if !meta.file_type().is_file() {
+    if !(meta.file_type().is_file() || null_ok && is_null_device(&meta)) {
         return Err(ShimError::InvalidArgument(format!(
-            "{what} {} is not a regular file",
-            path.display()
+            "{what} {} is not a regular file{}",
+            path.display(),
+            if null_ok { " or /dev/null" } else { "" }
         )));
     }
     Ok(f)
@@ -43,15 +61,17 @@ pub fn read_regular(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// A regular file opened (created if need be) for writing at its end.
+/// A regular file opened (created if need be) for writing at its end, or the null device
+/// (`file:///dev/null` throws the output away, as containerd's shim lets it).
 pub fn open_append(path: &Path, what: &str) -> Result<File> {
-    let mut f = open_regular(
+    let mut f = open_checked(
         path,
         std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false),
         what,
+        true,
     )?;
     f.seek(SeekFrom::End(0))
         .map_err(ShimError::io(format!("seek {what} {}", path.display())))?;
@@ -167,6 +187,18 @@ mod tests {
         let e = read_regular(&p, 1024, "config").expect_err("too long");
         assert!(e.to_string().contains("larger than 1024"), "{e}");
         assert_eq!(read_regular(&p, 2000, "config").expect("fits").len(), 2000);
+    }
+
+    #[test]
+    fn a_log_may_be_the_null_device_and_no_other() {
+        open_append(Path::new("/dev/null"), "log file").expect("/dev/null takes output");
+        let e = open_append(Path::new("/dev/zero"), "log file").expect_err("/dev/zero");
+        assert!(
+            e.to_string().contains("not a regular file or /dev/null"),
+            "{e}"
+        );
+        let e = read_regular(Path::new("/dev/null"), 1024, "config").expect_err("config");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 
     #[test]

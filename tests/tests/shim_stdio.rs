@@ -115,6 +115,23 @@ fn log_uri_file_receives_stdout_and_stderr() {
     finish(cd, &[]);
 }
 
+/// `file:///dev/null` throws the output away, as containerd's shim lets it (benchmarks and
+/// people who want no log use it); the container runs and exits as usual.
+#[test]
+fn log_uri_file_dev_null_discards_the_output() {
+    let cd = Containerd::start();
+    let ctr = cd.ctr(&unique_id("ns"));
+    let id = unique_id("c");
+    let out = tether_run_rm(&ctr, &id)
+        .flag("--log-uri")
+        .flag("file:///dev/null")
+        .args(&["/bin/sh", "-c", "echo gone; echo gone too >&2; exit 4"])
+        .output();
+    assert_eq!(out.code, 4, "{out}\n{}", cd.log_excerpt());
+    assert_eq!(out.stdout, "", "{out}");
+    finish(cd, &[]);
+}
+
 #[test]
 fn log_uri_binary_hands_stdout_and_stderr_to_the_logger() {
     use std::os::unix::fs::PermissionsExt;
