@@ -5,13 +5,17 @@
 //! own shim shows under pod churn). While no container runs, the shim looks every few seconds:
 //! a container whose init has exited and whose bundle is gone is dropped, and a shim left with
 //! no container and no bundle of its own (its working directory) exits. A running container
-//! means no timer at all: an idle shim never wakes.
+//! means no timer at all: an idle shim never wakes. Each look that finds nothing doubles the
+//! wait before the next (to a minute): a pod whose containers all completed and that nobody
+//! deletes for hours costs a wake-up a minute, not one every two seconds.
 
 use super::Service;
 use std::time::{Duration, Instant};
 
-/// How often a shim with no running container looks for its bundles.
+/// How soon a shim whose containers stopped first looks for its bundles.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// The longest wait between two looks.
+pub const CHECK_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
 impl Service {
     /// Whether any container still runs (or is being created): then nothing is abandoned.
@@ -25,9 +29,11 @@ impl Service {
     pub(super) fn abandon_deadline(&mut self, now: Instant) -> Option<Instant> {
         if self.shutdown || self.anything_runs() {
             self.abandon_check_at = None;
+            self.abandon_check_every = CHECK_EVERY;
             return None;
         }
-        Some(*self.abandon_check_at.get_or_insert(now + CHECK_EVERY))
+        let every = self.abandon_check_every;
+        Some(*self.abandon_check_at.get_or_insert(now + every))
     }
 
     /// At its time: drops the containers whose bundle is gone; with none left and the shim's
@@ -37,6 +43,7 @@ impl Service {
             Some(at) if at <= now => self.abandon_check_at = None,
             _ => return,
         }
+        self.abandon_check_every = (self.abandon_check_every * 2).min(CHECK_AT_MOST_EVERY);
         if self.shutdown || self.anything_runs() {
             return;
         }

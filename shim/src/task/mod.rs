@@ -112,6 +112,8 @@ pub struct Service {
     quiet_by: Option<Instant>,
     /// When to look next whether the shim was abandoned (`abandoned.rs`).
     abandon_check_at: Option<Instant>,
+    /// The wait before that look: doubles while nothing is found.
+    abandon_check_every: std::time::Duration,
     /// Requests that would start a runtime call, held while an upgrade is pending.
     deferred: Vec<upgrade::Deferred>,
 }
@@ -145,6 +147,7 @@ impl Service {
             upgrade_ready: None,
             upgrade_exe: None,
             abandon_check_at: None,
+            abandon_check_every: abandoned::CHECK_EVERY,
             quiet_by: None,
             deferred: Vec::new(),
         }
