@@ -2,19 +2,20 @@
 //! pays per pod, through containerd's CRI plugin as the kubelet drives it, with containerd's
 //! shim (handler `runc`) and ours (`tether`) in the same run.
 //!
-//! Each handler gets a fresh private containerd with the CRI plugin (both handlers configured,
-//! from `deploy/`'s drop-in, as the CRI tests do), so containerd's own memory is what that
-//! handler's pods cost it and not the leftovers of the other's. A pod is what the kubelet makes
-//! of a one-container spec: RunPodSandbox (our pause image, host network), CreateContainer and
-//! StartContainer of busybox `sleep`; removed with StopContainer, StopPodSandbox and
-//! RemovePodSandbox. Per handler:
+//! Each handler gets its own private containerd with the CRI plugin (both handlers configured,
+//! from `deploy/`'s drop-in, as the CRI tests do), both alive through the run, so containerd's
+//! own memory is what that handler's pods cost it, and a shared machine's load falls on both
+//! alike: the sequential pods alternate between the handlers, and both sit through the same
+//! idle window. A pod is what the kubelet makes of a one-container spec: RunPodSandbox (our
+//! pause image, host network), CreateContainer and StartContainer of busybox `sleep`; removed
+//! with StopContainer, StopPodSandbox and RemovePodSandbox. Per handler:
 //! - pod start latency (RunPodSandbox called -> StartContainer answered), `--cri-seq` pods one
 //!   after the other, then as many `--cri-par` at a time (the kubelet's pod workers run in
 //!   parallel); the sequential ones are then removed one by one, timed;
-//! - for each N of `--cri-pods` (110: the kubelet's default `maxPods`; 250), grown from empty
-//!   `--cri-par` at a time: PSS of the shims, containerd's RSS, the shims' CPU and wake-ups over
-//!   `--cri-idle-s` idle seconds, ListContainers and ListContainerStats latency (what the
-//!   kubelet polls), then the drain of all N, `--cri-par` at a time.
+//! - for each N of `--cri-pods` (110: the kubelet's default `maxPods`; 250), both handlers
+//!   grown from empty `--cri-par` at a time: PSS of the shims, containerd's RSS, the shims' CPU
+//!   and wake-ups over `--cri-idle-s` idle seconds, ListContainers and ListContainerStats
+//!   latency (what the kubelet polls), then the drain of all N, `--cri-par` at a time.
 //!
 //! Before each N the machine is checked for memory; a step that does not fit is skipped and
 //! the report says so. Everything started is removed and checked for leftovers (shims,
@@ -289,70 +290,6 @@ impl Node {
         (took, ms)
     }
 
-    /// The figures with `n` pods running.
-    fn measure(&self, n: usize, idle: Duration) -> Point {
-        let cd = self.cri.containerd();
-        // Let the last starts settle (events published, the Go runtime's first collections).
-        std::thread::sleep(Duration::from_secs(2));
-        let shims = cd.shim_pids();
-        let prints: Vec<(u64, u64, u64)> = shims.iter().map(|&p| footprint(p)).collect();
-        let pss_total_kb: u64 = prints.iter().map(|p| p.0).sum();
-        let mut rss: Vec<f64> = prints.iter().map(|p| p.1 as f64).collect();
-        let cd_pid = cd.pid();
-        let cd_rss_kb = cd_pid.map_or(f64::NAN, |p| footprint(p).1 as f64);
-        let cpu = |pids: &[i32]| pids.iter().filter_map(|&p| cpu_seconds(p)).sum::<f64>();
-        let switches = |pids: &[i32]| {
-            pids.iter()
-                .filter_map(|&p| context_switches(p))
-                .sum::<u64>()
-        };
-        let cd_cpu = || cd_pid.and_then(cpu_seconds).unwrap_or(f64::NAN);
-        let (cpu0, sw0, cd0) = (cpu(&shims), switches(&shims), cd_cpu());
-        std::thread::sleep(idle);
-        let (cpu1, sw1, cd1) = (cpu(&shims), switches(&shims), cd_cpu());
-        let c = self.cri.client();
-        let mut list = Vec::new();
-        let mut stats = Vec::new();
-        for _ in 0..5 {
-            let t0 = Instant::now();
-            let ids = c.list_containers().expect("ListContainers");
-            list.push(t0.elapsed().as_secs_f64() * 1000.0);
-            assert_eq!(ids.len(), n, "ListContainers");
-            let t0 = Instant::now();
-            let st = c.list_container_stats().expect("ListContainerStats");
-            stats.push(t0.elapsed().as_secs_f64() * 1000.0);
-            assert_eq!(st.len(), n, "ListContainerStats");
-        }
-        let p = Point {
-            n,
-            shims: shims.len(),
-            pss_per_pod_kb: pss_total_kb as f64 / n as f64,
-            pss_total_mb: pss_total_kb as f64 / 1024.0,
-            rss_one_kb: super::median(&mut rss),
-            containerd_rss_mb: cd_rss_kb / 1024.0,
-            shim_cpu_ms: (cpu1 - cpu0) * 1000.0,
-            containerd_cpu_ms: (cd1 - cd0) * 1000.0,
-            wakeups_per_min: sw1.saturating_sub(sw0) as f64 * 60.0 / idle.as_secs_f64(),
-            list_ms: super::median(&mut list),
-            stats_ms: super::median(&mut stats),
-            drain_s: f64::NAN,
-            drain_pod_ms: (f64::NAN, f64::NAN),
-        };
-        eprintln!(
-            "   N = {n}: {} shims, PSS/pod {:.0} kB, containerd RSS {:.1} MB, shim CPU {:.0} ms \
-             and {:.0} wake-ups/min over {:?}, list {:.1} ms, stats {:.1} ms",
-            p.shims,
-            p.pss_per_pod_kb,
-            p.containerd_rss_mb,
-            p.shim_cpu_ms,
-            p.wakeups_per_min,
-            idle,
-            p.list_ms,
-            p.stats_ms
-        );
-        p
-    }
-
     /// Removes what is left, checks nothing is, stops containerd and runs the leak check.
     fn finish(self) {
         if !self
@@ -368,6 +305,99 @@ impl Node {
         self.cri.assert_nothing_left();
         self.cri.finish();
     }
+}
+
+/// The figures of every node with `n` pods running each, over one idle window together.
+fn measure_all(nodes: &[Node], n: usize, idle: Duration) -> Vec<Point> {
+    // Let the last starts settle (events published, the Go runtime's first collections).
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = |pids: &[i32]| pids.iter().filter_map(|&p| cpu_seconds(p)).sum::<f64>();
+    let switches = |pids: &[i32]| {
+        pids.iter()
+            .filter_map(|&p| context_switches(p))
+            .sum::<u64>()
+    };
+    let mut points: Vec<Point> = Vec::new();
+    let mut shims: Vec<Vec<i32>> = Vec::new();
+    for node in nodes {
+        let cd = node.cri.containerd();
+        let pids = cd.shim_pids();
+        let prints: Vec<(u64, u64, u64)> = pids.iter().map(|&p| footprint(p)).collect();
+        let pss_total_kb: u64 = prints.iter().map(|p| p.0).sum();
+        let mut rss: Vec<f64> = prints.iter().map(|p| p.1 as f64).collect();
+        points.push(Point {
+            n,
+            shims: pids.len(),
+            pss_per_pod_kb: pss_total_kb as f64 / n as f64,
+            pss_total_mb: pss_total_kb as f64 / 1024.0,
+            rss_one_kb: super::median(&mut rss),
+            containerd_rss_mb: cd
+                .pid()
+                .map_or(f64::NAN, |p| footprint(p).1 as f64 / 1024.0),
+            shim_cpu_ms: f64::NAN,
+            containerd_cpu_ms: f64::NAN,
+            wakeups_per_min: f64::NAN,
+            list_ms: f64::NAN,
+            stats_ms: f64::NAN,
+            drain_s: f64::NAN,
+            drain_pod_ms: (f64::NAN, f64::NAN),
+        });
+        shims.push(pids);
+    }
+    let cd_cpu = |node: &Node| {
+        node.cri
+            .containerd()
+            .pid()
+            .and_then(cpu_seconds)
+            .unwrap_or(f64::NAN)
+    };
+    let before: Vec<(f64, u64, f64)> = nodes
+        .iter()
+        .zip(&shims)
+        .map(|(node, pids)| (cpu(pids), switches(pids), cd_cpu(node)))
+        .collect();
+    std::thread::sleep(idle);
+    for ((node, pids), (p, b)) in nodes.iter().zip(&shims).zip(points.iter_mut().zip(&before)) {
+        p.shim_cpu_ms = (cpu(pids) - b.0) * 1000.0;
+        p.wakeups_per_min = switches(pids).saturating_sub(b.1) as f64 * 60.0 / idle.as_secs_f64();
+        p.containerd_cpu_ms = (cd_cpu(node) - b.2) * 1000.0;
+    }
+    let mut list = vec![Vec::new(); nodes.len()];
+    let mut stats = vec![Vec::new(); nodes.len()];
+    for _ in 0..5 {
+        for (j, node) in nodes.iter().enumerate() {
+            let c = node.cri.client();
+            let t0 = Instant::now();
+            let ids = c.list_containers().expect("ListContainers");
+            list[j].push(t0.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(ids.len(), n, "ListContainers ({})", node.handler);
+            let t0 = Instant::now();
+            let st = c.list_container_stats().expect("ListContainerStats");
+            stats[j].push(t0.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(st.len(), n, "ListContainerStats ({})", node.handler);
+        }
+    }
+    for ((p, l), (s, node)) in points
+        .iter_mut()
+        .zip(list.iter_mut())
+        .zip(stats.iter_mut().zip(nodes))
+    {
+        p.list_ms = super::median(l);
+        p.stats_ms = super::median(s);
+        eprintln!(
+            "   {} at N = {n}: {} shims, PSS/pod {:.0} kB, containerd RSS {:.1} MB, shim CPU \
+             {:.0} ms and {:.0} wake-ups/min over {idle:?}, list {:.1} ms, stats {:.1} ms",
+            node.handler,
+            p.shims,
+            p.pss_per_pod_kb,
+            p.containerd_rss_mb,
+            p.shim_cpu_ms,
+            p.wakeups_per_min,
+            p.list_ms,
+            p.stats_ms
+        );
+    }
+    points
 }
 
 /// Whether the machine can hold `n` more pods: `Err` says what is short.
@@ -388,79 +418,121 @@ fn can_hold(n: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn bench_handler(handler: &str, a: &Args, notes: &mut Vec<String>) -> Handler {
-    eprintln!("== CRI, handler {handler}");
-    let node = Node::start(handler);
-    let mut h = Handler {
-        name: handler.to_string(),
-        seq_start_ms: Vec::new(),
-        par_start_ms: Vec::new(),
-        seq_stop_ms: Vec::new(),
-        points: Vec::new(),
-    };
-    h.seq_start_ms = node.start_pods(a.seq, 1);
-    let shims = node.cri.containerd().shim_pids();
-    let want = if handler == TETHER_HANDLER {
+/// Checks that every shim of `node` is its handler's binary (a misconfigured handler would
+/// otherwise silently measure containerd's shim twice).
+fn assert_served_by_its_shim(node: &Node) {
+    let want = if node.handler == TETHER_HANDLER {
         "containerd-shim-tether-v2"
     } else {
         "containerd-shim-runc-v2"
     };
+    let shims = node.cri.containerd().shim_pids();
     assert!(
-        shims
-            .iter()
-            .filter_map(|&p| procs::cmdline(p))
-            .all(|a| a.first().is_some_and(|b| b.ends_with(want))),
-        "handler {handler}: pods not served by {want}"
+        !shims.is_empty()
+            && shims
+                .iter()
+                .filter_map(|&p| procs::cmdline(p))
+                .all(|a| a.first().is_some_and(|b| b.ends_with(want))),
+        "handler {}: pods not served by {want}",
+        node.handler
     );
-    {
-        let pods: Vec<PodRef> =
-            std::mem::take(&mut *node.pods.lock().unwrap_or_else(|e| e.into_inner()));
-        let c = node.cri.client();
-        for p in &pods {
-            h.seq_stop_ms
-                .push(stop_pod(c, p).unwrap_or_else(|e| panic!("{e}\n{}", node.cri.log_excerpt())));
+}
+
+/// Runs every figure on `nodes` (one per handler), interleaved so that a shared machine's
+/// load falls on both alike: the sequential pods alternate between handlers, and the grown
+/// nodes sit through one idle window together.
+fn bench_nodes(nodes: &[Node], a: &Args, notes: &mut Vec<String>) -> Vec<Handler> {
+    let mut hs: Vec<Handler> = nodes
+        .iter()
+        .map(|n| Handler {
+            name: n.handler.clone(),
+            seq_start_ms: Vec::new(),
+            par_start_ms: Vec::new(),
+            seq_stop_ms: Vec::new(),
+            points: Vec::new(),
+        })
+        .collect();
+    eprintln!("== {} pods one at a time, handlers alternating", a.seq);
+    for i in 0..a.seq {
+        // Each handler goes first half of the time.
+        for k in 0..nodes.len() {
+            let j = (i + k) % nodes.len();
+            hs[j].seq_start_ms.extend(nodes[j].start_pods(1, 1));
+            if i == 0 {
+                assert_served_by_its_shim(&nodes[j]);
+            }
         }
     }
-    h.par_start_ms = node.start_pods(a.seq, a.par);
-    node.drain(a.par);
-    eprintln!(
-        "   start: sequential p50 {:.0} ms, {} at a time p50 {:.0} ms; stop+remove p50 {:.0} ms",
-        report::pct(&h.seq_start_ms, 50),
-        a.par,
-        report::pct(&h.par_start_ms, 50),
-        report::pct(&h.seq_stop_ms, 50)
-    );
+    // Removed in the order they started, the handlers alternating again.
+    let mut pods: Vec<std::vec::IntoIter<PodRef>> = nodes
+        .iter()
+        .map(|n| std::mem::take(&mut *n.pods.lock().unwrap_or_else(|e| e.into_inner())))
+        .map(Vec::into_iter)
+        .collect();
+    for i in 0..a.seq {
+        for k in 0..nodes.len() {
+            let j = (i + k) % nodes.len();
+            let Some(p) = pods[j].next() else { continue };
+            let ms = stop_pod(nodes[j].cri.client(), &p)
+                .unwrap_or_else(|e| panic!("{e}\n{}", nodes[j].cri.log_excerpt()));
+            hs[j].seq_stop_ms.push(ms);
+        }
+    }
+    eprintln!("== {} pods, {} at a time", a.seq, a.par);
+    for (node, h) in nodes.iter().zip(hs.iter_mut()) {
+        h.par_start_ms = node.start_pods(a.seq, a.par);
+        node.drain(a.par);
+        eprintln!(
+            "   {}: start one at a time p50 {:.0} ms, {} at a time p50 {:.0} ms; stop + remove \
+             p50 {:.0} ms",
+            h.name,
+            report::pct(&h.seq_start_ms, 50),
+            a.par,
+            report::pct(&h.par_start_ms, 50),
+            report::pct(&h.seq_stop_ms, 50)
+        );
+    }
     for &n in &a.pods {
-        if let Err(why) = can_hold(n) {
-            let note = format!("{handler}: N = {n} skipped: {why}.");
+        if let Err(why) = can_hold(n * nodes.len()) {
+            let note = format!("N = {n} skipped: {why}.");
             eprintln!("   {note}");
             notes.push(note);
             continue;
         }
-        let t0 = Instant::now();
-        node.start_pods(n, a.par);
-        eprintln!("   grew to {n} pods in {:.0} s", t0.elapsed().as_secs_f64());
-        let mut p = node.measure(n, a.idle);
-        let (s, per) = node.drain(a.par);
-        p.drain_s = s;
-        p.drain_pod_ms = (report::pct(&per, 50), report::pct(&per, 100));
-        eprintln!("   drained {n} pods in {s:.1} s");
-        h.points.push(p);
+        for node in nodes {
+            let t0 = Instant::now();
+            node.start_pods(n, a.par);
+            eprintln!(
+                "== {}: grew to {n} pods in {:.0} s",
+                node.handler,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        for (p, h) in measure_all(nodes, n, a.idle).into_iter().zip(hs.iter_mut()) {
+            h.points.push(p);
+        }
+        for (node, h) in nodes.iter().zip(hs.iter_mut()) {
+            let (s, per) = node.drain(a.par);
+            if let Some(p) = h.points.last_mut() {
+                p.drain_s = s;
+                p.drain_pod_ms = (report::pct(&per, 50), report::pct(&per, 100));
+            }
+            eprintln!("   {}: drained {n} pods in {s:.1} s", node.handler);
+        }
     }
-    node.finish();
-    procs::reap_orphans();
-    h
+    hs
 }
 
 pub fn main(a: Args) {
     nix::unistd::sync();
     let started = Instant::now();
     let mut notes = Vec::new();
-    let handlers: Vec<Handler> = a
-        .handlers
-        .iter()
-        .map(|h| bench_handler(h, &a, &mut notes))
-        .collect();
+    let nodes: Vec<Node> = a.handlers.iter().map(|h| Node::start(h)).collect();
+    let handlers = bench_nodes(&nodes, &a, &mut notes);
+    for node in nodes {
+        node.finish();
+    }
+    procs::reap_orphans();
     let section = report::render(&a, &handlers, &notes, started.elapsed());
     let old = std::fs::read_to_string(&a.out).unwrap_or_else(|_| "# Benchmarks\n".to_string());
     std::fs::write(&a.out, report::splice(&old, &section))

@@ -212,15 +212,16 @@ pub fn render(a: &Args, hs: &[Handler], notes: &[String], took: Duration) -> Str
     );
     let _ = writeln!(
         s,
-        "How each is measured: each handler gets a fresh private containerd with the CRI plugin \
-         (both handlers configured from `deploy/`'s drop-in), one after the other, so \
-         containerd's memory is what that handler's pods cost it. A pod is RunPodSandbox, \
-         CreateContainer and StartContainer of `sleep`, timed from the first call to the last \
-         answer (the container is running then), each worker on its own gRPC connection; its \
-         removal is StopContainer with no grace period (`sleep` as its PID namespace's init \
-         ignores SIGTERM: a grace period would be waited out whole), StopPodSandbox and \
-         RemovePodSandbox. For each N the pods are started from none, {par} at a time, and after \
-         2 s: PSS from `/proc/PID/smaps_rollup` of every shim (summed, over N), containerd's RSS \
+        "How each is measured: each handler has its own private containerd with the CRI plugin \
+         (both handlers configured from `deploy/`'s drop-in), both running through the whole \
+         run, so containerd's memory is what that handler's pods cost it and the machine's \
+         load falls on both alike (the sequential pods alternate between handlers). A pod is \
+         RunPodSandbox, CreateContainer and StartContainer of `sleep`, timed from the first \
+         call to the last answer (the container is running then), each worker on its own gRPC \
+         connection; its removal is StopContainer with no grace period (`sleep` as its PID \
+         namespace's init ignores SIGTERM: a grace period would be waited out whole), \
+         StopPodSandbox and RemovePodSandbox. For each N both handlers' pods are started from none, {par} at a \
+         time, and after 2 s: PSS from `/proc/PID/smaps_rollup` of every shim (summed, over N), containerd's RSS \
          from its own; CPU (user + system, `/proc/PID/stat`, 10 ms ticks) and wake-ups \
          (voluntary + involuntary context switches of every thread) of all shims over {idle} s \
          with nobody calling; then ListContainers and ListContainerStats five times each; then \
