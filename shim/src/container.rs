@@ -1,5 +1,6 @@
 //! One container the shim holds: its bundle, runtime, init process and execs.
 
+use crate::cgroup::Cgroup;
 use crate::error::{Result, ShimError};
 use crate::pid::Pid;
 use crate::process::Process;
@@ -34,6 +35,11 @@ pub struct Container {
     /// Created from a checkpoint: `Start` restores it from this CRIU image (as containerd's
     /// shim does); until then the runtime has no such container.
     pub restore_from: Option<PathBuf>,
+    /// The init's cgroup once resolved, with the pid it was resolved for: `Stats` then reads
+    /// the cgroup's files alone instead of the node's whole mount table each time (with a
+    /// few hundred pods `/proc/self/mountinfo` has thousands of lines, and the kubelet's
+    /// stats poll asks every container's shim in turn).
+    pub cgroup: Option<(u32, Cgroup)>,
 }
 
 impl Container {
@@ -50,6 +56,7 @@ impl Container {
             killing_all: false,
             starting: false,
             restore_from: None,
+            cgroup: None,
         }
     }
 
