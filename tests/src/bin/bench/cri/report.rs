@@ -236,31 +236,40 @@ pub fn render(a: &Args, hs: &[Handler], notes: &[String], took: Duration) -> Str
 /// What bounds each figure (hand-written, from the measurements and the code).
 const WHY: &str = "What bounds each figure:
 
-- **Pod start.** Both handlers pay the same containerd work (the sandbox's and the container's \
-snapshots and mounts, the metadata writes, two `runc create` + `runc start`); the shim adds its own \
-start (`shim start` forks the long-lived shim, which must answer before containerd goes on) and \
-the relay of `runc`'s answers. Ours starts in about 2 ms against the Go shim's 26 ms (the table \
-above), once per pod: the sandbox's shim also serves its container. The rest is containerd and \
-runc, the same for both.
+- **Pod start.** Most of it is the same for both handlers: containerd's work (the sandbox's and \
+the container's snapshots and overlay mounts, its metadata writes, each synced) and two `runc \
+create` + `runc start` (runc is a Go program: each of its runs costs tens of ms here). The shim's \
+part is its own start, once per pod since the sandbox's shim also serves the container: \
+`shim start` forks the long-lived shim, which must answer before containerd goes on (ours in \
+about 2 ms, the Go shim in about 26: the main table's `shim start` row), and the relay of runc's \
+answers. With 10 at a time the pods queue for 2 cores, and the handler whose pods cost less CPU \
+gets through them sooner.
 - **Stop + remove.** StopContainer is a kill, the shim's reap and its exit event; StopPodSandbox \
 the same for the pause process; RemovePodSandbox deletes both tasks (`runc delete`, the rootfs \
-unmounts) and ends the shim. The kill-to-exit path is the shim's (ours reaps and publishes in one \
-loop turn); the `runc delete`s and unmounts are the same for both.
-- **PSS per pod.** Each pod costs one shim: its private pages (heap, stack, the data it wrote) \
-plus its share of the pages all shims map (the binary's text, shared N ways). The Go shim's \
-runtime keeps a heap and a dozen thread stacks per process; ours one thread and small buffers, so \
-its PSS per pod is the private part plus a vanishing share of the text.
-- **containerd RSS.** containerd keeps a ttrpc connection, an event subscription and its metadata \
-per task (two per pod); its heap grows with N and differs between handlers only by what each \
-shim's connection costs it.
-- **Idle CPU and wake-ups.** An idle Go shim's runtime wakes up on its own (sysmon, GC, timers), \
-about twice a second per shim, so the total grows with N. Ours sleeps in one `epoll_wait` with no \
-timer armed while nothing happens, so nothing wakes it.
-- **ListContainers, ListContainerStats.** Served by containerd from its own store; the stats call \
-reads each container's cgroup through containerd (not the shim) on containerd 1.6's CRI: both grow \
-with N in containerd, and the shim is not on that path.
-- **Drain.** The per-pod removal, `--cri-par` at a time on 2 cores: bounded by CPU (containerd, runc \
-and the unmounts), with the shims' part as in stop + remove.
+unmounts) and ends the shim. containerd 1.6 also runs `<shim binary> delete` after each task \
+ends: a Go program's start each time for `runc`, a ~1 ms exec for ours. The `runc delete`s and \
+the unmounts are the same for both.
+- **PSS per pod.** Each pod costs one shim: its private pages plus its share of the pages every \
+shim maps (the binary's text, divided N ways). A Go shim's private part is its runtime's heap \
+and a dozen threads' stacks; ours is about 150 kB: the heap's live data (80 kB with a pod's two \
+containers), the one thread's stack (32 kB) and the binary's written data (40 kB). The text's \
+share shrinks as N grows; the private part does not, so that is what bounds ours.
+- **Shim RSS.** Every page a shim maps counts once per shim, shared or not: for ours the \
+binary's text and read-only data (1.8 MB, most of it: the kernel maps file pages 64 KiB around \
+each fault) paid once per node, not per pod; see \"What the shim carries\" below.
+- **containerd RSS.** containerd keeps a ttrpc connection, an event subscription and metadata per \
+task (two per pod), the same for both handlers: its heap grows with N alike, and what differs is \
+the Go garbage collector's timing more than the shim.
+- **Idle CPU and wake-ups.** An idle Go shim's runtime wakes up on its own (sysmon, the garbage \
+collector's timers), a few times a second per shim, so the total grows with N. Ours sleeps in \
+one `epoll_wait` with no timer armed while nothing happens: nothing wakes it.
+- **ListContainers** is served from containerd's in-memory store: no shim is asked, the same \
+for both. **ListContainerStats** is not: containerd asks each container's shim for `Stats`, one \
+after the other, and each shim reads its container's cgroup files; it grows with N for both, by \
+a round trip and a cgroup read per container.
+- **Drain.** The pods' removals, `--cri-par` at a time on 2 cores: CPU-bound (containerd, runc, \
+the unmounts and the shims' `delete` runs), so its total is about the per-pod cost times N \
+over the cores.
 ";
 
 pub fn svg(hs: &[Handler]) -> String {
