@@ -240,9 +240,8 @@ const WHY: &str = "What bounds each figure:
 the container's snapshots and overlay mounts, its metadata writes, each synced) and two `runc \
 create` + `runc start` (runc is a Go program: each of its runs costs tens of ms here). The shim's \
 part is its own start, once per pod since the sandbox's shim also serves the container: \
-`shim start` forks the long-lived shim, which must answer before containerd goes on (ours in \
-about 2 ms, the Go shim in about 26: the main table's `shim start` row), and the relay of runc's \
-answers. With 10 at a time the pods queue for 2 cores, and the handler whose pods cost less CPU \
+`shim start` forks the long-lived shim, which must answer before containerd goes on (the main \
+table's `shim start` row: ours answers several times sooner), and the relay of runc's answers. With 10 at a time the pods queue for 2 cores, and the handler whose pods cost less CPU \
 gets through them sooner.
 - **Stop + remove.** StopContainer is a kill, the shim's reap and its exit event; StopPodSandbox \
 the same for the pause process; RemovePodSandbox deletes both tasks (`runc delete`, the rootfs \
@@ -251,9 +250,10 @@ ends: a Go program's start each time for `runc`, a ~1 ms exec for ours. The `run
 the unmounts are the same for both.
 - **PSS per pod.** Each pod costs one shim: its private pages plus its share of the pages every \
 shim maps (the binary's text, divided N ways). A Go shim's private part is its runtime's heap \
-and a dozen threads' stacks; ours is about 150 kB: the heap's live data (80 kB with a pod's two \
-containers), the one thread's stack (32 kB) and the binary's written data (40 kB). The text's \
-share shrinks as N grows; the private part does not, so that is what bounds ours.
+and a dozen threads' stacks; ours is about 130 kB: the heap (68 kB with a pod's two \
+containers), the one thread's stack (28 kB) and the binary's written data (40 kB: glibc's \
+state and the entries its start-up writes). The text's share shrinks as N grows; the private \
+part does not, so that is what bounds ours.
 - **Shim RSS.** Every page a shim maps counts once per shim, shared or not: for ours the \
 binary's text and read-only data (1.8 MB, most of it: the kernel maps file pages 64 KiB around \
 each fault) paid once per node, not per pod; see \"What the shim carries\" below.
