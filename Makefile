@@ -12,6 +12,9 @@
 #   make bench    benchmarks against containerd-shim-runc-v2, written to BENCHMARKS.md, with a
 #                 chart of the figures in BENCHMARKS.svg
 #   make bench-upgrade  only the live shim upgrade figures, replaced in BENCHMARKS.md
+#   make bench-cri  pods through containerd's CRI plugin, handlers runc and tether side by side:
+#                 its section of BENCHMARKS.md (replaced) and BENCHMARKS-cri.svg; also the last
+#                 part of make bench
 #   make bench-scale  how each cost grows with N = 100..1,000 idle containers, both shims and the
 #                 manager: BENCHMARKS-scale.md and BENCHMARKS-scale.svg (BENCHMARKS.md links it)
 
@@ -41,7 +44,7 @@ CONTAINERD_BUILDS ?=
 CONTAINERD_BUILD_VERSIONS ?= 2.2 2.3
 BUILD_TESTS ?= --test harness --test shim_* --test cri
 
-.PHONY: all build deps containerd-versions criu test test-system test-containerd-builds test-node node-lane lint run install bench bench-upgrade bench-scale clean
+.PHONY: all build deps containerd-versions criu test test-system test-containerd-builds test-node node-lane lint run install bench bench-upgrade bench-cri bench-scale clean
 
 all: build
 
@@ -107,8 +110,21 @@ install: build
 	install -D -m 0755 target/release/containerd-shim-tether-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-tether-v2
 	install -D -m 0755 target/release/tether $(DESTDIR)$(PREFIX)/bin/tether
 
+# CRI_PODS=10,20 CRI_SEQ=10 CRI_IDLE_S=10 for a quick run. The counts: 110 is the kubelet's
+# default maxPods; 50 sequential pods, and as many CRI_PAR at a time.
+CRI_PODS ?= 110,250
+CRI_SEQ ?= 50
+CRI_PAR ?= 10
+CRI_IDLE_S ?= 60
+BENCH_CRI = ./target/release/bench --cri --cri-pods $(CRI_PODS) --cri-seq $(CRI_SEQ) \
+  --cri-par $(CRI_PAR) --cri-idle-s $(CRI_IDLE_S) --out BENCHMARKS.md
+
 bench: deps build
 	./target/release/bench --out BENCHMARKS.md
+	$(BENCH_CRI)
+
+bench-cri: deps build
+	$(BENCH_CRI)
 
 bench-upgrade: deps build
 	./target/release/bench --only upgrade --out BENCHMARKS.md

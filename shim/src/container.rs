@@ -1,5 +1,6 @@
 //! One container the shim holds: its bundle, runtime, init process and execs.
 
+use crate::cgroup::Cgroup;
 use crate::error::{Result, ShimError};
 use crate::pid::Pid;
 use crate::process::Process;
@@ -34,6 +35,11 @@ pub struct Container {
     /// Created from a checkpoint: `Start` restores it from this CRIU image (as containerd's
     /// shim does); until then the runtime has no such container.
     pub restore_from: Option<PathBuf>,
+    /// The init's cgroup once resolved, with the pid it was resolved for: `Stats` then reads
+    /// the cgroup's files alone instead of the node's whole mount table each time (with a
+    /// few hundred pods `/proc/self/mountinfo` has thousands of lines, and the kubelet's
+    /// stats poll asks every container's shim in turn).
+    pub cgroup: Option<(u32, Cgroup)>,
 }
 
 impl Container {
@@ -50,6 +56,7 @@ impl Container {
             killing_all: false,
             starting: false,
             restore_from: None,
+            cgroup: None,
         }
     }
 
@@ -142,7 +149,44 @@ pub fn read_pid_file(path: &Path) -> Result<Pid> {
 /// runtime then says what is wrong with it).
 pub fn read_spec(config_json: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read(config_json).ok()?;
-    serde_json::from_slice(&text).ok()
+    // Only the parts the shim decides by are built: the rest of a CRI spec (mounts, masked
+    // paths, capabilities, resources) would be a tree of small allocations freed at once but
+    // left scattered through the heap of a process that lives as long as its pod. A spec
+    // those parts do not fit is parsed whole, so the answers stay those of the whole spec.
+    match serde_json::from_slice::<SpecFacts>(&text) {
+        Ok(facts) => Some(facts.into_value()),
+        Err(_) => serde_json::from_slice(&text).ok(),
+    }
+}
+
+/// What the shim reads of a spec: `linux.namespaces` and `linux.cgroupsPath`.
+#[derive(serde::Deserialize)]
+struct SpecFacts {
+    linux: Option<LinuxFacts>,
+}
+
+#[derive(serde::Deserialize)]
+struct LinuxFacts {
+    namespaces: Option<serde_json::Value>,
+    #[serde(rename = "cgroupsPath")]
+    cgroups_path: Option<serde_json::Value>,
+}
+
+impl SpecFacts {
+    /// The spec with only those parts, as the readers below take it.
+    fn into_value(self) -> serde_json::Value {
+        let Some(l) = self.linux else {
+            return serde_json::Value::Object(serde_json::Map::new());
+        };
+        let mut linux = serde_json::Map::new();
+        if let Some(ns) = l.namespaces {
+            linux.insert("namespaces".into(), ns);
+        }
+        if let Some(path) = l.cgroups_path {
+            linux.insert("cgroupsPath".into(), path);
+        }
+        serde_json::json!({ "linux": linux })
+    }
 }
 
 /// Whether a container must have its other processes killed when its init exits: it does not
@@ -207,6 +251,12 @@ mod tests {
             ),
             (r#"{"linux":{"namespaces":[{"type":"mount"}]}}"#, true),
             (r#"{"linux":{}}"#, true),
+            (r#"{"linux":null}"#, true),
+            (
+                r#"{"process":{"args":["sleep"]},"linux":{"resources":{"memory":{}},"namespaces":[{"type":"pid"}],"maskedPaths":["/proc/kcore"]}}"#,
+                false,
+            ),
+            (r#"{"linux":{"namespaces":"not a list"}}"#, true),
             ("not json", false),
         ];
         for (spec, shared) in cases {

@@ -9,6 +9,7 @@ mod container;
 mod error;
 mod events;
 mod files;
+mod heap;
 mod info;
 mod logging;
 mod mount;

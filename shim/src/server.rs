@@ -104,6 +104,9 @@ impl Server {
     pub fn run(mut self) -> Result<()> {
         let mut events = Events::with_capacity(256);
         let mut stop_by: Option<(Instant, Instant)> = None;
+        // Whether anything but stdio ran since the heap's free pages were last given back
+        // (copying stdio allocates nothing, so a stream never triggers it).
+        let mut heap_used = true;
         loop {
             let now = Instant::now();
             if self.service.shutdown && stop_by.is_none() {
@@ -131,6 +134,11 @@ impl Server {
             .flatten()
             .min();
             let timeout = deadline.map(|d| d.saturating_duration_since(now));
+            if timeout.is_none() && heap_used {
+                // Nothing is due: the loop may sleep for hours.
+                crate::heap::release_free_pages();
+                heap_used = false;
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     return Err(ShimError::io("epoll_wait")(e));
@@ -149,6 +157,7 @@ impl Server {
                     t if t.0 >= FIRST_OOM => self.service.on_oom(t),
                     t => self.on_conn(t),
                 }
+                heap_used |= ev.token().0 < FIRST_PUMP;
             }
             self.service.on_timers(Instant::now());
             self.service.handle_exits();

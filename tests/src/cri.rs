@@ -352,8 +352,9 @@ impl Cri {
         self.start_container(pod, &self.container_config(pod, name, 0, cmd))
     }
 
-    /// Records a started sandbox or container for the leftover check.
-    fn started(&self, id: &str) {
+    /// Records a started sandbox or container for the leftover check (pods started on another
+    /// client, as the bench's parallel ones are, are recorded with this).
+    pub fn started(&self, id: &str) {
         self.ids.borrow_mut().push(id.to_string());
         let bundle = self.containerd().bundle(CRI_NAMESPACE, id);
         if let Some(sock) = shim::socket_path(&bundle) {

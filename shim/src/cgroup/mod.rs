@@ -24,6 +24,16 @@ pub enum Cgroup {
     V2(PathBuf),
 }
 
+impl Cgroup {
+    /// Whether its directory (one of them, on v1) is still there.
+    pub fn exists(&self) -> bool {
+        match self {
+            Cgroup::V1(dirs) => dirs.any_exists(),
+            Cgroup::V2(dir) => dir.is_dir(),
+        }
+    }
+}
+
 /// The directory of each v1 controller the process is in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct V1Dirs(BTreeMap<String, PathBuf>);
@@ -64,11 +74,7 @@ pub fn locate(pid: u32) -> Result<Cgroup> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let cgroup = resolve(&own, &mountinfo)
         .ok_or_else(|| gone("no cgroup in /proc/PID/cgroup".to_string()))?;
-    let exists = match &cgroup {
-        Cgroup::V1(dirs) => dirs.any_exists(),
-        Cgroup::V2(dir) => dir.is_dir(),
-    };
-    if !exists {
+    if !cgroup.exists() {
         return Err(gone(format!(
             "{cgroup:?} does not exist (has it been removed?)"
         )));

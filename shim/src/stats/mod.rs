@@ -12,20 +12,26 @@ mod v2;
 
 pub use v2::memory_events;
 
-use crate::cgroup::{self, parse, Cgroup};
+use crate::cgroup::{parse, Cgroup};
 use crate::error::{Result, ShimError};
 use std::collections::HashMap;
 use std::path::Path;
 use tether_protocol::api::{pack_any, Any};
 
 /// The metrics of the cgroup that holds `pid`, packed for `StatsResponse`.
+#[cfg(test)]
 pub fn collect(pid: u32) -> Result<Any> {
-    let packed = match cgroup::locate(pid)? {
+    collect_in(pid, &crate::cgroup::locate(pid)?)
+}
+
+/// The metrics of `cgroup` (where `pid` is), packed for `StatsResponse`.
+pub fn collect_in(pid: u32, cgroup: &Cgroup) -> Result<Any> {
+    let packed = match cgroup {
         Cgroup::V1(dirs) => {
             let partitions = read(Path::new("/proc/partitions")).unwrap_or_default();
-            pack_any(&v1::metrics(&dirs, &partitions, clock_ticks()))
+            pack_any(&v1::metrics(dirs, &partitions, clock_ticks()))
         }
-        Cgroup::V2(dir) => pack_any(&v2::metrics(&dir)),
+        Cgroup::V2(dir) => pack_any(&v2::metrics(dir)),
     };
     packed.map_err(|e| ShimError::InvalidArgument(format!("encode metrics of pid {pid}: {e}")))
 }

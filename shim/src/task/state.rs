@@ -45,8 +45,22 @@ impl Service {
                 req.id
             )));
         }
-        let pid = c.init.require_pid("read the metrics of")?;
-        let stats = crate::stats::collect(pid.as_u32())?;
+        let pid = c.init.require_pid("read the metrics of")?.as_u32();
+        let cached = match &c.cgroup {
+            Some((p, cg)) if *p == pid && cg.exists() => Some(cg.clone()),
+            _ => None,
+        };
+        let cgroup = match cached {
+            Some(cg) => cg,
+            None => {
+                let cg = crate::cgroup::locate(pid)?;
+                if let Some(c) = self.containers.get_mut(&req.id) {
+                    c.cgroup = Some((pid, cg.clone()));
+                }
+                cg
+            }
+        };
+        let stats = crate::stats::collect_in(pid, &cgroup)?;
         Ok(StatsResponse {
             stats: MessageField::some(stats),
             ..Default::default()

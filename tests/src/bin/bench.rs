@@ -19,12 +19,15 @@
 //!
 //! Beside the markdown goes a chart of the Go-vs-tether table (`--out X.md` also writes `X.svg`,
 //! see `chart`); `--chart-from X.md` only redraws it. `--scale`: how costs grow with N (`scale`).
+//! `--cri`: pods through containerd's CRI plugin, both handlers, spliced into `--out` (`cri`).
 
 // A directory without main.rs: not a binary of its own.
 #[path = "bench/chart/mod.rs"]
 mod chart;
 #[path = "bench/clock.rs"]
 mod clock;
+#[path = "bench/cri/mod.rs"]
+mod cri;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/responsive.rs"]
@@ -350,6 +353,9 @@ fn bench_runtime(cd: &Containerd, ctr: &Ctr, runtime: &str, a: &Args) -> Figures
 fn main() {
     if let Some(s) = scale::Args::from_env() {
         return scale::main(s);
+    }
+    if let Some(c) = cri::Args::from_env() {
+        return cri::main(c);
     }
     let a = args();
     if let Some(report) = &a.chart_from {

@@ -271,6 +271,17 @@ impl CriClient {
         .map(|r| r.containers.into_iter().map(|c| c.id).collect())
     }
 
+    /// ListContainerStats of every container: what the kubelet polls for its summary.
+    pub fn list_container_stats(&self) -> Result<Vec<ContainerStats>, Status> {
+        let mut c = self.runtime.clone();
+        self.call(
+            DEFAULT_TIMEOUT,
+            ListContainerStatsRequest::default(),
+            |r| async move { c.list_container_stats(r).await },
+        )
+        .map(|r| r.stats)
+    }
+
     /// ExecSync of `cmd` in container `id`, with `timeout` seconds for the command (0: none).
     pub fn exec_sync(
         &self,

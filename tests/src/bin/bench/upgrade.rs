@@ -217,10 +217,17 @@ pub fn splice(report: &str, section: &str) -> String {
         return format!("{}\n{}", report.trim_end(), section);
     };
     let after = start + 1 + SECTION.len();
-    let end = report[after..]
-        .find("\n## ")
-        .map(|i| after + i)
-        .unwrap_or(report.len());
+    // The section ends at the next heading or at the hand-written part's marker, whichever is
+    // first: the marker must survive, or the next `make bench` drops the hand-written part.
+    let end = [
+        report[after..].find("\n## "),
+        report[after..].find(&format!("\n{}", super::report::KEPT)),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .map(|i| after + i)
+    .unwrap_or(report.len());
     format!("{}{}{}", &report[..start], section, &report[end..])
 }
 
@@ -247,6 +254,13 @@ mod tests {
             splice(&old, &sec),
             format!("# B{sec}\n## Next\n\ny\n"),
             "only the section changes"
+        );
+        let kept = super::super::report::KEPT;
+        let old = format!("# B\n{SECTION}\n\nold\n\n{kept}\n## Hand\n\nh\n");
+        assert_eq!(
+            splice(&old, &sec),
+            format!("# B{sec}\n{kept}\n## Hand\n\nh\n"),
+            "the hand-written part's marker is kept"
         );
     }
 }
