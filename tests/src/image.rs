@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// The reference of the shared busybox image.
-pub const BUSYBOX_IMAGE: &str = "docker.io/library/tether-busybox:test";
+pub const BUSYBOX_IMAGE: &str = "localhost/tether-busybox:test";
 /// `PATH` of the image's default environment.
 pub const IMAGE_PATH_ENV: &str =
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -36,7 +36,7 @@ const MTIME: u64 = 1_704_067_200; // 2024-01-01T00:00:00Z
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageTarball {
     pub path: PathBuf,
-    /// The name `ctr image import` gives it, e.g. `docker.io/library/tether-busybox:test`.
+    /// The name `ctr image import` gives it, e.g. `localhost/tether-busybox:test`.
     pub reference: String,
     /// `sha256:...` of the manifest, of the config, and of the (uncompressed) layer, which is
     /// also its diff id.

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The reference of the pause image (what `sandbox_image` names).
-pub const PAUSE_IMAGE: &str = "docker.io/library/tether-pause:test";
+pub const PAUSE_IMAGE: &str = "localhost/tether-pause:test";
 
 /// The program's source, compiled at first use.
 const PAUSE_C: &str = include_str!("pause.c");
