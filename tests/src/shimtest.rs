@@ -46,6 +46,18 @@ pub fn sleeper(ctr: &Ctr) -> String {
     id
 }
 
+/// A [`sleeper`] whose shim is given the runtime options file `options` (as
+/// `ctr run --runtime-config-path` gives it: e.g. a [`runtime_wrapper`]'s).
+pub fn sleeper_with_options(ctr: &Ctr, options: &std::path::Path) -> String {
+    let id = unique_id("c");
+    tether_run(ctr, &id)
+        .flag(&format!("--runtime-config-path={}", options.display()))
+        .detach()
+        .args(&["/bin/sleep", "1000"])
+        .success();
+    id
+}
+
 /// `ctr run --runtime io.containerd.tether.v2 --read-only --rootfs <busybox> ID`, to be given
 /// its flags and command.
 pub fn tether_run<'a>(ctr: &'a Ctr, id: &str) -> Run<'a> {

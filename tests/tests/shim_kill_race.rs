@@ -6,7 +6,9 @@
 use std::time::Duration;
 use tether_protocol::api::task::{KillRequest, WaitRequest, WaitResponse};
 use tether_protocol::api::Empty;
-use tether_tests::shimtest::{finish, runtime_wrapper, shim_client, sleeper, tether_run, Scene};
+use tether_tests::shimtest::{
+    finish, runtime_wrapper, shim_client, sleeper, sleeper_with_options, Scene,
+};
 
 const T: Duration = Duration::from_secs(20);
 const ROUNDS: usize = 12;
@@ -92,12 +94,7 @@ fn runc_saying_container_not_running_after_a_kill_is_not_found() {
     let config = runtime_wrapper(dir.path(), "late-kill-runc", LATE_KILL);
     let Scene { cd, ns, ctr } = Scene::start();
     for _ in 0..3 {
-        let id = tether_tests::unique_id("c");
-        tether_run(&ctr, &id)
-            .flag(&format!("--runtime-config-path={}", config.display()))
-            .detach()
-            .args(&["/bin/sleep", "1000"])
-            .success();
+        let id = sleeper_with_options(&ctr, &config);
         let shim = shim_client(&cd, &ns, &id);
         let req = KillRequest {
             id: id.clone(),
@@ -143,12 +140,7 @@ fn a_kill_still_running_when_its_task_is_deleted_and_the_shim_shut_down_is_answe
     let dir = tempfile::tempdir().expect("tempdir");
     let config = runtime_wrapper(dir.path(), "slow-kill-runc", SLOW_KILL);
     let Scene { cd, ns: _, ctr } = Scene::start();
-    let id = tether_tests::unique_id("c");
-    tether_run(&ctr, &id)
-        .flag(&format!("--runtime-config-path={}", config.display()))
-        .detach()
-        .args(&["/bin/sleep", "1000"])
-        .success();
+    let id = sleeper_with_options(&ctr, &config);
     std::thread::scope(|s| {
         let kill = s.spawn(|| ctr.task_kill(&id, "SIGKILL"));
         assert!(
