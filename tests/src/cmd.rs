@@ -211,6 +211,36 @@ pub fn which(name: &str) -> Option<std::path::PathBuf> {
         })
 }
 
+/// Writes `contents` to `path` as an executable (0755) without this process ever holding the
+/// file open for writing: a `cat` child writes it. The test process forks children from many
+/// threads, and a child between its fork and its exec holds copies of every fd; a file some
+/// process holds open for writing cannot be executed (ETXTBSY), so a script or binary written
+/// here directly could fail to start, at random, on a loaded machine.
+pub fn write_executable(path: &std::path::Path, contents: impl AsRef<[u8]>) {
+    use std::io::Write;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("cat > \"$1\" && chmod 755 \"$1\"")
+        .arg("sh")
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn sh to write {}: {e}", path.display()));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(contents.as_ref())
+            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+    let status = child
+        .wait()
+        .unwrap_or_else(|e| panic!("wait for the writer of {}: {e}", path.display()));
+    assert!(
+        status.success(),
+        "writing {} failed: {status}",
+        path.display()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! manager installs one over a live system. The live upgrade tests stand on it.
 
 use crate::shim_binary;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub struct ShimDir {
@@ -49,8 +49,7 @@ impl ShimDir {
     /// manager's rename does); returns its inode.
     pub fn install(&self, contents: &[u8]) -> u64 {
         let tmp = self.dir.path().join("incoming");
-        std::fs::write(&tmp, contents).expect("write the new binary");
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        crate::cmd::write_executable(&tmp, contents);
         std::fs::rename(&tmp, self.binary()).expect("install the new binary");
         inode(&self.binary())
     }

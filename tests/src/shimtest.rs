@@ -138,15 +138,14 @@ pub use crate::rawttrpc::process_spec;
 /// runc) written as `dir/name`, and the runtime options file naming it as `BinaryName`: give
 /// its path to `ctr run --runtime-config-path`. Returns the options file.
 pub fn runtime_wrapper(dir: &std::path::Path, name: &str, script: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     let runc = crate::cmd::which("runc").expect("runc on PATH");
     let wrapper = dir.join(name);
-    std::fs::write(
+    crate::cmd::write_executable(
         &wrapper,
-        script.replace("RUNC", &runc.display().to_string()),
-    )
-    .expect("write the runtime wrapper");
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        script
+            .replace("RUNC", &runc.display().to_string())
+            .as_bytes(),
+    );
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,

@@ -244,12 +244,11 @@ fn an_export_that_cannot_be_written_leaves_the_container_running() {
 /// it froze for the dump runs on, and the command exits 130.
 #[test]
 fn an_interrupted_export_leaves_no_image_and_the_container_running() {
-    use std::os::unix::fs::PermissionsExt;
     let hold = tempfile::tempdir().expect("tempdir");
     let real = working_criu();
     // runc asks CRIU's version over `criu swrk`, then dumps over a second one: that one waits.
     let wrapper = hold.path().join("criu");
-    std::fs::write(
+    tether_tests::cmd::write_executable(
         &wrapper,
         format!(
             "#!/bin/sh\nd={d}\nif [ \"$1\" = swrk ]; then\n  echo x >> $d/swrk\n  \
@@ -259,9 +258,7 @@ fn an_interrupted_export_leaves_no_image_and_the_container_running() {
             d = hold.path().display(),
             real = real.display()
         ),
-    )
-    .expect("write the wrapper");
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    );
     let d = Daemon::start_with(&["--criu", &wrapper.display().to_string()]);
     let ns = unique_id("ns");
     let id = unique_id("int");

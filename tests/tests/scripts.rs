@@ -2,7 +2,6 @@
 //! package state waits for the dpkg lock (another apt run holding it made `make test` fail on
 //! a fresh machine). A stand-in `apt-get` first on PATH records how it is called.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -19,12 +18,10 @@ fn fake_apt(dir: &Path) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir(&bin).expect("mkdir");
     let script = bin.join("apt-get");
-    std::fs::write(
+    tether_tests::cmd::write_executable(
         &script,
         format!("#!/bin/sh\necho \"$*\" >> '{}'\n", calls.display()),
-    )
-    .expect("write the stand-in");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    );
     bin
 }
 

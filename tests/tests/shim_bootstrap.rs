@@ -4,7 +4,6 @@
 
 use protobuf::{Message, MessageField};
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -285,12 +284,10 @@ fn info_prints_runtime_info_with_the_runtimes_own_features() {
     // A runtime that does not know `features` (youki, older runc): still an answer.
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = dir.path().join("oldruntime");
-    std::fs::write(
+    tether_tests::cmd::write_executable(
         &fake,
         "#!/bin/sh\necho \"unknown command $1\" >&2\nexit 1\n",
-    )
-    .expect("write");
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    );
     let stdin = pack_any(&RuncOptions {
         binary_name: fake.display().to_string(),
         ..Default::default()

@@ -7,7 +7,6 @@
 //! killing the wrapper leaves nothing behind), as containerd's `runc-fp` delays its runtime.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tether_protocol::api::task::{ExecProcessRequest, StartRequest, StartResponse};
@@ -40,8 +39,7 @@ exec {runc} "$@"
         runc = runc.display()
     );
     let wrapper = dir.join("slow-exec-runc");
-    std::fs::write(&wrapper, script).expect("write the wrapper");
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    tether_tests::cmd::write_executable(&wrapper, script.as_bytes());
     let config = dir.join("tether.toml");
     std::fs::write(
         &config,

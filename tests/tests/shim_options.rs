@@ -4,7 +4,6 @@
 //! Each test proves the options reach the runtime: `BinaryName` is a wrapper that records its
 //! arguments and execs runc, and `Root` a private state root.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 use tether_protocol::api::task::{
@@ -36,9 +35,7 @@ impl Wrapper {
             runc = runc.display()
         );
         let w = Wrapper { dir };
-        std::fs::write(w.binary(), script).expect("write the wrapper");
-        std::fs::set_permissions(w.binary(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod the wrapper");
+        tether_tests::cmd::write_executable(&w.binary(), script);
         std::fs::create_dir(w.root()).expect("mkdir root");
         w
     }

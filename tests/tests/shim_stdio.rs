@@ -134,20 +134,17 @@ fn log_uri_file_dev_null_discards_the_output() {
 
 #[test]
 fn log_uri_binary_hands_stdout_and_stderr_to_the_logger() {
-    use std::os::unix::fs::PermissionsExt;
     let cd = Containerd::start();
     let ctr = cd.ctr(&unique_id("ns"));
     let dir = tempfile::tempdir().expect("tempdir for the logger");
     // containerd's binary logging protocol: stdout on fd 3, stderr on fd 4, fd 5 closed once
     // the logger is ready; the URI's query arrives as arguments (`out PATH`).
     let logger = dir.path().join("logger.sh");
-    std::fs::write(
+    tether_tests::cmd::write_executable(
         &logger,
         "#!/bin/sh\nexec 5>&-\necho \"$CONTAINER_NAMESPACE/$CONTAINER_ID\" > \"$2.who\"\n\
          cat <&3 > \"$2.out\" &\ncat <&4 > \"$2.err\" &\nwait\n",
-    )
-    .expect("write logger");
-    std::fs::set_permissions(&logger, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    );
     let base = dir.path().join("log");
     let uri = format!("binary://{}?out={}", logger.display(), base.display());
     let id = unique_id("c");

@@ -118,7 +118,7 @@ pub fn a_hanging_delete_action_is_killed_and_holds_up_no_other_cleanup() {
         .tempdir()
         .expect("tempdir");
     let script = bin.path().join("containerd-shim-hang-v2");
-    std::fs::write(
+    tether_tests::cmd::write_executable(
         &script,
         format!(
             "#!/bin/sh\n\
@@ -133,10 +133,7 @@ pub fn a_hanging_delete_action_is_killed_and_holds_up_no_other_cleanup() {
             shim = tether_tests::shim_binary().display(),
             dir = bin.path().display(),
         ),
-    )
-    .expect("write the hanging shim");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    );
     let path = format!(
         "{}:{}",
         bin.path().display(),

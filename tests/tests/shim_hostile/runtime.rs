@@ -5,7 +5,6 @@ use super::*;
 /// A fake runtime: runc for every verb but `pause`, where it records its pid in `pid_file` and
 /// sleeps 600 s.
 pub fn hanging_runtime_script(dir: &std::path::Path, pid_file: &std::path::Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     let runc = tether_tests::cmd::which("runc").expect("runc on PATH");
     let script = dir.join("hanging-runc");
     let text = format!(
@@ -13,8 +12,7 @@ pub fn hanging_runtime_script(dir: &std::path::Path, pid_file: &std::path::Path)
         pid_file.display(),
         runc.display()
     );
-    std::fs::write(&script, text).expect("write the fake runtime");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    tether_tests::cmd::write_executable(&script, text.as_bytes());
     script
 }
 

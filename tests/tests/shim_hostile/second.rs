@@ -69,7 +69,6 @@ fn socket_of(pid: i32, fd: i32) -> Option<String> {
 /// runc: none may be the shim's listening socket (runc passes what it inherits on to hooks,
 /// and a hook that daemonizes would keep the socket alive past the shim).
 pub fn runtime_inherits_no_listener(t: &Target) -> Got {
-    use std::os::unix::fs::PermissionsExt;
     let Some(listener) = socket_of(t.shim_pid, 3) else {
         return Got::Failed(format!(
             "the shim's fd 3 is not a socket (pid {})",
@@ -85,8 +84,7 @@ pub fn runtime_inherits_no_listener(t: &Target) -> Got {
         out.display(),
         runc.display()
     );
-    std::fs::write(&wrapper, text).expect("write the wrapper");
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    tether_tests::cmd::write_executable(&wrapper, text.as_bytes());
     let id = unique_id("fds");
     let bundle = bundle_like(t, dir.path(), &id, |_| {});
     let opts = Options {
@@ -210,7 +208,6 @@ pub fn execs_are_bounded(t: &Target) -> Got {
 /// relative path: each refused (a relative path resolves against the shim's working
 /// directory, a bundle holding a container's rootfs), and nothing there is run.
 pub fn relative_option_paths(t: &Target) -> Got {
-    use std::os::unix::fs::PermissionsExt;
     // The shim's working directory: where a relative name would lead.
     let cwd = match std::fs::read_link(format!("/proc/{}/cwd", t.shim_pid)) {
         Ok(c) => c,
@@ -220,12 +217,10 @@ pub fn relative_option_paths(t: &Target) -> Got {
     std::fs::create_dir(&bin_dir).expect("mkdir in the shim's cwd");
     let marker = bin_dir.join("ran");
     let script = bin_dir.join("x");
-    std::fs::write(
+    tether_tests::cmd::write_executable(
         &script,
         format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display()),
-    )
-    .expect("write the script");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    );
     let relative = format!(
         "{}/x",
         bin_dir.file_name().expect("a name").to_string_lossy()

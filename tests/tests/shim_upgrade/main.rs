@@ -6,7 +6,6 @@
 //! that cannot take over is refused (before `execve`, or after it by going back to the old
 //! binary) and the old code serves on.
 
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -53,9 +53,7 @@ impl Setup {
         let dir = ShimDir::new(SHIM_NAME);
         if let Some(runc) = runc {
             let path = dir.dir().join("runc");
-            std::fs::write(&path, runc(dir.dir())).expect("write the runc wrapper");
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-                .expect("chmod the runc wrapper");
+            tether_tests::cmd::write_executable(&path, runc(dir.dir()));
         }
         let cd = Containerd::start_with(Options {
             path_prefix: vec![dir.dir().to_path_buf()],
