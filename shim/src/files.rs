@@ -1,7 +1,8 @@
 //! Files a request names (a runtime config, a `file://` log) or a runtime writes (runc's
 //! `log.json`), opened and read without letting them stall the loop: `O_NONBLOCK` (a FIFO with
 //! no peer would block `open(2)` forever), regular files only (a FIFO, a device or a socket is
-//! refused; a log may also be /dev/null), and reads bounded (`/dev/zero` or a huge log cannot eat the shim's memory).
+//! refused; a log may also be /dev/null), and reads bounded (`/dev/zero` or a huge log cannot
+//! eat the shim's memory).
 
 use crate::error::{Result, ShimError};
 use std::fs::File;

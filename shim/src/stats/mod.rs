@@ -18,14 +18,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use tether_protocol::api::{pack_any, Any};
 
-/// The metrics of the cgroup that holds `pid`, packed for `StatsResponse`.
-#[cfg(test)]
-pub fn collect(pid: u32) -> Result<Any> {
-    collect_in(pid, &crate::cgroup::locate(pid)?)
-}
-
 /// The metrics of `cgroup` (where `pid` is), packed for `StatsResponse`.
-pub fn collect_in(pid: u32, cgroup: &Cgroup) -> Result<Any> {
+pub fn collect(pid: u32, cgroup: &Cgroup) -> Result<Any> {
     let packed = match cgroup {
         Cgroup::V1(dirs) => {
             let partitions = read(Path::new("/proc/partitions")).unwrap_or_default();
@@ -97,10 +91,15 @@ pub(crate) fn fixture(rel: &str) -> std::path::PathBuf {
 mod tests {
     use super::*;
 
+    /// The metrics of the cgroup that holds `pid`, located as `Stats` first locates it.
+    fn collect_of(pid: u32) -> Result<Any> {
+        collect(pid, &crate::cgroup::locate(pid)?)
+    }
+
     /// The live path: this test process's own cgroup packs into containerd's type URL.
     #[test]
     fn collects_our_own_cgroup() {
-        let any = collect(std::process::id()).expect("our cgroup");
+        let any = collect_of(std::process::id()).expect("our cgroup");
         assert!(
             any.type_url == "io.containerd.cgroups.v1.Metrics"
                 || any.type_url == "io.containerd.cgroups.v2.Metrics",
@@ -108,7 +107,7 @@ mod tests {
             any.type_url
         );
         assert!(!any.value.is_empty(), "some figure is read");
-        let gone = collect(u32::MAX).expect_err("no such process");
+        let gone = collect_of(u32::MAX).expect_err("no such process");
         assert!(matches!(gone, ShimError::NotFound(_)), "{gone}");
     }
 }

@@ -2,12 +2,12 @@
 //! a shim it could not reach (stopped, or slow, during containerd's restart): it runs the
 //! shim's `delete` action, which removes the container from the runtime, removes the bundle
 //! and forgets the task. Such a shim would otherwise serve nobody forever (the leak containerd's
-//! own shim shows under pod churn). While no container runs, the shim looks every few seconds:
+//! own shim shows under pod churn). While no container runs, the shim looks now and then:
 //! a container whose init has exited and whose bundle is gone is dropped, and a shim left with
 //! no container and no bundle of its own (its working directory) exits. A running container
-//! means no timer at all: an idle shim never wakes. Each look that finds nothing doubles the
-//! wait before the next (to a minute): a pod whose containers all completed and that nobody
-//! deletes for hours costs a wake-up a minute, not one every two seconds.
+//! means no timer at all: an idle shim never wakes. Each look doubles the wait before the next
+//! (to a minute): a pod whose containers all completed and that nobody deletes for hours costs
+//! a wake-up a minute, not one every two seconds.
 
 use super::Service;
 use std::time::{Duration, Instant};

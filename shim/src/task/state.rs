@@ -1,7 +1,7 @@
 //! The requests that only read the table: `State`, `Stats`, `Connect`, and `Shutdown` (which
 //! only sets a flag the loop reads).
 
-use super::{encode, Ctx, Flow, Service};
+use super::{encode, find, Ctx, Flow, Service};
 use crate::error::{Result, ShimError};
 use protobuf::MessageField;
 use tether_protocol::api::task::*;
@@ -38,7 +38,7 @@ impl Service {
     }
 
     pub(super) fn stats(&mut self, req: StatsRequest) -> Result<StatsResponse> {
-        let c = self.container(&req.id)?;
+        let c = find(&mut self.containers, &req.id)?;
         if c.init.is_stopped() {
             return Err(ShimError::NotFound(format!(
                 "container {}: no metrics: its init process has exited",
@@ -46,21 +46,13 @@ impl Service {
             )));
         }
         let pid = c.init.require_pid("read the metrics of")?.as_u32();
-        let cached = match &c.cgroup {
-            Some((p, cg)) if *p == pid && cg.exists() => Some(cg.clone()),
-            _ => None,
+        let cgroup = match c.cgroup.take() {
+            Some((p, cg)) if p == pid && cg.exists() => cg,
+            _ => crate::cgroup::locate(pid)?,
         };
-        let cgroup = match cached {
-            Some(cg) => cg,
-            None => {
-                let cg = crate::cgroup::locate(pid)?;
-                if let Some(c) = self.containers.get_mut(&req.id) {
-                    c.cgroup = Some((pid, cg.clone()));
-                }
-                cg
-            }
-        };
-        let stats = crate::stats::collect_in(pid, &cgroup)?;
+        let stats = crate::stats::collect(pid, &cgroup);
+        c.cgroup = Some((pid, cgroup));
+        let stats = stats?;
         Ok(StatsResponse {
             stats: MessageField::some(stats),
             ..Default::default()
