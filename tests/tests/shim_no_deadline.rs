@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use tether_protocol::api::task::{ExecProcessRequest, StartRequest, StartResponse};
 use tether_protocol::api::Empty;
 use tether_tests::rawttrpc::{connect, process_spec, read_response, request_frame};
-use tether_tests::shimtest::{finish, shim_address, shim_client, state, tether_run, Scene, T};
-use tether_tests::{cmd, unique_id, wait_until, Ctr};
+use tether_tests::shimtest::{
+    finish, runtime_wrapper, shim_address, shim_client, sleeper_with_options, state, Scene, T,
+};
+use tether_tests::wait_until;
 
 /// runc, except that `exec` first touches MARK and waits SECS seconds on a FIFO read.
 fn slow_exec_runtime(dir: &Path, secs: u32) -> (PathBuf, PathBuf) {
-    let runc = cmd::which("runc").expect("runc on PATH");
     let fifo = dir.join("never");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
     let mark = dir.join("exec-waiting");
@@ -32,32 +33,13 @@ for a in "$@"; do
     break
   fi
 done
-exec {runc} "$@"
+exec RUNC "$@"
 "#,
         mark = mark.display(),
         fifo = fifo.display(),
-        runc = runc.display()
     );
-    let wrapper = dir.join("slow-exec-runc");
-    tether_tests::cmd::write_executable(&wrapper, script.as_bytes());
-    let config = dir.join("tether.toml");
-    std::fs::write(
-        &config,
-        format!("BinaryName = {:?}\n", wrapper.display().to_string()),
-    )
-    .expect("write the options");
+    let config = runtime_wrapper(dir, "slow-exec-runc", &script);
     (config, mark)
-}
-
-/// A sleeper under the wrapper, and an exec `e1` added to it (nothing run yet).
-fn sleeper_with_exec(ctr: &Ctr, config: &Path) -> String {
-    let id = unique_id("c");
-    tether_run(ctr, &id)
-        .flag(&format!("--runtime-config-path={}", config.display()))
-        .detach()
-        .args(&["/bin/sleep", "1000"])
-        .success();
-    id
 }
 
 /// Sends Start of exec `e1` with no deadline (`timeout_nano` 0, as containerd sends it) on a
@@ -101,7 +83,7 @@ fn an_exec_start_without_a_deadline_outlives_sixty_seconds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, mark) = slow_exec_runtime(dir.path(), 70);
     let Scene { cd, ns, ctr } = Scene::start();
-    let id = sleeper_with_exec(&ctr, &config);
+    let id = sleeper_with_options(&ctr, &config);
     add_exec(&cd, &ns, &id);
     let address = shim_address(&cd, &ns, &id);
     let begun = Instant::now();
@@ -139,7 +121,7 @@ fn delete_ends_a_runtime_call_without_a_deadline() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, mark) = slow_exec_runtime(dir.path(), 1000);
     let Scene { cd, ns, ctr } = Scene::start();
-    let id = sleeper_with_exec(&ctr, &config);
+    let id = sleeper_with_options(&ctr, &config);
     add_exec(&cd, &ns, &id);
     let address = shim_address(&cd, &ns, &id);
     let mut s = start_exec_without_deadline(&address, &id, T);

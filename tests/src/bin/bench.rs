@@ -157,6 +157,12 @@ fn kb_field(text: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A `/proc/meminfo` figure, in kB (0 when absent).
+fn meminfo_kb(key: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    kb_field(&text, key)
+}
+
 /// (PSS kB, RSS kB, threads) of a process.
 fn footprint(pid: i32) -> (u64, u64, u64) {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();

@@ -402,8 +402,7 @@ fn measure_all(nodes: &[Node], n: usize, idle: Duration) -> Vec<Point> {
 
 /// Whether the machine can hold `n` more pods: `Err` says what is short.
 fn can_hold(n: usize) -> Result<(), String> {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let avail = super::kb_field(&text, "MemAvailable:");
+    let avail = super::meminfo_kb("MemAvailable:");
     let need = n as u64 * POD_KB;
     if avail < need + RESERVE_KB {
         return Err(format!(

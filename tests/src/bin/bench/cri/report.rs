@@ -134,10 +134,7 @@ pub fn render(a: &Args, hs: &[Handler], notes: &[String], took: Duration) -> Str
         cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
-        mem = super::super::kb_field(
-            &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
-            "MemTotal:"
-        ) / 1024,
+        mem = crate::meminfo_kb("MemTotal:") / 1024,
     );
     for n in notes {
         let _ = writeln!(s, "**{n}**\n");

@@ -213,13 +213,8 @@ const F_REAP_MAX: usize = 17;
 const F_PATH_MAX: usize = 18;
 const F_RSS: usize = 19;
 
-fn meminfo_kb(key: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    super::kb_field(&text, key)
-}
-
 fn host_used_kb() -> u64 {
-    meminfo_kb("MemTotal:").saturating_sub(meminfo_kb("MemAvailable:"))
+    super::meminfo_kb("MemTotal:").saturating_sub(super::meminfo_kb("MemAvailable:"))
 }
 
 /// Threads on the machine now (`/proc/loadavg`'s 4th field: running/total).
@@ -246,7 +241,7 @@ fn can_hold(stacks: &[Stack], n: usize) -> Result<(), String> {
         // The container's process, and a runc briefly while it starts.
         threads += more * (s.shim_cost.1 + 1);
     }
-    let avail = meminfo_kb("MemAvailable:");
+    let avail = super::meminfo_kb("MemAvailable:");
     if avail < kb + RESERVE_KB {
         return Err(format!(
             "MemAvailable is {} MB; N = {n} needs about {} MB more (3 MB per Go shim, 1 MB per \

@@ -150,7 +150,7 @@ pub(super) fn render(a: &Args, series: &Measured, notes: &[String], took: Durati
         took.as_secs_f64() / 60.0,
         crate::version("containerd"),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        meminfo_kb("MemTotal:") / 1024,
+        crate::meminfo_kb("MemTotal:") / 1024,
     );
     for n in notes {
         let _ = writeln!(s, "**{n}**\n");
